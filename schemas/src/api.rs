@@ -1,0 +1,83 @@
+//! Request and response bodies of the API other than the sealed batch itself.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::codes::AgbCode;
+use crate::envelope::{Base64Bytes, KeyId};
+
+/// What the service answers for a stored batch. A replay of the same batch returns the same receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BatchReceipt {
+    pub batch_id: Uuid,
+    pub provider: AgbCode,
+    pub key_id: KeyId,
+    pub record_count: u32,
+    /// Trajectories seen for the first time.
+    pub stored: u32,
+    /// Trajectories that replaced an earlier upload with other values.
+    pub corrected: u32,
+    /// Trajectories that were already stored with exactly these values.
+    pub unchanged: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub received_at: OffsetDateTime,
+    /// SHA-256 of the batch's plaintext, hex: what the batch id is bound to.
+    pub content_digest: String,
+    /// True when this answer is for a batch that was already stored (a retry or replay).
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// `GET /v1/batches`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BatchList {
+    pub batches: Vec<BatchReceipt>,
+}
+
+/// Lifecycle of a service HPKE key: pending (published ahead), active (seal to this one), retired
+/// (batches sealed to it are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Pending,
+    Active,
+    Retired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PublicKeyInfo {
+    pub key_id: KeyId,
+    pub state: KeyState,
+    /// Raw X25519 public key.
+    pub public_key: Base64Bytes,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
+    pub activated_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+/// `GET /v1/keys`: the service's HPKE keys and the suite they are used with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KeysResponse {
+    pub protocol_version: u16,
+    /// `DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM`.
+    pub suite: String,
+    pub active_key_id: KeyId,
+    pub keys: Vec<PublicKeyInfo>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}

@@ -1,0 +1,42 @@
+//! Wire and record types shared by the Kwaliteitsmonitor SDK and service: the record schema, the sealed
+//! batch and its cryptography, receipts, problem documents, the criteria catalogue and region configs.
+//! Nothing here knows about HTTP or databases.
+
+pub mod api;
+pub mod codes;
+pub mod criteria;
+pub mod envelope;
+pub mod problem;
+pub mod record;
+pub mod region;
+
+pub use codes::{AgbCode, Bsn, Code, Month, MunicipalityCode, ParseError, Pseudonym, Role};
+pub use record::{BatchPayload, WireRecord};
+pub use region::RegionConfig;
+
+use schemars::generate::SchemaSettings;
+
+/// The JSON Schema files checked in under `schemas/json/`, by file name. A test keeps them in sync.
+pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
+    fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
+        let generator = SchemaSettings::draft2020_12().into_generator();
+        generator.into_root_schema_for::<T>().to_value()
+    }
+    vec![
+        ("record.schema.json", schema::<record::WireRecord>()),
+        (
+            "batch-payload.schema.json",
+            schema::<record::BatchPayload>(),
+        ),
+        (
+            "sealed-batch.schema.json",
+            schema::<envelope::SealedBatch>(),
+        ),
+        ("batch-receipt.schema.json", schema::<api::BatchReceipt>()),
+        ("batch-list.schema.json", schema::<api::BatchList>()),
+        ("keys.schema.json", schema::<api::KeysResponse>()),
+        ("problem.schema.json", schema::<problem::Problem>()),
+        ("region.schema.json", schema::<region::RegionConfig>()),
+        ("criterion.schema.json", schema::<criteria::Criterion>()),
+    ]
+}

@@ -1,0 +1,180 @@
+//! RFC 7807 problem documents: every failure of the API has one stable `type`, so that clients (the SDK
+//! first) can act on it without parsing prose.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Every kind of failure the API reports. The slug is part of the interface: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemType {
+    Unauthenticated,
+    Forbidden,
+    BadSignature,
+    UnknownKey,
+    RetiredKey,
+    DecryptFailed,
+    InvalidRecord,
+    BatchConflict,
+    TooLarge,
+    UnsupportedVersion,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    Unavailable,
+    Internal,
+}
+
+/// The prefix of every problem `type` URI.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:kwm:problem:";
+
+impl ProblemType {
+    pub const ALL: &'static [ProblemType] = &[
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::BadSignature,
+        Self::UnknownKey,
+        Self::RetiredKey,
+        Self::DecryptFailed,
+        Self::InvalidRecord,
+        Self::BatchConflict,
+        Self::TooLarge,
+        Self::UnsupportedVersion,
+        Self::BadRequest,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::BadSignature => "bad-signature",
+            Self::UnknownKey => "unknown-key",
+            Self::RetiredKey => "retired-key",
+            Self::DecryptFailed => "decrypt-failed",
+            Self::InvalidRecord => "invalid-record",
+            Self::BatchConflict => "batch-conflict",
+            Self::TooLarge => "too-large",
+            Self::UnsupportedVersion => "unsupported-version",
+            Self::BadRequest => "bad-request",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The `type` member: `urn:kwm:problem:<slug>`.
+    pub fn uri(self) -> String {
+        format!("{PROBLEM_TYPE_PREFIX}{}", self.slug())
+    }
+
+    pub fn from_uri(uri: &str) -> Option<Self> {
+        let slug = uri.strip_prefix(PROBLEM_TYPE_PREFIX)?;
+        Self::ALL.iter().copied().find(|t| t.slug() == slug)
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden | Self::BadSignature => 403,
+            Self::UnknownKey | Self::RetiredKey | Self::DecryptFailed | Self::BadRequest => 400,
+            Self::InvalidRecord => 422,
+            Self::BatchConflict => 409,
+            Self::TooLarge => 413,
+            Self::UnsupportedVersion => 400,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "Missing or unknown bearer token",
+            Self::Forbidden => "This token may not do that",
+            Self::BadSignature => "The batch signature does not match the provider's key",
+            Self::UnknownKey => "The batch is sealed to a key this service does not have",
+            Self::RetiredKey => "The batch is sealed to a retired key",
+            Self::DecryptFailed => "The batch could not be decrypted",
+            Self::InvalidRecord => "A record of the batch is not valid",
+            Self::BatchConflict => "This batch id was already used for other content",
+            Self::TooLarge => "The request is too large",
+            Self::UnsupportedVersion => "Unsupported protocol version",
+            Self::BadRequest => "The request is not valid",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Unavailable => "The service is temporarily unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    /// Whether a client should retry the same request later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Unavailable | Self::Internal)
+    }
+}
+
+/// One invalid field of one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RecordError {
+    /// Index of the record in the batch, from 0.
+    pub record: u32,
+    /// The field (CSV column) at fault.
+    pub field: String,
+    pub reason: String,
+}
+
+/// An RFC 7807 `application/problem+json` document with this service's extension members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Per-record errors (`invalid-record`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<RecordError>,
+    /// The key a client should seal to instead (`retired-key`, `unknown-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            type_uri: kind.uri(),
+            title: kind.title().to_string(),
+            status: kind.status(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            active_key_id: None,
+        }
+    }
+
+    /// The known problem type, if the `type` is one of ours.
+    pub fn kind(&self) -> Option<ProblemType> {
+        ProblemType::from_uri(&self.type_uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_roundtrip_and_match_serde() {
+        for t in ProblemType::ALL {
+            assert_eq!(ProblemType::from_uri(&t.uri()), Some(*t));
+            assert_eq!(
+                serde_json::to_value(t).expect("json"),
+                serde_json::Value::String(t.slug().into())
+            );
+        }
+    }
+}
