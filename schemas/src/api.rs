@@ -81,3 +81,12 @@ pub struct Health {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
 }
+
+/// `GET /v1/me`: who the presented token belongs to, so that a client need not be told its own AGB code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenInfo {
+    pub role: crate::codes::Role,
+    /// AGB code (provider), CBS code (municipality), project (researcher); absent for region and admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}

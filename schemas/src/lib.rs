@@ -35,6 +35,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("batch-receipt.schema.json", schema::<api::BatchReceipt>()),
         ("batch-list.schema.json", schema::<api::BatchList>()),
         ("keys.schema.json", schema::<api::KeysResponse>()),
+        ("token-info.schema.json", schema::<api::TokenInfo>()),
         ("problem.schema.json", schema::<problem::Problem>()),
         ("region.schema.json", schema::<region::RegionConfig>()),
         ("criterion.schema.json", schema::<criteria::Criterion>()),

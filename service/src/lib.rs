@@ -1,1 +1,3 @@
-//! Service.
+//! The Kwaliteitsmonitor custodian service: sealed ingestion, the store, and the API.
+
+pub mod store;
