@@ -1,3 +1,20 @@
 //! The Kwaliteitsmonitor custodian service: sealed ingestion, the store, and the API.
+//!
+//! Where things are: `routes/` (HTTP endpoints and the OpenAPI document), `auth/` (tokens, roles,
+//! scopes), `ingest` (where an upload is opened and validated), `keys` (HPKE keyring and the service
+//! pseudonymisation key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
 
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
+pub mod routes;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::{AppState, Application};

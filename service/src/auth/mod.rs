@@ -1,0 +1,192 @@
+//! Identity: bearer tokens (only their SHA-256 is stored) and the extractors that check a caller's role and
+//! scope once, before any handler runs. Tokens are never logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use kwm_schemas::{AgbCode, MunicipalityCode, Role};
+use ring::rand::SecureRandom;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::store::{NewToken, Store, StoreError};
+
+/// Prefix of every token, so that a leaked one is recognisable by secret scanners.
+pub const TOKEN_PREFIX: &str = "kwm_";
+
+/// SHA-256 of a presented token: the only form in which tokens are stored or looked up.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+/// A fresh token: the prefix and 32 bytes from the OS CSPRNG, base64url.
+pub fn generate_token() -> anyhow::Result<Zeroizing<String>> {
+    let mut b = Zeroizing::new([0u8; 32]);
+    ring::rand::SystemRandom::new()
+        .fill(&mut b[..])
+        .map_err(|_| anyhow::anyhow!("the OS random generator failed"))?;
+    Ok(Zeroizing::new(format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b[..])
+    )))
+}
+
+/// Checks that a scope fits its role: AGB for a provider, CBS code for a municipality, a project name for
+/// a researcher, nothing for region and admin. Returns the normalised scope.
+pub fn normalise_scope(role: Role, scope: Option<&str>) -> anyhow::Result<Option<String>> {
+    match (role, scope) {
+        (Role::Provider, Some(s)) => Ok(Some(s.parse::<AgbCode>()?.to_string())),
+        (Role::Municipality, Some(s)) => Ok(Some(s.parse::<MunicipalityCode>()?.to_string())),
+        (Role::Researcher, Some(s)) => {
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            anyhow::ensure!(ok, "a project is 1..64 letters, digits, - or _");
+            Ok(Some(s.to_string()))
+        }
+        (Role::Region | Role::Admin, None) => Ok(None),
+        (Role::Region | Role::Admin, Some(_)) => {
+            anyhow::bail!("role {role} takes no scope")
+        }
+        (_, None) => anyhow::bail!("role {role} needs --scope"),
+    }
+}
+
+/// Issues a token for a role and scope, storing only its hash. The caller shows the token once.
+pub async fn issue_token(
+    store: &dyn Store,
+    role: Role,
+    scope: Option<&str>,
+    label: &str,
+) -> anyhow::Result<(i64, Zeroizing<String>)> {
+    let scope = normalise_scope(role, scope)?;
+    let token = generate_token()?;
+    let id = store
+        .put_token(&NewToken {
+            token_hash: token_hash(&token),
+            role,
+            scope,
+            label: label.to_string(),
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await?;
+    Ok((id, token))
+}
+
+/// An authenticated caller. Extracting it fails with `unauthenticated` for a missing, unknown or revoked
+/// token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: i64,
+    pub role: Role,
+    pub scope: Option<String>,
+}
+
+impl Caller {
+    /// The provider this caller acts for, or `forbidden`.
+    pub fn provider(&self) -> Result<AgbCode, ApiError> {
+        match (self.role, &self.scope) {
+            (Role::Provider, Some(s)) => s
+                .parse()
+                .map_err(|_| ApiError::forbidden("this token has no valid provider scope")),
+            _ => Err(ApiError::forbidden(format!(
+                "this endpoint is for providers; the token's role is {}",
+                self.role
+            ))),
+        }
+    }
+
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            Err(ApiError::forbidden(format!(
+                "this endpoint is for {}; the token's role is {}",
+                allowed.join(", "),
+                self.role
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(ApiError::unauthenticated)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(ApiError::unauthenticated)?;
+        let record = match state.store.get_token(&token_hash(token)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(ApiError::unauthenticated()),
+            Err(StoreError::Unavailable(e)) => {
+                return Err(ApiError::Unavailable(StoreError::Unavailable(e)))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if record.revoked_at.is_some() {
+            return Err(ApiError::unauthenticated());
+        }
+        tracing::Span::current().record("role", record.role.as_str());
+        Ok(Caller {
+            token_id: record.id,
+            role: record.role,
+            scope: record.scope,
+        })
+    }
+}
+
+/// A caller that must be a provider; carries its AGB code.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderCaller(pub AgbCode);
+
+impl FromRequestParts<AppState> for ProviderCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        Ok(Self(caller.provider()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_prefixed() {
+        let a = generate_token().expect("token");
+        let b = generate_token().expect("token");
+        assert!(a.starts_with(TOKEN_PREFIX));
+        assert_ne!(*a, *b);
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
+
+    #[test]
+    fn scopes_must_fit_roles() {
+        assert_eq!(
+            normalise_scope(Role::Municipality, Some("0748")).expect("ok"),
+            Some("GM0748".into())
+        );
+        assert!(normalise_scope(Role::Municipality, None).is_err());
+        assert!(normalise_scope(Role::Provider, Some("GM0748")).is_err());
+        assert!(normalise_scope(Role::Admin, Some("x")).is_err());
+        assert_eq!(normalise_scope(Role::Region, None).expect("ok"), None);
+        assert!(normalise_scope(Role::Researcher, Some("bad project!")).is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! The `kwm-service` command line: `serve`, and the `admin` commands of the custodian's operator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use kwm_schemas::{AgbCode, Role};
+use time::OffsetDateTime;
+
+use crate::auth::issue_token;
+use crate::config::Config;
+use crate::startup::{open_state, Application};
+use crate::store::{Provider, StoreError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kwm-service",
+    version,
+    about = "Kwaliteitsmonitor custodian service: sealed uploads in, k-anonymous releases out"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML); default: ./kwm-service.toml if present. `KWM__...` variables override it.
+    #[arg(long, global = true, env = "KWM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the SQLite database and the key files [default: ./data]
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB` [default: SQLite in the data dir]
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// Region file [default: the built-in West-Brabant West configuration]
+    #[arg(long, global = true)]
+    pub region: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve {
+        /// API listen address [default: 127.0.0.1:8080]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Prometheus metrics listen address [default: 127.0.0.1:9090]
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Operator commands: providers, tokens, keys.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Care providers.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The service's HPKE keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Register a provider and print its bearer token (shown once).
+    Add {
+        /// AGB code (8 digits)
+        #[arg(long)]
+        agb: String,
+        #[arg(long)]
+        name: String,
+        /// The provider's `signing.pub` from `kwm keygen`
+        #[arg(long)]
+        signing_key: PathBuf,
+    },
+    /// List registered providers.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token and print it (shown once; only its hash is stored).
+    Issue {
+        /// provider, municipality, region, researcher or admin
+        #[arg(long)]
+        role: String,
+        /// AGB code (provider), CBS code such as GM0748 (municipality), project (researcher)
+        #[arg(long)]
+        scope: Option<String>,
+        /// A note for the operator, e.g. who holds the token
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new HPKE key; it becomes active after `--activate-after` and the current key retires
+    /// `--retire-after` later.
+    Rotate {
+        /// Seconds until the new key becomes active
+        #[arg(long, default_value_t = 86_400)]
+        activate_after: i64,
+        /// Seconds the old key keeps working after the switch
+        #[arg(long, default_value_t = 7 * 86_400)]
+        retire_after: i64,
+    },
+    /// List the keys with their states.
+    List,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration after file, environment and flags.
+pub fn config_from(global: &GlobalArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(global.config.as_deref())?;
+    if let Some(d) = &global.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(u) = &global.database_url {
+        config.database_url = Some(u.clone());
+    }
+    if let Some(r) = &global.region {
+        config.region_file = Some(r.clone());
+    }
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = config_from(&cli.global)?;
+    crate::telemetry::init(config.log_format);
+    match cli.command {
+        Command::Serve {
+            listen,
+            metrics_listen,
+        } => {
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(m) = metrics_listen {
+                config.metrics_listen = Some(m);
+            }
+            serve(config).await
+        }
+        Command::Admin(cmd) => admin(config, cmd).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let c = app.config();
+    let report = app.report();
+    let keys_dir = c.keys_dir();
+    println!("Kwaliteitsmonitor service {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "  region      {} ({})",
+        app.state().region.name,
+        app.state().region.code
+    );
+    println!("  data dir    {}", c.data_dir.display());
+    println!("  database    {}", c.database_url_redacted());
+    println!(
+        "  keys        {}{}",
+        keys_dir.display(),
+        if report.created_hpke_key || report.created_pseudonym_key {
+            "  (created now: back this directory up; the pseudonymisation key cannot be recreated)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  active key  {}",
+        app.state()
+            .keyring
+            .active_key_id()
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    let base = format!("http://{}", app.local_addr());
+    println!("  API         {base}  (keys: {base}/v1/keys, OpenAPI: {base}/v1/openapi.json)");
+    match app.metrics_addr() {
+        Some(m) => println!("  metrics     http://{m}/metrics"),
+        None => println!("  metrics     off"),
+    }
+    println!("Stop with Ctrl-C.");
+    app.run_until_stopped().await
+}
+
+async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
+    let (state, _) = open_state(&config).await?;
+    match cmd {
+        AdminCommand::Provider(ProviderCommand::Add {
+            agb,
+            name,
+            signing_key,
+        }) => {
+            let agb: AgbCode = agb.parse().context("--agb")?;
+            let text = std::fs::read_to_string(&signing_key)
+                .with_context(|| format!("reading {}", signing_key.display()))?;
+            let public = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .with_context(|| {
+                    format!(
+                        "{} is not a signing.pub from `kwm keygen` (base64 of a 32-byte Ed25519 key)",
+                        signing_key.display()
+                    )
+                })?;
+            let provider = Provider {
+                agb,
+                name: name.clone(),
+                signing_public_key: public,
+                created_at: OffsetDateTime::now_utc(),
+            };
+            match state.store.put_provider(&provider).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => {
+                    anyhow::bail!("provider {agb} is already registered")
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let (_, token) = issue_token(
+                state.store.as_ref(),
+                Role::Provider,
+                Some(agb.as_str()),
+                &format!("provider {name}"),
+            )
+            .await?;
+            println!("Registered provider {agb} ({name}).");
+            println!("Its bearer token (shown once, store it safely):");
+            println!("{}", token.as_str());
+        }
+        AdminCommand::Provider(ProviderCommand::List) => {
+            for p in state.store.list_providers().await? {
+                println!("{}  {}", p.agb, p.name);
+            }
+        }
+        AdminCommand::Token(TokenCommand::Issue { role, scope, label }) => {
+            let role: Role = role.parse().context("--role")?;
+            let (id, token) =
+                issue_token(state.store.as_ref(), role, scope.as_deref(), &label).await?;
+            println!("Issued token {id} for role {role}.");
+            println!("The token (shown once, store it safely):");
+            println!("{}", token.as_str());
+        }
+        AdminCommand::Keys(KeysCommand::Rotate {
+            activate_after,
+            retire_after,
+        }) => {
+            anyhow::ensure!(
+                activate_after >= 0 && retire_after >= 0,
+                "durations must not be negative"
+            );
+            let id = state.keyring.rotate(
+                time::Duration::seconds(activate_after),
+                time::Duration::seconds(retire_after),
+            )?;
+            println!("Added key {id}; it becomes active in {activate_after} s, the current key retires {retire_after} s after that.");
+        }
+        AdminCommand::Keys(KeysCommand::List) => {
+            for k in state.keyring.public_infos() {
+                println!("{}  {:?}", k.key_id, k.state);
+            }
+        }
+    }
+    Ok(())
+}

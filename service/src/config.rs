@@ -1,0 +1,150 @@
+//! Service configuration: built-in defaults, then a TOML file, then `KWM__...` environment variables, then
+//! command-line flags. Unknown keys are refused. Secrets never live here: keys are files in the data dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use kwm_schemas::RegionConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the SQLite database and the key files live.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://...`; default: SQLite in the data dir. May carry a password, so it
+    /// is never printed whole (see [`Config::database_url_redacted`]).
+    pub database_url: Option<String>,
+    /// Address of the API listener.
+    pub listen: SocketAddr,
+    /// Address of the Prometheus metrics listener; none to switch it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A region file; default: the built-in West-Brabant West configuration.
+    pub region_file: Option<PathBuf>,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Upper bound of one request's processing time, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            region_file: None,
+            log_format: LogFormat::Text,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("region_file", &self.region_file)
+            .field("log_format", &self.log_format)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if given, or `kwm-service.toml` in the working directory if present),
+    /// then `KWM__` environment variables (`KWM__LISTEN=0.0.0.0:8080`, `KWM__DATABASE_URL=...`).
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    anyhow::bail!("config file {} does not exist", path.display());
+                }
+                fig = fig.merge(Toml::file(path));
+            }
+            None => fig = fig.merge(Toml::file("kwm-service.toml")),
+        }
+        fig = fig.merge(Env::prefixed("KWM__").split("__").lowercase(true));
+        fig.extract()
+            .map_err(|e| anyhow::anyhow!("configuration is not valid: {e}"))
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("kwm.sqlite3").display()),
+        }
+    }
+
+    /// The database URL with any password replaced, for printing.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(&self.database_url())
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    pub fn region(&self) -> anyhow::Result<RegionConfig> {
+        match &self.region_file {
+            Some(p) => Ok(RegionConfig::from_file(p)?),
+            None => Ok(RegionConfig::wbw()),
+        }
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://kwm:s3cret@db:5432/kwm"),
+            "postgres://kwm:***@db:5432/kwm"
+        );
+        assert_eq!(redact_url("postgres://kwm@db/kwm"), "postgres://kwm@db/kwm");
+        assert_eq!(redact_url("sqlite://data/x"), "sqlite://data/x");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").expect("write");
+        let err = Config::load(Some(&path)).expect_err("unknown key");
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+}

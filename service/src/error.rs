@@ -1,0 +1,204 @@
+//! The API's one error type: every failure maps to a status and an RFC 7807 problem document with a stable
+//! `type`. Only server errors are logged, with their cause chain; their details never reach the client.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::FromRequest;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kwm_schemas::problem::{Problem, ProblemType, RecordError};
+
+use crate::store::StoreError;
+
+/// Media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A client-side failure with a message meant for the client.
+    #[error("{detail}")]
+    Problem {
+        kind: ProblemType,
+        detail: String,
+        errors: Vec<RecordError>,
+        active_key_id: Option<String>,
+    },
+    /// The database is unreachable: retryable.
+    #[error("database unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Anything else: logged, answered with a bare 500.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self::Problem {
+            kind,
+            detail: detail.into(),
+            errors: Vec::new(),
+            active_key_id: None,
+        }
+    }
+
+    pub fn invalid_records(errors: Vec<RecordError>) -> Self {
+        let n = errors.len();
+        let first = errors
+            .first()
+            .map(|e| {
+                format!(
+                    " The first: record {}, field {}: {}.",
+                    e.record, e.field, e.reason
+                )
+            })
+            .unwrap_or_default();
+        Self::Problem {
+            kind: ProblemType::InvalidRecord,
+            detail: format!("{n} problem(s) in the batch; nothing was stored.{first}"),
+            errors,
+            active_key_id: None,
+        }
+    }
+
+    pub fn with_active_key(self, key_id: String) -> Self {
+        match self {
+            Self::Problem {
+                kind,
+                detail,
+                errors,
+                ..
+            } => Self::Problem {
+                kind,
+                detail,
+                errors,
+                active_key_id: Some(key_id),
+            },
+            other => other,
+        }
+    }
+
+    pub fn kind(&self) -> ProblemType {
+        match self {
+            Self::Problem { kind, .. } => *kind,
+            Self::Unavailable(_) => ProblemType::Unavailable,
+            Self::Internal(_) => ProblemType::Internal,
+        }
+    }
+
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            ProblemType::Unauthenticated,
+            "send a valid bearer token in the Authorization header",
+        )
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(ProblemType::Forbidden, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(ProblemType::NotFound, detail)
+    }
+
+    fn to_problem(&self) -> Problem {
+        match self {
+            Self::Problem {
+                kind,
+                detail,
+                errors,
+                active_key_id,
+            } => {
+                let mut p = Problem::new(*kind, detail.clone());
+                p.errors = errors.clone();
+                p.active_key_id = active_key_id.clone();
+                p
+            }
+            Self::Unavailable(_) => Problem::new(
+                ProblemType::Unavailable,
+                "the database is not reachable right now; retry later",
+            ),
+            Self::Internal(_) => Problem::new(
+                ProblemType::Internal,
+                "an internal error occurred; it has been logged",
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::NotFound => Self::not_found("no such resource"),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Internal(e)
+    }
+}
+
+/// Renders a problem document with its status and media type.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut res = (status, body).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if problem.status == 503 {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    res
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            Self::Problem { .. } => {}
+        }
+        let mut res = problem_response(&self.to_problem());
+        res.extensions_mut().insert(self.kind());
+        res
+    }
+}
+
+/// `Json` whose rejections are problem documents too (axum `examples/error-handling`).
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(
+                    ProblemType::TooLarge,
+                    "the request body is over the size limit",
+                )
+            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                ProblemType::BadRequest,
+                "send the body as JSON with Content-Type: application/json",
+            ),
+            // serde's message names the path and the reason; it never contains more than the field
+            // name and the expected shape.
+            other => Self::new(ProblemType::BadRequest, other.body_text()),
+        }
+    }
+}
+
+/// Answers unknown paths with a problem document.
+pub async fn fallback_not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /v1/openapi.json")
+}

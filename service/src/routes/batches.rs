@@ -1,0 +1,129 @@
+//! `POST /v1/batches` (upload a sealed batch), `GET /v1/batches` and `GET /v1/batches/{batch_id}`.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kwm_schemas::api::{BatchList, BatchReceipt};
+use kwm_schemas::envelope::SealedBatch;
+use kwm_schemas::problem::{Problem, ProblemType};
+use kwm_schemas::Role;
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::{json, schema_of, Endpoint, Method, Reply};
+use crate::auth::ProviderCaller;
+use crate::error::{ApiError, AppJson};
+use crate::ingest::ingest_batch;
+use crate::startup::AppState;
+use crate::store::PutBatch;
+
+pub fn endpoints() -> Vec<Endpoint> {
+    const PROBLEM: Reply = json(400, "a problem document", schema_of::<Problem>);
+    vec![
+        Endpoint {
+            method: Method::Post,
+            path: "/v1/batches",
+            operation_id: "postBatch",
+            summary: "Upload a sealed, signed batch of trajectory records",
+            roles: &[Role::Provider],
+            request: Some(schema_of::<SealedBatch>),
+            replies: vec![
+                json(201, "stored; the receipt", schema_of::<BatchReceipt>),
+                json(
+                    200,
+                    "this batch was stored before; the original receipt",
+                    schema_of::<BatchReceipt>,
+                ),
+                PROBLEM,
+            ],
+            problems: &[
+                ProblemType::BadSignature,
+                ProblemType::UnknownKey,
+                ProblemType::RetiredKey,
+                ProblemType::DecryptFailed,
+                ProblemType::InvalidRecord,
+                ProblemType::BatchConflict,
+                ProblemType::TooLarge,
+                ProblemType::UnsupportedVersion,
+            ],
+            handler: || post(post_batch),
+        },
+        Endpoint {
+            method: Method::Get,
+            path: "/v1/batches",
+            operation_id: "listBatches",
+            summary: "The calling provider's batches, newest first",
+            roles: &[Role::Provider],
+            request: None,
+            replies: vec![json(200, "the batches", schema_of::<BatchList>)],
+            problems: &[],
+            handler: || get(list_batches),
+        },
+        Endpoint {
+            method: Method::Get,
+            path: "/v1/batches/{batch_id}",
+            operation_id: "getBatch",
+            summary: "The receipt of one of the calling provider's batches",
+            roles: &[Role::Provider],
+            request: None,
+            replies: vec![json(200, "the receipt", schema_of::<BatchReceipt>)],
+            problems: &[ProblemType::NotFound],
+            handler: || get(get_batch),
+        },
+    ]
+}
+
+#[instrument(skip_all, fields(provider = %provider.0, batch_id = %batch.header.batch_id, records = batch.header.record_count))]
+async fn post_batch(
+    State(state): State<AppState>,
+    provider: ProviderCaller,
+    AppJson(batch): AppJson<SealedBatch>,
+) -> Result<Response, ApiError> {
+    let outcome = ingest_batch(&state, provider.0, batch).await;
+    state.metrics.observe_upload(&outcome);
+    let (status, receipt) = match outcome? {
+        PutBatch::Stored(r) => (StatusCode::CREATED, r),
+        PutBatch::Replayed(r) => (StatusCode::OK, r),
+    };
+    tracing::info!(
+        stored = receipt.stored,
+        corrected = receipt.corrected,
+        unchanged = receipt.unchanged,
+        replayed = receipt.replayed,
+        "batch accepted"
+    );
+    let location = format!("/v1/batches/{}", receipt.batch_id);
+    let mut res = (status, AppJson(receipt)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+#[instrument(skip_all, fields(provider = %provider.0))]
+async fn list_batches(
+    State(state): State<AppState>,
+    provider: ProviderCaller,
+) -> Result<AppJson<BatchList>, ApiError> {
+    let batches = state.store.list_batches(provider.0).await?;
+    Ok(AppJson(BatchList { batches }))
+}
+
+#[instrument(skip_all, fields(provider = %provider.0))]
+async fn get_batch(
+    State(state): State<AppState>,
+    provider: ProviderCaller,
+    Path(batch_id): Path<String>,
+) -> Result<AppJson<BatchReceipt>, ApiError> {
+    let id: Uuid = batch_id
+        .parse()
+        .map_err(|_| ApiError::new(ProblemType::BadRequest, "a batch id is a UUID"))?;
+    // Another provider's batch is simply not found: its existence is not disclosed.
+    state
+        .store
+        .get_batch(provider.0, id)
+        .await?
+        .map(AppJson)
+        .ok_or_else(|| ApiError::not_found(format!("you have no batch {id}")))
+}

@@ -1,0 +1,91 @@
+//! The HTTP API. One table, [`endpoints`], describes every route: the router is built from it and so is
+//! the OpenAPI document, so the two cannot drift apart.
+
+use axum::routing::MethodRouter;
+use axum::Router;
+use kwm_schemas::problem::ProblemType;
+use kwm_schemas::Role;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+use crate::startup::AppState;
+
+pub mod batches;
+pub mod health;
+pub mod keys;
+pub mod openapi;
+
+/// A JSON Schema producer, so the table can name body types without generics.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+pub fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+        }
+    }
+}
+
+/// One documented response.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub status: u16,
+    pub description: &'static str,
+    pub body: Option<SchemaFn>,
+    pub media_type: &'static str,
+}
+
+pub const fn json(status: u16, description: &'static str, body: SchemaFn) -> Reply {
+    Reply {
+        status,
+        description,
+        body: Some(body),
+        media_type: "application/json",
+    }
+}
+
+/// One route of the API.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub method: Method,
+    /// Path in OpenAPI form (`/v1/batches/{batch_id}`), which is also axum 0.8's form.
+    pub path: &'static str,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    /// Roles that may call it; empty means no token is needed.
+    pub roles: &'static [Role],
+    pub request: Option<SchemaFn>,
+    pub replies: Vec<Reply>,
+    /// Problem types this endpoint can answer besides the generic ones.
+    pub problems: &'static [ProblemType],
+    pub handler: fn() -> MethodRouter<AppState>,
+}
+
+/// Every endpoint of the API listener.
+pub fn endpoints() -> Vec<Endpoint> {
+    let mut all = Vec::new();
+    all.extend(health::endpoints());
+    all.extend(keys::endpoints());
+    all.extend(batches::endpoints());
+    all.extend(openapi::endpoints());
+    all
+}
+
+/// The API router, built from [`endpoints`].
+pub fn router() -> Router<AppState> {
+    let mut router = Router::new();
+    for e in endpoints() {
+        router = router.route(e.path, (e.handler)());
+    }
+    router
+}

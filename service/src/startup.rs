@@ -1,0 +1,210 @@
+//! Building and running the application: open the store and the keys, bind the listeners first, then
+//! serve, so that tests can start the real service on port 0 and use it at once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::Router;
+use kwm_schemas::RegionConfig;
+use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::error::fallback_not_found;
+use crate::keys::{Keyring, PseudonymKey};
+use crate::metrics::Metrics;
+use crate::store::{self, Store};
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub pseudonym_key: Arc<PseudonymKey>,
+    pub region: Arc<RegionConfig>,
+    pub metrics: Metrics,
+}
+
+/// What starting the service created or found, for the start-up message.
+#[derive(Debug, Clone)]
+pub struct StartupReport {
+    pub created_hpke_key: bool,
+    pub created_pseudonym_key: bool,
+}
+
+/// A built, bound, not yet serving application.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    state: AppState,
+    config: Config,
+    report: StartupReport,
+}
+
+/// Opens the data dir, keys, region and store the configuration names. Used by `serve` and by the
+/// admin commands, so both see the same service.
+pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupReport)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let region = config.region()?;
+    let keys_dir = config.keys_dir();
+    let (pseudonym_key, created_pseudonym_key) = PseudonymKey::load_or_create(&keys_dir)?;
+    let (keyring, created_hpke_key) = Keyring::load_or_create(&keys_dir)?;
+    let store = store::connect(&config.database_url())
+        .await
+        .with_context(|| format!("opening database {}", config.database_url_redacted()))?;
+    let state = AppState {
+        store,
+        keyring: Arc::new(keyring),
+        pseudonym_key: Arc::new(pseudonym_key),
+        region: Arc::new(region),
+        metrics: Metrics::new()?,
+    };
+    Ok((
+        state,
+        StartupReport {
+            created_hpke_key,
+            created_pseudonym_key,
+        },
+    ))
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let (state, report) = open_state(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the API listener to {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener to {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+            config,
+            report,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.config.listen)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn report(&self) -> &StartupReport {
+        &self.report
+    }
+
+    /// Serves until Ctrl-C or SIGTERM; in-flight requests finish first.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes; in-flight requests finish first.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = api_router(self.state.clone(), &self.config);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(ml) = self.metrics_listener {
+            let router = crate::metrics::router(self.state.metrics.clone());
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                };
+                if let Err(e) = axum::serve(ml, router).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = tx.send(true);
+        drop(rx);
+        result.context("serving the API")
+    }
+}
+
+/// The API with its middleware.
+pub fn api_router(state: AppState, config: &Config) -> Router {
+    let body_limit = usize::try_from(state.region.ingest.max_batch_bytes).unwrap_or(usize::MAX);
+    crate::routes::router()
+        .fallback(fallback_not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(config.request_timeout_secs),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
