@@ -11,6 +11,7 @@ pub mod error;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
+pub mod noise;
 pub mod routes;
 pub mod startup;
 pub mod store;
