@@ -22,6 +22,7 @@ pub enum ProblemType {
     NotFound,
     MethodNotAllowed,
     Unavailable,
+    RateLimited,
     Internal,
 }
 
@@ -44,6 +45,7 @@ impl ProblemType {
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Unavailable,
+        Self::RateLimited,
         Self::Internal,
     ];
 
@@ -63,6 +65,7 @@ impl ProblemType {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate-limited",
             Self::Internal => "internal",
         }
     }
@@ -89,6 +92,7 @@ impl ProblemType {
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Unavailable => 503,
+            Self::RateLimited => 429,
             Self::Internal => 500,
         }
     }
@@ -109,13 +113,14 @@ impl ProblemType {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable => "The service is temporarily unavailable",
+            Self::RateLimited => "Too many requests for this token",
             Self::Internal => "Internal error",
         }
     }
 
     /// Whether a client should retry the same request later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Unavailable | Self::Internal)
+        matches!(self, Self::Unavailable | Self::RateLimited | Self::Internal)
     }
 }
 
@@ -143,6 +148,9 @@ pub struct Problem {
     /// The key a client should seal to instead (`retired-key`, `unknown-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_key_id: Option<String>,
+    /// Seconds to wait before retrying (`rate-limited`, `unavailable`); also sent as `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -154,6 +162,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             active_key_id: None,
+            retry_after: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Upper bound of one request's processing time, in seconds.
     pub request_timeout_secs: u64,
+    /// Requests per second one token may make on average (0: no limit) ...
+    pub rate_limit_per_second: u32,
+    /// ... and at once.
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,8 @@ impl Default for Config {
             region_file: None,
             log_format: LogFormat::Text,
             request_timeout_secs: 60,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 200,
         }
     }
 }
@@ -63,6 +69,8 @@ impl std::fmt::Debug for Config {
             .field("region_file", &self.region_file)
             .field("log_format", &self.log_format)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
             .finish()
     }
 }

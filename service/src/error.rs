@@ -22,6 +22,9 @@ pub enum ApiError {
         errors: Vec<RecordError>,
         active_key_id: Option<String>,
     },
+    /// Too many requests for one token: retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     /// The database is unreachable: retryable.
     #[error("database unavailable")]
     Unavailable(#[source] StoreError),
@@ -79,6 +82,7 @@ impl ApiError {
     pub fn kind(&self) -> ProblemType {
         match self {
             Self::Problem { kind, .. } => *kind,
+            Self::RateLimited { .. } => ProblemType::RateLimited,
             Self::Unavailable(_) => ProblemType::Unavailable,
             Self::Internal(_) => ProblemType::Internal,
         }
@@ -112,10 +116,22 @@ impl ApiError {
                 p.active_key_id = active_key_id.clone();
                 p
             }
-            Self::Unavailable(_) => Problem::new(
-                ProblemType::Unavailable,
-                "the database is not reachable right now; retry later",
-            ),
+            Self::RateLimited { retry_after } => {
+                let mut p = Problem::new(
+                    ProblemType::RateLimited,
+                    format!("too many requests for this token; retry after {retry_after} s"),
+                );
+                p.retry_after = Some(*retry_after);
+                p
+            }
+            Self::Unavailable(_) => {
+                let mut p = Problem::new(
+                    ProblemType::Unavailable,
+                    "the database is not reachable right now; retry later",
+                );
+                p.retry_after = Some(5);
+                p
+            }
             Self::Internal(_) => Problem::new(
                 ProblemType::Internal,
                 "an internal error occurred; it has been logged",
@@ -147,9 +163,10 @@ pub fn problem_response(problem: &Problem) -> Response {
     let mut res = (status, body).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    if problem.status == 503 {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    if let Some(secs) = problem.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
     }
     res
 }
@@ -159,7 +176,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
-            Self::Problem { .. } => {}
+            Self::Problem { .. } | Self::RateLimited { .. } => {}
         }
         let mut res = problem_response(&self.to_problem());
         res.extensions_mut().insert(self.kind());

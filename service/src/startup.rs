@@ -16,6 +16,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::ratelimit::RateLimiter;
 use crate::config::Config;
 use crate::error::fallback_not_found;
 use crate::keys::{Keyring, PseudonymKey};
@@ -30,6 +31,7 @@ pub struct AppState {
     pub pseudonym_key: Arc<PseudonymKey>,
     pub region: Arc<RegionConfig>,
     pub metrics: Metrics,
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
 /// What starting the service created or found, for the start-up message.
@@ -67,6 +69,10 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
         pseudonym_key: Arc::new(pseudonym_key),
         region: Arc::new(region),
         metrics: Metrics::new()?,
+        rate_limiter: Arc::new(RateLimiter::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        )),
     };
     Ok((
         state,

@@ -14,6 +14,8 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::{NewToken, Store, StoreError};
 
+pub mod ratelimit;
+
 /// Prefix of every token, so that a leaked one is recognisable by secret scanners.
 pub const TOKEN_PREFIX: &str = "kwm_";
 
@@ -141,6 +143,11 @@ impl FromRequestParts<AppState> for Caller {
         };
         if record.revoked_at.is_some() {
             return Err(ApiError::unauthenticated());
+        }
+        if let Err(wait) = state.rate_limiter.check(record.id) {
+            return Err(ApiError::RateLimited {
+                retry_after: wait.as_secs().max(1),
+            });
         }
         tracing::Span::current().record("role", record.role.as_str());
         Ok(Caller {
