@@ -4,6 +4,7 @@
 //! scopes), `ingest` (where an upload is opened and validated), `keys` (HPKE keyring and the service
 //! pseudonymisation key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
