@@ -104,6 +104,22 @@ impl Caller {
         }
     }
 
+    /// Whether this caller may read releases of `scope`: a municipality its own CBS code only, the region
+    /// every municipality and the region as a whole. Nobody else reads municipal releases.
+    pub fn may_read_release_scope(&self, scope: &str) -> Result<(), ApiError> {
+        match self.role {
+            Role::Region => Ok(()),
+            Role::Municipality if self.scope.as_deref() == Some(scope) => Ok(()),
+            Role::Municipality => Err(ApiError::forbidden(format!(
+                "this token may read releases of {} only",
+                self.scope.as_deref().unwrap_or("its own municipality")
+            ))),
+            other => Err(ApiError::forbidden(format!(
+                "releases are for municipality and region tokens; the token's role is {other}"
+            ))),
+        }
+    }
+
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             Ok(())
@@ -182,6 +198,25 @@ mod tests {
         assert!(a.starts_with(TOKEN_PREFIX));
         assert_ne!(*a, *b);
         assert_ne!(token_hash(&a), token_hash(&b));
+    }
+
+    #[test]
+    fn release_scopes_follow_the_role() {
+        let caller = |role, scope: Option<&str>| Caller {
+            token_id: 1,
+            role,
+            scope: scope.map(str::to_string),
+        };
+        let gm = caller(Role::Municipality, Some("GM0748"));
+        assert!(gm.may_read_release_scope("GM0748").is_ok());
+        assert!(gm.may_read_release_scope("GM0777").is_err());
+        assert!(gm.may_read_release_scope("region").is_err());
+        let region = caller(Role::Region, None);
+        assert!(region.may_read_release_scope("region").is_ok());
+        assert!(region.may_read_release_scope("GM0777").is_ok());
+        for role in [Role::Provider, Role::Researcher, Role::Admin] {
+            assert!(caller(role, Some("GM0748")).may_read_release_scope("GM0748").is_err());
+        }
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! `spawn_app()`: the real service on port 0 with a fresh database and data dir, and typed handles for
+//! the parties the tests play (providers with their SDK keys, other token holders).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kwm_schemas::Role;
+use kwm_service::{AppState, Application, Config};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// Which store the app under test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Everything written by `tracing` in this test process, for the check that no secret is ever logged.
+/// nextest runs every test in its own process, so this holds one test's logs.
+pub fn captured_logs() -> String {
+    let buf = log_buffer().lock().map(|b| b.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+#[derive(Clone)]
+struct BufWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for BufWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a TRACE-level subscriber (every crate, every span field) that writes into the buffer.
+fn init_log_capture() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let buf = log_buffer().clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(move || BufWriter(buf.clone()))
+            .try_init();
+    });
+}
+
+/// A running service with its own database and data dir, stopped on drop.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub state: AppState,
+    pub config: Config,
+    pub backend: Backend,
+    /// Every token the test issued: none may ever appear in the logs.
+    pub issued_tokens: Mutex<Vec<String>>,
+    _data_dir: TempDir,
+    _pg: Option<kwm_tests::EphemeralPostgres>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The service on SQLite.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(Backend::Sqlite)
+        .await
+        .expect("SQLite is always available")
+}
+
+/// The service on the given backend; `None` when PostgreSQL is not configured (and not in CI, where
+/// the helper fails instead of skipping).
+pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
+    init_log_capture();
+    let data_dir = tempfile::tempdir().expect("temp data dir");
+    let mut config = Config {
+        data_dir: data_dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Config::default()
+    };
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let db = kwm_tests::EphemeralPostgres::create().await?;
+            config.database_url = Some(db.url().to_string());
+            Some(db)
+        }
+    };
+    let app = Application::build(config.clone())
+        .await
+        .expect("the service starts");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    Some(TestApp {
+        addr,
+        base_url: format!("http://{addr}"),
+        state,
+        config,
+        backend,
+        issued_tokens: Mutex::new(Vec::new()),
+        _data_dir: data_dir,
+        _pg: pg,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+impl TestApp {
+    /// Issues a token the way `kwm-service admin token issue` does.
+    pub async fn issue_token(&self, role: Role, scope: Option<&str>) -> String {
+        let (_, token) = kwm_service::auth::issue_token(self.state.store.as_ref(), role, scope, "test")
+            .await
+            .expect("token issued");
+        let t = token.to_string();
+        self.issued_tokens.lock().expect("lock").push(t.clone());
+        t
+    }
+
+    /// Asserts that none of `secrets` (and none of the issued tokens) occurs in the captured logs.
+    pub fn assert_logs_free_of(&self, secrets: &[String]) {
+        let logs = captured_logs();
+        assert!(!logs.is_empty(), "the log capture saw nothing: the check would be vacuous");
+        let tokens = self.issued_tokens.lock().expect("lock").clone();
+        for s in tokens.iter().chain(secrets) {
+            assert!(!s.is_empty());
+            assert!(!logs.contains(s.as_str()), "a secret value appears in the logs");
+        }
+    }
+}

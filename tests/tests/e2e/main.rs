@@ -1,0 +1,5 @@
+//! End-to-end tests: the real service on port 0 with a fresh database, driven over real HTTP by the real
+//! SDK. One binary, modules by theme.
+
+mod api;
+mod helpers;
