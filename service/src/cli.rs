@@ -58,6 +58,25 @@ pub enum Command {
     /// Operator commands: providers, tokens, keys.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Run the whole flow on this machine: the service on SQLite, synthetic providers uploading
+    /// through the SDK. Uses ./demo-data (or --data-dir), wiped at the next demo.
+    Demo {
+        /// Number of synthetic providers
+        #[arg(long, default_value_t = 12)]
+        providers: u32,
+        /// Trajectories in total, over 2021..2025
+        #[arg(long, default_value_t = 20_000)]
+        trajectories: u64,
+        /// Seed of the generator: same seed, same data
+        #[arg(long, default_value_t = 2025)]
+        seed: u64,
+        /// API listen address (a free port is used if it is taken)
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Stop after printing instead of serving until Ctrl-C
+        #[arg(long)]
+        exit: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,7 +180,13 @@ pub fn config_from(global: &GlobalArgs) -> anyhow::Result<Config> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = config_from(&cli.global)?;
-    crate::telemetry::init(config.log_format);
+    // The demo prints its own account; request logs would drown it.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        crate::telemetry::DEFAULT_FILTER
+    };
+    crate::telemetry::init(config.log_format, default_filter);
     match cli.command {
         Command::Serve {
             listen,
@@ -176,6 +201,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config).await
         }
         Command::Admin(cmd) => admin(config, cmd).await,
+        Command::Demo {
+            providers,
+            trajectories,
+            seed,
+            listen,
+            exit,
+        } => {
+            let dir = cli
+                .global
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("demo-data"));
+            crate::demo::run(
+                config,
+                crate::demo::DemoOptions {
+                    dir,
+                    providers,
+                    trajectories,
+                    seed,
+                    listen,
+                    exit,
+                },
+            )
+            .await
+        }
     }
 }
 

@@ -5,10 +5,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; `RUST_LOG` overrides the default filter. Safe to call twice.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+/// What is logged unless `RUST_LOG` says otherwise.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=info";
+
+/// Installs the global subscriber; `RUST_LOG` overrides `default_filter`. Safe to call twice.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

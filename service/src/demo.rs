@@ -1,0 +1,199 @@
+//! `kwm-service demo`: the whole flow on one machine. Starts the service on its embedded SQLite default,
+//! registers synthetic providers, generates a few years of West-Brabant West exports with the SDK's
+//! generator, uploads them through the SDK over HTTP, prints what happened, and serves until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use kwm_schemas::Role;
+use kwm_sdk::synth::{generate, SynthOptions};
+use kwm_sdk::{upload_file, ProviderKeys, RegionalKey, Token, UploadOptions};
+use time::OffsetDateTime;
+
+use crate::auth::issue_token;
+use crate::config::Config;
+use crate::startup::Application;
+use crate::store::Provider;
+
+/// Marks a directory as the demo's own, so that a re-run may wipe it and nothing else.
+const MARKER: &str = ".kwm-demo";
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub dir: PathBuf,
+    pub providers: u32,
+    pub trajectories: u64,
+    pub seed: u64,
+    pub listen: SocketAddr,
+    /// Stop after printing instead of serving.
+    pub exit: bool,
+}
+
+/// Fictional provider names for the synthetic exports.
+const NAMES: [&str; 16] = [
+    "Jeugdhulp De Brug",
+    "Kompas Gezinshulp",
+    "Stichting Opgroeien West",
+    "Praktijk Zeewind",
+    "Gezinscentrum De Linde",
+    "Jeugd & Co Roosendaal",
+    "Ambulant Team Markiezaat",
+    "Orthopedagogisch Centrum Vliet",
+    "Stichting Thuisbasis",
+    "Jeugdzorg Brabantse Wal",
+    "Praktijk Het Anker",
+    "Zorgcombinatie Schelde",
+    "Gezinsbegeleiding Aa",
+    "Kindpraktijk De Vaart",
+    "Jeugdteam Baronie",
+    "Stichting Samen Verder",
+];
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            anyhow::bail!(
+                "{} exists and is not a demo directory; choose another with --data-dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), "created by kwm-service demo; removed by the next demo\n")?;
+    Ok(())
+}
+
+pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    prepare_dir(&opts.dir)?;
+    config.data_dir = opts.dir.join("service");
+    config.database_url = None;
+    config.listen = opts.listen;
+    config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+
+    println!("Kwaliteitsmonitor demo");
+    println!("======================");
+    let app = match Application::build(config.clone()).await {
+        Ok(app) => app,
+        Err(e) if opts.listen.port() != 0 => {
+            eprintln!("note: {e:#}; using a free port instead");
+            config.listen = SocketAddr::new(opts.listen.ip(), 0);
+            Application::build(config.clone()).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let base = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    println!(
+        "service     {base} on SQLite at {}",
+        config.database_url_redacted()
+    );
+    let server = tokio::spawn(app.run_until_stopped());
+
+    // The providers' side: exports, keys, registration.
+    let exports = opts.dir.join("exports");
+    let mut synth = SynthOptions::new(&exports, opts.providers, opts.trajectories, opts.seed);
+    synth.region = state.region.as_ref().clone();
+    let out = tokio::task::spawn_blocking(move || generate(&synth))
+        .await
+        .context("generator task")??;
+    println!(
+        "exports     {} providers, {} trajectories of {} children in {}",
+        out.providers.len(),
+        out.trajectories,
+        out.children,
+        exports.display()
+    );
+    let regional = RegionalKey::generate()?;
+    regional.write_to(&opts.dir.join("regional.key"), true)?;
+
+    println!();
+    println!(
+        "{:<10} {:<32} {:>7} {:>8} {:>7} {:>7}",
+        "AGB", "provider", "rows", "batches", "stored", "ms"
+    );
+    let mut provider_token = None;
+    let mut total_stored = 0u64;
+    for (i, p) in out.providers.iter().enumerate() {
+        let name = NAMES[i % NAMES.len()];
+        let keys = ProviderKeys::generate()?;
+        let key_dir = opts.dir.join("providers").join(p.agb.as_str());
+        keys.write_to(&key_dir, true)?;
+        state
+            .store
+            .put_provider(&Provider {
+                agb: p.agb,
+                name: name.to_string(),
+                signing_public_key: keys.signing_public_key().to_vec(),
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await?;
+        let (_, token) = issue_token(
+            state.store.as_ref(),
+            Role::Provider,
+            Some(p.agb.as_str()),
+            name,
+        )
+        .await?;
+        let t0 = Instant::now();
+        let mut upload = UploadOptions::new(
+            &p.path,
+            &base,
+            Some(Token::new(token.as_str())),
+            keys,
+            regional.clone(),
+        );
+        upload.region = state.region.as_ref().clone();
+        let report = upload_file(&upload)
+            .await
+            .with_context(|| format!("uploading the export of {}", p.agb))?;
+        total_stored += report.stored;
+        println!(
+            "{:<10} {:<32} {:>7} {:>8} {:>7} {:>7}",
+            p.agb.as_str(),
+            name,
+            report.rows_read,
+            report.batches,
+            report.stored,
+            t0.elapsed().as_millis()
+        );
+        if provider_token.is_none() {
+            provider_token = Some((p.agb, token));
+        }
+    }
+    println!(
+        "\n{total_stored} trajectories stored, pseudonymised twice and sealed end to end, in {:.1} s.",
+        started.elapsed().as_secs_f64()
+    );
+
+    let (_, municipality_token) =
+        issue_token(state.store.as_ref(), Role::Municipality, Some("GM0748"), "demo").await?;
+    let (_, region_token) = issue_token(state.store.as_ref(), Role::Region, None, "demo").await?;
+    println!();
+    println!("Try it:");
+    println!("  curl {base}/v1/keys");
+    println!("  curl {base}/v1/openapi.json");
+    if let Some((agb, t)) = &provider_token {
+        println!(
+            "  curl -H 'Authorization: Bearer {}' {base}/v1/batches      # provider {agb}",
+            t.as_str()
+        );
+    }
+    println!(
+        "  municipality token (GM0748 Bergen op Zoom): {}",
+        municipality_token.as_str()
+    );
+    println!("  region token: {}", region_token.as_str());
+    println!("  demo files: {}", opts.dir.display());
+
+    if opts.exit {
+        server.abort();
+        return Ok(());
+    }
+    println!("\nServing until Ctrl-C.");
+    server.await.context("server task")?
+}
