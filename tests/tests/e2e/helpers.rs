@@ -153,3 +153,88 @@ impl TestApp {
         }
     }
 }
+
+/// A registered provider as the tests play it: its SDK keys, its token and an SDK client.
+pub struct TestProvider {
+    pub agb: kwm_schemas::AgbCode,
+    pub keys: kwm_sdk::ProviderKeys,
+    /// The same keys as files, as `kwm keygen --out` writes them.
+    pub keys_dir: TempDir,
+    pub token: String,
+    pub client: kwm_sdk::Client,
+}
+
+impl TestProvider {
+    /// A fresh copy of the keys (they are not `Clone`: the signing key stays in one place).
+    pub fn load_keys(&self) -> kwm_sdk::ProviderKeys {
+        kwm_sdk::ProviderKeys::load(self.keys_dir.path()).expect("keys load")
+    }
+}
+
+impl TestApp {
+    /// Registers a provider the way `kwm-service admin provider add` does, with keys from `kwm keygen`.
+    pub async fn register_provider(&self, agb: kwm_schemas::AgbCode) -> TestProvider {
+        let keys = kwm_sdk::ProviderKeys::generate().expect("keygen");
+        let keys_dir = tempfile::tempdir().expect("key dir");
+        keys.write_to(keys_dir.path(), true).expect("keys written");
+        self.state
+            .store
+            .put_provider(&kwm_service::store::Provider {
+                agb,
+                name: format!("provider {agb}"),
+                signing_public_key: keys.signing_public_key().to_vec(),
+                created_at: time::OffsetDateTime::now_utc(),
+            })
+            .await
+            .expect("provider registered");
+        let token = self.issue_token(Role::Provider, Some(agb.as_str())).await;
+        let client = kwm_sdk::Client::new(&self.base_url, Some(kwm_sdk::Token::new(token.clone())))
+            .expect("client");
+        TestProvider {
+            agb,
+            keys,
+            keys_dir,
+            token,
+            client,
+        }
+    }
+
+    pub async fn stored_rows(&self, provider: Option<kwm_schemas::AgbCode>) -> u64 {
+        self.state
+            .store
+            .count_trajectories(provider)
+            .await
+            .expect("count")
+    }
+}
+
+/// Synthetic exports of `providers` providers with `trajectories` rows in all, in a temp dir.
+pub fn synth_exports(providers: u32, trajectories: u64, seed: u64) -> (TempDir, kwm_sdk::synth::SynthOutput) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = kwm_sdk::synth::generate(&kwm_sdk::synth::SynthOptions::new(
+        dir.path(),
+        providers,
+        trajectories,
+        seed,
+    ))
+    .expect("synthetic exports");
+    (dir, out)
+}
+
+/// The upload settings `kwm upload` would use for this provider.
+pub fn upload_options(
+    app: &TestApp,
+    p: &TestProvider,
+    file: &std::path::Path,
+    regional: &kwm_sdk::RegionalKey,
+) -> kwm_sdk::UploadOptions {
+    let mut o = kwm_sdk::UploadOptions::new(
+        file,
+        &app.base_url,
+        Some(kwm_sdk::Token::new(p.token.clone())),
+        p.load_keys(),
+        regional.clone(),
+    );
+    o.retry = kwm_sdk::RetryPolicy::none();
+    o
+}
