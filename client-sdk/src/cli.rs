@@ -1,0 +1,600 @@
+//! The `kwm` command line: argument parsing, settings from `kwm.toml` and the environment, and the
+//! human and `--json` output of each command. The work itself is done by the library modules.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kwm_schemas::api::BatchReceipt;
+use kwm_schemas::{AgbCode, RegionConfig};
+
+use crate::batch::DEFAULT_BATCH_SIZE;
+use crate::client::Client;
+use crate::config::LoadedConfig;
+use crate::keys::{
+    ProviderKeys, RegionalKey, SIGNING_KEY_FILE, SIGNING_PUB_FILE, TRAJECTORY_KEY_FILE,
+};
+use crate::prepare::{BadRow, Validation};
+use crate::secret::Token;
+use crate::synth::{self, SynthOptions};
+use crate::upload::{self, UploadObserver, UploadOptions, UploadReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kwm",
+    version,
+    about = "Kwaliteitsmonitor provider tool: validate, pseudonymise, seal and upload trajectory exports",
+    long_about = "Kwaliteitsmonitor provider tool.\n\n\
+        Validates a provider's CSV export, pseudonymises the BSN and the trajectory number on this \
+        machine, coarsens dates to months and the birth date to an age band, seals the records with HPKE \
+        to the custodian's key, signs them with the provider's key and uploads them.\n\n\
+        Exit codes: 0 success, 1 failure (service, network, keys), 2 invalid input or usage."
+)]
+pub struct Cli {
+    /// Settings file (default: ./kwm.toml when it exists). Flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the provider's keys (signing.key, signing.pub, trajectory.key), or with --regional the
+    /// region's pseudonymisation key
+    Keygen(KeygenArgs),
+    /// Write realistic synthetic exports for the region, one per synthetic provider
+    Synth(SynthArgs),
+    /// Validate an export and upload it sealed, or show with --dry-run what would be sent
+    Upload(UploadArgs),
+    /// List this provider's batches at the service
+    Batches(BatchesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Directory for signing.key, signing.pub and trajectory.key; with --regional, the key file
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Create the region's pseudonymisation key (once per region, shared by its providers, never with
+    /// the custodian)
+    #[arg(long)]
+    pub regional: bool,
+    /// Overwrite existing key files (the old keys are lost for good)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Directory for <agb>.csv per provider and providers.txt
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Number of synthetic providers
+    #[arg(long, default_value_t = 5)]
+    pub providers: u32,
+    /// Number of trajectories IN TOTAL over all providers (larger providers get more of them)
+    #[arg(long, default_value_t = 10_000)]
+    pub trajectories: u64,
+    /// Seed: the same seed and options give the same files, byte for byte
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// First year in which trajectories start
+    #[arg(long, default_value_t = 2021)]
+    pub first_year: i32,
+    /// Last year; the export date is 31 December of it, later ends are still running
+    #[arg(long, default_value_t = 2025)]
+    pub last_year: i32,
+    /// Region file (default: the built-in West-Brabant West)
+    #[arg(long, value_name = "FILE")]
+    pub region: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The CSV export (header row; `,` or `;`; columns in any order)
+    pub file: PathBuf,
+    /// Base URL of the service
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// Bearer token; better: the KWM_TOKEN environment variable, which stays out of shell history
+    #[arg(long, env = "KWM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Directory with the provider's keys from `kwm keygen`
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// The region's pseudonymisation key from `kwm keygen --regional`
+    #[arg(long, value_name = "FILE")]
+    pub regional_key: Option<PathBuf>,
+    /// Print the receipt summary as one JSON object on stdout (and no progress bar)
+    #[arg(long)]
+    pub json: bool,
+    /// Contact nobody; print each record exactly as it would be sealed, one JSON object per line,
+    /// grouped per batch with its header fields; the summary goes to stderr
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Send the valid rows and leave out the bad ones (and every row of a repeated trajectory id)
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Records per batch (default 10000; at most the region's limit)
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<u32>,
+    /// Region file (default: the built-in West-Brabant West)
+    #[arg(long, value_name = "FILE")]
+    pub region: Option<PathBuf>,
+    /// An extra export column that may stay in the file; its values are never read (repeatable)
+    #[arg(long = "ignore-column", value_name = "NAME")]
+    pub ignore_columns: Vec<String>,
+    /// The provider's AGB code: checked against the token; lets --dry-run show batch ids
+    #[arg(long, value_name = "AGB")]
+    pub agb: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchesArgs {
+    /// Base URL of the service
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// Bearer token (or KWM_TOKEN)
+    #[arg(long, env = "KWM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print the list as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure of a command: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn failure(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses the arguments, runs the command and turns the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KWM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Keygen(a) => keygen(a),
+        Command::Synth(a) => synth_cmd(a),
+        Command::Upload(a) => {
+            let config = load_config(cli.config.as_deref())?;
+            upload_cmd(a, config)
+        }
+        Command::Batches(a) => {
+            let config = load_config(cli.config.as_deref())?;
+            batches_cmd(a, config)
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<LoadedConfig, CliError> {
+    let loaded = LoadedConfig::discover(path).map_err(|e| CliError::usage(e.to_string()))?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))
+}
+
+fn keygen(a: KeygenArgs) -> Result<(), CliError> {
+    let key_err = |e: crate::keys::KeyError| match e {
+        crate::keys::KeyError::Exists { .. } => CliError::usage(e.to_string()),
+        other => CliError::failure(other.to_string()),
+    };
+    if a.regional {
+        let key = RegionalKey::generate().map_err(key_err)?;
+        key.write_to(&a.out, a.force).map_err(key_err)?;
+        println!(
+            "wrote the regional pseudonymisation key to {} (mode 0600)",
+            a.out.display()
+        );
+        println!("share it with the region's other providers over a secure channel; never with the custodian");
+        return Ok(());
+    }
+    let keys = ProviderKeys::generate().map_err(key_err)?;
+    keys.write_to(&a.out, a.force).map_err(key_err)?;
+    let dir = a.out.display();
+    println!("wrote the provider keys to {dir}:");
+    println!(
+        "  {dir}/{SIGNING_KEY_FILE}      Ed25519 signing key (PKCS#8, mode 0600): keep it here"
+    );
+    println!("  {dir}/{SIGNING_PUB_FILE}      public key: send it to the custodian to register this provider");
+    println!("  {dir}/{TRAJECTORY_KEY_FILE}  trajectory pseudonymisation key (mode 0600): keep it and back it up;");
+    println!(
+        "  {:width$}  a new one gives every trajectory a new pseudonym",
+        "",
+        width = dir.to_string().len() + 16
+    );
+    Ok(())
+}
+
+fn load_region(path: Option<&Path>) -> Result<RegionConfig, CliError> {
+    match path {
+        Some(p) => RegionConfig::from_file(p).map_err(|e| CliError::usage(e.to_string())),
+        None => Ok(RegionConfig::wbw()),
+    }
+}
+
+fn synth_cmd(a: SynthArgs) -> Result<(), CliError> {
+    let mut opts = SynthOptions::new(&a.out_dir, a.providers, a.trajectories, a.seed);
+    opts.first_year = a.first_year;
+    opts.last_year = a.last_year;
+    opts.region = load_region(a.region.as_deref())?;
+    let out = synth::generate(&opts).map_err(|e| match e {
+        synth::SynthError::Options(m) => CliError::usage(m),
+        other => CliError::failure(other.to_string()),
+    })?;
+    println!(
+        "wrote {} trajectories of {} synthetic children for {} providers to {}",
+        out.trajectories,
+        out.children,
+        out.providers.len(),
+        a.out_dir.display()
+    );
+    for p in &out.providers {
+        println!("  {}  {:>9} rows", p.path.display(), p.rows);
+    }
+    println!(
+        "  {}  (the AGB codes, one per line)",
+        out.providers_file.display()
+    );
+    Ok(())
+}
+
+/// Prints bad rows the moment pass 1 finds them.
+struct PrintBadRows {
+    skip_invalid: bool,
+    bad: u64,
+}
+
+impl UploadObserver for PrintBadRows {
+    fn bad_row(&mut self, file: &Path, row: &BadRow) {
+        self.bad += 1;
+        eprintln!("{}", row.render(file));
+    }
+    fn validated(&mut self, v: &Validation) {
+        if self.skip_invalid && v.bad_rows > 0 {
+            eprintln!(
+                "warning: {} of {} rows are not valid and will be left out (--skip-invalid)",
+                v.bad_rows, v.rows
+            );
+        }
+    }
+}
+
+fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let cfg = &loaded.config;
+    let keys_dir = a
+        .keys
+        .clone()
+        .or_else(|| cfg.keys.clone())
+        .ok_or_else(|| CliError::usage("no keys directory: pass --keys DIR (from `kwm keygen --out DIR`) or set keys in kwm.toml"))?;
+    let regional_path = a
+        .regional_key
+        .clone()
+        .or_else(|| cfg.regional_key.clone())
+        .ok_or_else(|| {
+            CliError::usage(
+                "no regional key: pass --regional-key FILE or set regional_key in kwm.toml",
+            )
+        })?;
+    let service = a.service.clone().or_else(|| cfg.service.clone());
+    if service.is_none() && !a.dry_run {
+        return Err(CliError::usage(
+            "no service URL: pass --service URL or set service in kwm.toml",
+        ));
+    }
+    let token = a
+        .token
+        .as_deref()
+        .map(Token::new)
+        .or_else(|| loaded.token())
+        .filter(|t| !t.is_empty());
+    let provider: Option<AgbCode> = match a.agb.as_deref() {
+        Some(s) => Some(
+            s.parse()
+                .map_err(|e: kwm_schemas::ParseError| CliError::usage(format!("--agb: {e}")))?,
+        ),
+        None => cfg.agb,
+    };
+    let keys = ProviderKeys::load(&keys_dir).map_err(|e| CliError::failure(e.to_string()))?;
+    let regional =
+        RegionalKey::load(&regional_path).map_err(|e| CliError::failure(e.to_string()))?;
+    for w in keys.warnings().iter().chain(regional.warnings()) {
+        eprintln!("warning: {w}");
+    }
+    let mut opts = UploadOptions::new(&a.file, service.unwrap_or_default(), token, keys, regional);
+    opts.region = load_region(a.region.as_deref().or(cfg.region.as_deref()))?;
+    opts.batch_size = a
+        .batch_size
+        .or(cfg.batch_size)
+        .unwrap_or(DEFAULT_BATCH_SIZE);
+    opts.skip_invalid = a.skip_invalid || cfg.skip_invalid.unwrap_or(false);
+    opts.dry_run = a.dry_run;
+    opts.ignore_columns = cfg
+        .ignore_columns
+        .iter()
+        .chain(&a.ignore_columns)
+        .cloned()
+        .collect();
+    opts.provider = provider;
+    opts.progress = !a.json && !a.dry_run && std::io::stderr().is_terminal();
+
+    let mut observer = PrintBadRows {
+        skip_invalid: opts.skip_invalid,
+        bad: 0,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = runtime()?.block_on(upload::upload_file_with(&opts, &mut observer, &mut out));
+    let _ = out.flush();
+    drop(out);
+    match result {
+        Ok(report) => {
+            if a.json {
+                let json = serde_json::to_string(&report)
+                    .map_err(|e| CliError::failure(format!("cannot write the summary: {e}")))?;
+                if a.dry_run {
+                    eprintln!("{json}");
+                } else {
+                    println!("{json}");
+                }
+            } else if a.dry_run {
+                eprint!("{}", summary(&report, None));
+            } else {
+                print!("{}", summary(&report, Some(&opts.service)));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let code = e.exit_code() as u8;
+            if let upload::UploadError::Batch { report, .. } = &e {
+                if report.batches > 0 {
+                    eprint!("{}", summary(report, Some(&opts.service)));
+                }
+            }
+            Err(CliError {
+                code,
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+/// The human receipt summary.
+pub fn summary(r: &UploadReport, service: Option<&str>) -> String {
+    let mut s = String::new();
+    if r.dry_run {
+        s.push_str(&format!(
+            "dry run of {}: nothing was sent. {} records in {} batch(es) would be sent\n",
+            r.file, r.records_sent, r.batches
+        ));
+    } else {
+        s.push_str(&format!(
+            "{} uploaded to {} as provider {}\n",
+            r.file,
+            service.unwrap_or(""),
+            r.provider.map(|p| p.to_string()).unwrap_or_default()
+        ));
+    }
+    let rows = [
+        (
+            "batches",
+            r.batches as u64,
+            if r.replayed_batches > 0 {
+                format!(
+                    "{} replayed (stored before; the original receipts)",
+                    r.replayed_batches
+                )
+            } else {
+                String::new()
+            },
+        ),
+        ("rows read", r.rows_read, String::new()),
+        (
+            "rows skipped",
+            r.rows_skipped,
+            if r.rows_skipped > 0 {
+                "invalid or repeated trajectory ids (--skip-invalid)".into()
+            } else {
+                String::new()
+            },
+        ),
+        ("records sent", r.records_sent, String::new()),
+    ];
+    for (label, n, note) in rows {
+        s.push_str(&format!("  {label:<13} {n:>9}  {note}\n").replace("  \n", "\n"));
+    }
+    if !r.dry_run {
+        for (label, n, note) in [
+            ("stored", r.stored, "new trajectories"),
+            ("corrected", r.corrected, "replaced an earlier upload"),
+            (
+                "unchanged",
+                r.unchanged,
+                "already stored with these values (duplicates)",
+            ),
+        ] {
+            s.push_str(&format!("  {label:<13} {n:>9}  {note}\n"));
+        }
+        if r.resealed_batches > 0 {
+            s.push_str(&format!(
+                "  {} batch(es) were sealed again to the service's new key\n",
+                r.resealed_batches
+            ));
+        }
+    }
+    s
+}
+
+fn batches_cmd(a: BatchesArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let service = a
+        .service
+        .clone()
+        .or_else(|| loaded.config.service.clone())
+        .ok_or_else(|| {
+            CliError::usage("no service URL: pass --service URL or set service in kwm.toml")
+        })?;
+    let token = a
+        .token
+        .as_deref()
+        .map(Token::new)
+        .or_else(|| loaded.token())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            CliError::usage("no token: pass --token, set KWM_TOKEN, or put token in kwm.toml")
+        })?;
+    let client = Client::new(&service, Some(token)).map_err(|e| CliError::usage(e.to_string()))?;
+    let list = runtime()?
+        .block_on(client.list_batches())
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    if a.json {
+        let json = serde_json::to_string_pretty(&list)
+            .map_err(|e| CliError::failure(format!("cannot write the list: {e}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", batch_table(&list.batches));
+    }
+    Ok(())
+}
+
+/// The batches as a text table, newest first as the service sends them.
+pub fn batch_table(batches: &[BatchReceipt]) -> String {
+    if batches.is_empty() {
+        return "no batches yet\n".into();
+    }
+    let mut s = format!(
+        "{:<36}  {:<20}  {:>8}  {:>8}  {:>9}  {:>9}\n",
+        "BATCH ID", "RECEIVED (UTC)", "RECORDS", "STORED", "CORRECTED", "UNCHANGED"
+    );
+    for b in batches {
+        let received = b
+            .received_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:<36}  {:<20}  {:>8}  {:>8}  {:>9}  {:>9}\n",
+            b.batch_id, received, b.record_count, b.stored, b.corrected, b.unchanged
+        ));
+    }
+    s.push_str(&format!("{} batch(es)\n", batches.len()));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kwm",
+            "upload",
+            "x.csv",
+            "--service",
+            "http://h",
+            "--token",
+            "t",
+            "--keys",
+            "k",
+            "--regional-key",
+            "r",
+            "--json",
+            "--dry-run",
+            "--skip-invalid",
+            "--batch-size",
+            "5",
+            "--ignore-column",
+            "notes",
+        ])
+        .expect("parses");
+        let Command::Upload(a) = cli.command else {
+            panic!("upload expected")
+        };
+        assert!(a.json && a.dry_run && a.skip_invalid);
+        assert_eq!(a.batch_size, Some(5));
+        assert_eq!(a.ignore_columns, ["notes"]);
+        assert!(
+            Cli::try_parse_from(["kwm", "keygen"]).is_err(),
+            "--out is required"
+        );
+    }
+
+    #[test]
+    fn summary_mentions_every_figure() {
+        let r = UploadReport {
+            file: "x.csv".into(),
+            batches: 3,
+            replayed_batches: 1,
+            rows_read: 100,
+            rows_skipped: 2,
+            records_sent: 98,
+            stored: 90,
+            corrected: 5,
+            unchanged: 3,
+            ..UploadReport::default()
+        };
+        let s = summary(&r, Some("http://h"));
+        for needle in [
+            "batches",
+            "1 replayed",
+            "rows read",
+            "rows skipped",
+            "stored",
+            "corrected",
+            "unchanged",
+        ] {
+            assert!(s.contains(needle), "{needle}: {s}");
+        }
+    }
+}
