@@ -193,7 +193,7 @@ impl Keyring {
             .with_context(|| format!("parsing {}", meta_path.display()))?;
             entries.push(KeyEntry { id, secret, meta });
         }
-        entries.sort_by(|a, b| a.meta.activates_at.cmp(&b.meta.activates_at));
+        entries.sort_by_key(|e| e.meta.activates_at);
         *self
             .keys
             .write()
