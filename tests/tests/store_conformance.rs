@@ -715,3 +715,37 @@ async fn a_large_batch_is_stored_completely(store: Arc<dyn Store>) -> TestResult
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The HTTP layer answers a retryable 503 for `Unavailable`: a server that does not answer is one.
+#[tokio::test]
+async fn an_unreachable_postgres_is_unavailable() {
+    // Port 1 on the loopback: nothing listens there; the pool retries until its acquire timeout.
+    let err = kwm_service::store::connect("postgres://kwm@127.0.0.1:1/kwm")
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(matches!(err, StoreError::Unavailable(_)), "got {err:?}");
+}
+
+/// A URL of a database the service does not support is a configuration error, not an outage.
+#[tokio::test]
+async fn an_unsupported_url_is_refused() {
+    let err = kwm_service::store::connect("mysql://localhost/kwm")
+        .await
+        .expect_err("not a supported scheme");
+    assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
+}
+
+/// `sqlite::memory:` is a private database that lives as long as the store (for quick experiments).
+#[tokio::test]
+async fn an_in_memory_sqlite_store_works() -> TestResult {
+    let store = kwm_service::store::connect("sqlite::memory:").await?;
+    register(store.as_ref(), provider_a()).await?;
+    let r = stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..10)))
+            .await?,
+    )?;
+    assert_eq!(r.stored, 10);
+    assert_eq!(store.count_trajectories(None).await?, 10);
+    Ok(())
+}

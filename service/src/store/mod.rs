@@ -106,6 +106,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// - batch id known with another digest: `Err(Conflict)`.
     ///
     /// Two records of one batch never share a trajectory pseudonym (the service checks this first).
+    ///
+    /// Timestamps are kept to the microsecond: the receipt returned carries `received_at` as stored,
+    /// so it equals what `get_batch` returns later. Concurrent calls with the same batch id end with
+    /// one `Stored` and the others `Replayed` (or `Conflict`), never a duplicate. A lost connection or
+    /// a lock held too long is `Unavailable`; a value the schema refuses is `Other`.
     async fn put_batch(&self, batch: &NewBatch) -> Result<PutBatch, StoreError>;
     async fn get_batch(
         &self,

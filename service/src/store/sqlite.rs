@@ -59,8 +59,9 @@ const RECORD_COLUMNS: [&str; 18] = [
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Inserts `rows` trajectories, or replaces a stored one when any value differs. Per row 21 parameters:
-/// provider, the 18 record columns, batch id, time. Returns one `revision` per row written (1: new,
-/// more: corrected) and nothing for a row whose values were all equal.
+/// provider, the 18 record columns, batch id, time. A row whose values are all equal is not written,
+/// so the statement's change count is new plus corrected rows. (No `RETURNING`: the driver hands each
+/// returned row across threads one by one, which cost more than the inserts.)
 ///
 /// The parameters are anonymous (`?`), not numbered (`?NNN`): the driver looks each numbered parameter
 /// up by name, a linear search in SQLite, which makes a statement of thousands of them quadratic.
@@ -83,16 +84,24 @@ fn upsert_trajectories_sql(rows: usize) -> String {
          VALUES {values} \
          ON CONFLICT (provider, trajectory) DO UPDATE SET {set}, batch_id = excluded.batch_id, \
          revision = trajectories.revision + 1, updated_at = excluded.updated_at \
-         WHERE {differs} \
-         RETURNING revision",
+         WHERE {differs}",
         set = set.join(", "),
         differs = differs.join(" OR "),
     )
 }
 
-/// The statement for a full chunk, built once; the last, shorter chunk of a batch builds its own.
+/// How many of `rows` trajectories of a provider are stored already: ask before the upsert, and the
+/// change count tells new from corrected.
+fn count_existing_sql(rows: usize) -> String {
+    let params = vec!["?"; rows].join(", ");
+    format!("SELECT count(*) FROM trajectories WHERE provider = ? AND trajectory IN ({params})")
+}
+
+/// The statements for a full chunk, built once; the last, shorter chunk of a batch builds its own.
 static UPSERT_FULL_CHUNK: LazyLock<String> =
     LazyLock::new(|| upsert_trajectories_sql(ROWS_PER_STATEMENT));
+static COUNT_EXISTING_FULL_CHUNK: LazyLock<String> =
+    LazyLock::new(|| count_existing_sql(ROWS_PER_STATEMENT));
 
 static SELECT_TRAJECTORIES: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -299,14 +308,31 @@ impl Store for SqliteStore {
 
         let (mut stored, mut corrected) = (0u32, 0u32);
         for chunk in batch.records.chunks(ROWS_PER_STATEMENT) {
-            let short;
-            let sql = if chunk.len() == ROWS_PER_STATEMENT {
-                UPSERT_FULL_CHUNK.as_str()
+            let full = chunk.len() == ROWS_PER_STATEMENT;
+            let (short_count, short_upsert);
+            let (count_sql, upsert_sql) = if full {
+                (
+                    COUNT_EXISTING_FULL_CHUNK.as_str(),
+                    UPSERT_FULL_CHUNK.as_str(),
+                )
             } else {
-                short = upsert_trajectories_sql(chunk.len());
-                short.as_str()
+                short_count = count_existing_sql(chunk.len());
+                short_upsert = upsert_trajectories_sql(chunk.len());
+                (short_count.as_str(), short_upsert.as_str())
             };
-            let mut q = sqlx::query_scalar::<_, i64>(sql);
+
+            let mut q = sqlx::query_scalar::<_, i64>(count_sql).bind(provider);
+            for r in chunk {
+                q = q.bind(&r.trajectory.as_bytes()[..]);
+            }
+            // A short chunk's statements are used once: not worth a place in the statement cache.
+            let existing = q
+                .persistent(full)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+
+            let mut q = sqlx::query(upsert_sql);
             for r in chunk {
                 q = q
                     .bind(provider)
@@ -331,15 +357,23 @@ impl Store for SqliteStore {
                     .bind(&batch_id)
                     .bind(&received_text);
             }
-            // A short chunk's statement is used once: not worth a place in the statement cache.
-            let q = q.persistent(chunk.len() == ROWS_PER_STATEMENT);
-            for revision in q.fetch_all(&mut *tx).await.map_err(db_err)? {
-                if revision == 1 {
-                    stored += 1;
-                } else {
-                    corrected += 1;
-                }
-            }
+            let written = q
+                .persistent(full)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+
+            // Trajectories are unique within a batch (the service checks), so these add up.
+            let new = (chunk.len() as u64).checked_sub(u64::try_from(existing).unwrap_or(u64::MAX));
+            let fixed = new.and_then(|n| written.checked_sub(n));
+            let (Some(new), Some(fixed)) = (new, fixed) else {
+                return Err(StoreError::Other(anyhow::anyhow!(
+                    "inconsistent counts while storing a batch: a trajectory occurs twice in it"
+                )));
+            };
+            stored += new as u32;
+            corrected += fixed as u32;
         }
         let unchanged = record_count - stored - corrected;
 
