@@ -389,10 +389,11 @@ mod tests {
         assert_ne!(a[0].batch_id(agb()), a[0].batch_id(other));
         let c = split(&records[..2], 10, 1 << 20);
         assert_ne!(a[0].batch_id(agb()), c[0].batch_id(agb()));
-        // Known answer, so that a change of the derivation is noticed.
+        // Known answer (computed independently), so that a change of the derivation is noticed: it
+        // would make every re-run after an upgrade a new upload instead of a replay.
         assert_eq!(
             batch_id(agb(), b"{\"records\":[]}").to_string(),
-            batch_id_from_digest(agb(), &envelope::content_digest(b"{\"records\":[]}")).to_string()
+            "8cfd8513-aa0d-837c-873b-38c16ab9c3af"
         );
     }
 

@@ -341,9 +341,9 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
         ),
         None => cfg.agb,
     };
-    let keys = ProviderKeys::load(&keys_dir).map_err(|e| CliError::failure(e.to_string()))?;
-    let regional =
-        RegionalKey::load(&regional_path).map_err(|e| CliError::failure(e.to_string()))?;
+    // A missing or malformed key file is a problem with the input the user gave: exit code 2.
+    let keys = ProviderKeys::load(&keys_dir).map_err(|e| CliError::usage(e.to_string()))?;
+    let regional = RegionalKey::load(&regional_path).map_err(|e| CliError::usage(e.to_string()))?;
     for w in keys.warnings().iter().chain(regional.warnings()) {
         eprintln!("warning: {w}");
     }
@@ -508,16 +508,19 @@ pub fn batch_table(batches: &[BatchReceipt]) -> String {
         return "no batches yet\n".into();
     }
     let mut s = format!(
-        "{:<36}  {:<20}  {:>8}  {:>8}  {:>9}  {:>9}\n",
+        "{:<36}  {:<19}  {:>8}  {:>8}  {:>9}  {:>9}\n",
         "BATCH ID", "RECEIVED (UTC)", "RECORDS", "STORED", "CORRECTED", "UNCHANGED"
     );
     for b in batches {
         let received = b
             .received_at
-            .format(&time::format_description::well_known::Rfc3339)
+            .to_offset(time::UtcOffset::UTC)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
             .unwrap_or_default();
         s.push_str(&format!(
-            "{:<36}  {:<20}  {:>8}  {:>8}  {:>9}  {:>9}\n",
+            "{:<36}  {:<19}  {:>8}  {:>8}  {:>9}  {:>9}\n",
             b.batch_id, received, b.record_count, b.stored, b.corrected, b.unchanged
         ));
     }
@@ -568,6 +571,29 @@ mod tests {
             Cli::try_parse_from(["kwm", "keygen"]).is_err(),
             "--out is required"
         );
+    }
+
+    #[test]
+    fn batch_table_lists_each_receipt() {
+        let r = BatchReceipt {
+            batch_id: uuid::Uuid::nil(),
+            provider: "12345678".parse().expect("agb"),
+            key_id: "0123456789abcdef".parse().expect("key id"),
+            record_count: 10,
+            stored: 7,
+            corrected: 2,
+            unchanged: 1,
+            received_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+            content_digest: String::new(),
+            replayed: false,
+        };
+        let t = batch_table(&[r]);
+        assert!(
+            t.contains("00000000-0000-0000-0000-000000000000  2023-11-14 22:13:20"),
+            "{t}"
+        );
+        assert!(t.ends_with("1 batch(es)\n"));
+        assert_eq!(batch_table(&[]), "no batches yet\n");
     }
 
     #[test]

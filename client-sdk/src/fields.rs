@@ -447,6 +447,19 @@ mod tests {
         }
 
         #[test]
+        fn words_parse_in_any_case_with_padding(i in 0usize..3, upper in proptest::bool::ANY, pad in "[ \t]{0,2}", junk in "[a-z]{1,8}") {
+            let cased = |w: &str| if upper { w.to_uppercase() } else { w.to_string() };
+            let r = Respondent::ALL[i];
+            let s = format!("{pad}{}{pad}", cased(r.as_str()));
+            prop_assert_eq!(respondent(s.as_bytes()), Ok(r));
+            let c = CarryOn::ALL[i];
+            let s = format!("{pad}{}{pad}", cased(c.as_str()));
+            prop_assert_eq!(carry_on(s.as_bytes()), Ok(c));
+            let known = ["youth", "parent", "both", "jeugdige", "jongere", "ouder", "ouders", "beide", "beiden"];
+            prop_assert_eq!(respondent(junk.as_bytes()).is_ok(), known.contains(&junk.as_str()));
+        }
+
+        #[test]
         fn non_utf8_is_refused_cleanly(bytes in proptest::collection::vec(0x80u8..0xff, 1..8)) {
             if std::str::from_utf8(&bytes).is_err() {
                 prop_assert!(code(&bytes).expect_err("not utf-8").contains("UTF-8"));

@@ -1,0 +1,330 @@
+//! The `kwm` binary as a user runs it, for everything that needs no service: keygen, synth, and upload's
+//! validation and `--dry-run`, with their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kwm_schemas::WireRecord;
+
+fn kwm(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kwm"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("KWM_TOKEN")
+        .env_remove("KWM_LOG")
+        .output()
+        .expect("kwm runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad_rows.csv")
+}
+
+/// A working directory with provider keys, a regional key and a small synthetic export.
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    assert!(kwm(&["keygen", "--out", "keys"], d).status.success());
+    assert!(kwm(&["keygen", "--regional", "--out", "regional.key"], d)
+        .status
+        .success());
+    let out = kwm(
+        &[
+            "synth",
+            "--out-dir",
+            "synth",
+            "--providers",
+            "1",
+            "--trajectories",
+            "60",
+            "--seed",
+            "4",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let agb = std::fs::read_to_string(d.join("synth/providers.txt")).expect("providers.txt");
+    let export = d.join("synth").join(format!("{}.csv", agb.trim()));
+    (dir, export)
+}
+
+#[test]
+fn keygen_writes_keys_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = kwm(&["keygen", "--out", "k"], d);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in ["signing.key", "signing.pub", "trajectory.key"] {
+        assert!(d.join("k").join(f).is_file(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["signing.key", "trajectory.key"] {
+            let mode = std::fs::metadata(d.join("k").join(f))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+    let before = std::fs::read(d.join("k/signing.key")).expect("key");
+    let again = kwm(&["keygen", "--out", "k"], d);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(std::fs::read(d.join("k/signing.key")).expect("key"), before);
+    assert!(kwm(&["keygen", "--out", "k", "--force"], d)
+        .status
+        .success());
+    assert_ne!(std::fs::read(d.join("k/signing.key")).expect("key"), before);
+
+    assert!(kwm(&["keygen", "--regional", "--out", "r.key"], d)
+        .status
+        .success());
+    assert_eq!(
+        kwm(&["keygen", "--regional", "--out", "r.key"], d)
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn synth_is_reproducible_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let args = |out: &'static str| {
+        vec![
+            "synth",
+            "--out-dir",
+            out,
+            "--providers",
+            "3",
+            "--trajectories",
+            "300",
+            "--seed",
+            "12",
+        ]
+    };
+    assert!(kwm(&args("a"), d).status.success());
+    assert!(kwm(&args("b"), d).status.success());
+    let list = std::fs::read_to_string(d.join("a/providers.txt")).expect("list");
+    assert_eq!(list.lines().count(), 3);
+    for agb in list.lines() {
+        let name = format!("{agb}.csv");
+        assert_eq!(
+            std::fs::read(d.join("a").join(&name)).expect("a"),
+            std::fs::read(d.join("b").join(&name)).expect("b")
+        );
+    }
+}
+
+#[test]
+fn upload_of_a_bad_file_lists_every_bad_row_and_sends_nothing() {
+    let (dir, _) = setup();
+    let d = dir.path();
+    let file = fixture();
+    let out = kwm(
+        &[
+            "upload",
+            file.to_str().expect("utf-8 path"),
+            "--service",
+            // Nothing listens here: a request would fail with exit code 1, not 2.
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+            "--keys",
+            "keys",
+            "--regional-key",
+            "regional.key",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let shown = format!("{}:", file.display());
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&shown)).collect();
+    assert_eq!(lines.len(), 16, "{err}");
+    assert!(err.contains(&format!(
+        "{}:3: column bsn (col 1): not a valid BSN (fails the elfproef)",
+        file.display()
+    )));
+    assert!(
+        err.contains("15 of 17 rows are not valid; nothing was sent"),
+        "{err}"
+    );
+    assert!(!err.contains("123456789"), "no BSN in the output");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn dry_run_prints_exactly_what_would_leave_the_machine() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    let out = kwm(
+        &[
+            "upload",
+            export.to_str().expect("utf-8 path"),
+            "--keys",
+            "keys",
+            "--regional-key",
+            "regional.key",
+            "--dry-run",
+            "--batch-size",
+            "25",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut headers = Vec::new();
+    let mut records = 0;
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
+        if let Some(h) = v.get("batch") {
+            headers.push(h.clone());
+        } else {
+            let _: WireRecord = serde_json::from_value(v).expect("a wire record");
+            records += 1;
+        }
+    }
+    assert_eq!(records, 60);
+    let counts: Vec<u64> = headers
+        .iter()
+        .map(|h| h["record_count"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(counts, [25, 25, 10]);
+    assert_eq!(headers[0]["key_id"], "(fetched at upload)");
+    assert_eq!(headers[0]["provider"], "(fetched at upload)");
+    // Nothing of the export's identifying columns is in what would be sent.
+    let csv = std::fs::read_to_string(&export).expect("export");
+    for row in csv.lines().skip(1).take(20) {
+        let bsn = row.split([',', ';']).next().expect("bsn");
+        assert!(!stdout.contains(bsn), "a BSN in the dry-run output");
+    }
+    assert!(!stdout.contains("birth"), "no birth dates");
+    assert!(
+        text(&out.stderr).contains("nothing was sent"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // With the AGB code the batch ids are shown, and they are stable.
+    let with_agb = |d: &Path| {
+        let agb = export.file_stem().and_then(|s| s.to_str()).expect("agb");
+        let o = kwm(
+            &[
+                "upload",
+                export.to_str().expect("utf-8 path"),
+                "--keys",
+                "keys",
+                "--regional-key",
+                "regional.key",
+                "--dry-run",
+                "--agb",
+                agb,
+            ],
+            d,
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("{\"batch\""))
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                v["batch"]["batch_id"].as_str().expect("id").to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = with_agb(d);
+    assert_eq!(a, with_agb(d));
+    assert!(uuid::Uuid::parse_str(&a[0]).is_ok());
+}
+
+#[test]
+fn settings_come_from_kwm_toml_and_flags_override() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    std::fs::write(
+        d.join("kwm.toml"),
+        "keys = \"keys\"\nregional_key = \"regional.key\"\nbatch_size = 7\n",
+    )
+    .expect("write");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "upload",
+            export.to_str().expect("utf-8 path"),
+            "--dry-run",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = kwm(&args, d);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let summary: serde_json::Value =
+            serde_json::from_str(text(&o.stderr).lines().last().expect("summary")).expect("json");
+        summary["batches"].as_u64().expect("batches")
+    };
+    assert_eq!(run(&[]), 9, "60 rows in batches of 7 from kwm.toml");
+    assert_eq!(run(&["--batch-size", "30"]), 2, "the flag wins");
+
+    std::fs::write(d.join("kwm.toml"), "keyz = \"keys\"\n").expect("write");
+    let o = kwm(
+        &["upload", export.to_str().expect("utf-8 path"), "--dry-run"],
+        d,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("keyz"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn missing_settings_are_usage_errors() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    let o = kwm(&["upload", export.to_str().expect("utf-8 path")], d);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--keys"), "{}", text(&o.stderr));
+    let o = kwm(
+        &[
+            "upload",
+            export.to_str().expect("utf-8 path"),
+            "--keys",
+            "keys",
+            "--regional-key",
+            "regional.key",
+        ],
+        d,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--service"), "{}", text(&o.stderr));
+    let o = kwm(
+        &[
+            "upload",
+            "nope.csv",
+            "--keys",
+            "nokeys",
+            "--regional-key",
+            "regional.key",
+            "--dry-run",
+        ],
+        d,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("kwm keygen"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        kwm(&["upload"], d).status.code(),
+        Some(2),
+        "clap usage error"
+    );
+}
