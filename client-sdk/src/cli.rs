@@ -68,7 +68,7 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// Directory for <agb>.csv per provider and providers.txt
+    /// Directory for one CSV export per provider (named AGB.csv) and providers.txt
     #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
     /// Number of synthetic providers
