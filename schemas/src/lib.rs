@@ -9,10 +9,12 @@ pub mod envelope;
 pub mod problem;
 pub mod record;
 pub mod region;
+pub mod release;
 
 pub use codes::{AgbCode, Bsn, Code, Month, MunicipalityCode, ParseError, Pseudonym, Role};
 pub use record::{BatchPayload, WireRecord};
 pub use region::RegionConfig;
+pub use release::Period;
 
 use schemars::generate::SchemaSettings;
 
@@ -39,5 +41,6 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("problem.schema.json", schema::<problem::Problem>()),
         ("region.schema.json", schema::<region::RegionConfig>()),
         ("criterion.schema.json", schema::<criteria::Criterion>()),
+        ("release.schema.json", schema::<release::Release>()),
     ]
 }

@@ -1,0 +1,1163 @@
+//! The release engine proper: one pass over the stored trajectories of the region, bounding per client,
+//! the suppression pattern of every criterion on the whole region grid, and then a release as one slice
+//! of that grid with exact noise on its values.
+//!
+//! Noise is organised in measure groups (below, `GROUPS`): to one group a client contributes, per noised
+//! row, with L1 sensitivity at most the group's `sensitivity`. The policy's epsilon is split evenly over
+//! (noised rows a client can reach) x (groups). Total rows are sums of noised rows: post-processing.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use kwm_schemas::criteria::{catalogue, Criterion, CriterionKind};
+use kwm_schemas::region::ReleasePolicy;
+use kwm_schemas::release::{
+    CellStatus, MeasureGroupNoise, NoiseDescription, Partition, Rational, Release, ReleaseCell,
+    ReleaseRow, ReleaseScope,
+};
+use kwm_schemas::{AgbCode, Code, Month, MunicipalityCode, Period};
+
+use super::bounding::{select, OrderKey};
+use super::figures::{self, Level, Released, Widths};
+use super::measures::{Deriver, EndClass, Measures, RepeatIndex};
+use super::suppress::{self, Facts, Rules, Shape};
+use super::{ReleaseError, ReleaseInput};
+use crate::noise::{NoiseSource, Scale};
+
+/// The true (or, after noise, noisy) integers of one row, one slot per noised value.
+type Bins = [i64; BINS];
+
+const BINS: usize = 16;
+const IN_CARE: usize = 0;
+const STARTED: usize = 1;
+const END_PLAN: usize = 2;
+const END_DROP_OUT: usize = 3;
+const END_OTHER: usize = 4;
+const END_ADMIN: usize = 5;
+const HELP_YES: usize = 6;
+const HELP_NO: usize = 7;
+const REPEAT_YES: usize = 8;
+const REPEAT_NO: usize = 9;
+const IMPROVED: usize = 10;
+const NOT_IMPROVED: usize = 11;
+const GRADE_COUNT: usize = 12;
+const GRADE_SUM: usize = 13;
+const GOAL_COUNT: usize = 14;
+const GOAL_SUM: usize = 15;
+
+/// One measure group: noised values to which one client adds, per row, at most `sensitivity` in L1.
+struct Group {
+    name: &'static str,
+    bins: &'static [usize],
+    values: &'static [&'static str],
+    sensitivity: u64,
+    /// Herhaald beroep: noised (and paid for) only when the period is final.
+    repeat: bool,
+}
+
+const fn group(
+    name: &'static str,
+    bins: &'static [usize],
+    values: &'static [&'static str],
+    sensitivity: u64,
+) -> Group {
+    Group {
+        name,
+        bins,
+        values,
+        sensitivity,
+        repeat: false,
+    }
+}
+
+/// A trajectory falls in exactly one bin of a histogram, so each histogram is one group of sensitivity 1;
+/// sums are of values clamped to the criterion's bounds (grades 1..10, goal percentages 0..1000 tenths).
+const GROUPS: [Group; 10] = [
+    group("in_zorg", &[IN_CARE], &["in_zorg"], 1),
+    group("gestart", &[STARTED], &["gestart"], 1),
+    group(
+        "einde",
+        &[END_PLAN, END_DROP_OUT, END_OTHER, END_ADMIN],
+        &["reden_31", "reden_32", "reden_33_35", "administratief"],
+        1,
+    ),
+    group("zonder_hulp", &[HELP_YES, HELP_NO], &["ja", "nee"], 1),
+    Group {
+        repeat: true,
+        ..group(
+            "herhaald_beroep",
+            &[REPEAT_YES, REPEAT_NO],
+            &["herhaald", "niet_herhaald"],
+            1,
+        )
+    },
+    group(
+        "probleemafname",
+        &[IMPROVED, NOT_IMPROVED],
+        &["afgenomen", "niet_afgenomen"],
+        1,
+    ),
+    group("tevredenheid_aantal", &[GRADE_COUNT], &["aantal"], 1),
+    group("tevredenheid_som", &[GRADE_SUM], &["som_cijfers"], 10),
+    group("doelrealisatie_aantal", &[GOAL_COUNT], &["aantal"], 1),
+    group("doelrealisatie_som", &[GOAL_SUM], &["som_promille"], 1000),
+];
+
+fn group_of(bin: usize) -> usize {
+    GROUPS
+        .iter()
+        .position(|g| g.bins.contains(&bin))
+        .unwrap_or_else(|| unreachable!("every bin belongs to a group"))
+}
+
+/// Bounding domains: the sets of trajectories one measure group counts. Bounding is done per domain, so
+/// that a client's ended trajectory is not dropped from the outcome figures in favour of a running one
+/// in the same target group (which would bias herhaald beroep, for instance, downward).
+const DOMAINS: usize = 8;
+const D_IN_CARE: usize = 0;
+const D_STARTED: usize = 1;
+const D_ENDED: usize = 2;
+const D_HELP: usize = 3;
+const D_REPEAT: usize = 4;
+const D_PROBLEM: usize = 5;
+const D_GRADE: usize = 6;
+const D_GOAL: usize = 7;
+
+fn eligible(m: &Measures, domain: usize) -> bool {
+    match domain {
+        D_IN_CARE => true,
+        D_STARTED => m.started,
+        D_ENDED => m.ended.is_some(),
+        D_HELP => m.without_help.is_some(),
+        D_REPEAT => m.repeat.is_some(),
+        D_PROBLEM => m.improved.is_some(),
+        D_GRADE => m.grade.is_some(),
+        D_GOAL => m.goal_tenths.is_some(),
+        _ => false,
+    }
+}
+
+/// The client sets suppression is decided on: each criterion's denominator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denominator {
+    InCare,
+    Started,
+    Ended,
+    /// Ended without an administrative reason: volgens_plan and uitval.
+    EndedOutcome,
+    Help,
+    Repeat,
+    Problem,
+    Grade,
+    Goal,
+}
+
+impl Denominator {
+    const ALL: [Denominator; 9] = [
+        Self::InCare,
+        Self::Started,
+        Self::Ended,
+        Self::EndedOutcome,
+        Self::Help,
+        Self::Repeat,
+        Self::Problem,
+        Self::Grade,
+        Self::Goal,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn count(self, b: &Bins) -> i64 {
+        match self {
+            Self::InCare => b[IN_CARE],
+            Self::Started => b[STARTED],
+            Self::Ended => b[END_PLAN] + b[END_DROP_OUT] + b[END_OTHER] + b[END_ADMIN],
+            Self::EndedOutcome => b[END_PLAN] + b[END_DROP_OUT] + b[END_OTHER],
+            Self::Help => b[HELP_YES] + b[HELP_NO],
+            Self::Repeat => b[REPEAT_YES] + b[REPEAT_NO],
+            Self::Problem => b[IMPROVED] + b[NOT_IMPROVED],
+            Self::Grade => b[GRADE_COUNT],
+            Self::Goal => b[GOAL_COUNT],
+        }
+    }
+
+    /// Whether a trajectory kept in the domains `mask` counts in this denominator.
+    fn includes(self, m: &Measures, mask: u8) -> bool {
+        let kept = |d: usize| mask & (1 << d) != 0;
+        match self {
+            Self::InCare => kept(D_IN_CARE),
+            Self::Started => kept(D_STARTED),
+            Self::Ended => kept(D_ENDED),
+            Self::EndedOutcome => {
+                kept(D_ENDED) && m.ended.is_some_and(|c| c != EndClass::Administrative)
+            }
+            Self::Help => kept(D_HELP),
+            Self::Repeat => kept(D_REPEAT),
+            Self::Problem => kept(D_PROBLEM),
+            Self::Grade => kept(D_GRADE),
+            Self::Goal => kept(D_GOAL),
+        }
+    }
+}
+
+/// How a criterion's figure is computed from a row's noisy bins.
+#[derive(Debug, Clone, Copy)]
+enum Computation {
+    Count(&'static [usize]),
+    Share {
+        part: &'static [usize],
+        rest: &'static [usize],
+    },
+    Mean {
+        sum: usize,
+        count: usize,
+        tenths_per_unit: i64,
+    },
+}
+
+fn computation(code: &str) -> Option<(Denominator, Computation)> {
+    use Computation::*;
+    use Denominator::*;
+    Some(match code {
+        "volgens_plan" => (
+            EndedOutcome,
+            Share {
+                part: &[END_PLAN],
+                rest: &[END_DROP_OUT, END_OTHER],
+            },
+        ),
+        "uitval" => (
+            EndedOutcome,
+            Share {
+                part: &[END_DROP_OUT],
+                rest: &[END_PLAN, END_OTHER],
+            },
+        ),
+        "tevredenheid" => (
+            Grade,
+            Mean {
+                sum: GRADE_SUM,
+                count: GRADE_COUNT,
+                tenths_per_unit: 10,
+            },
+        ),
+        "zonder_hulp" => (
+            Help,
+            Share {
+                part: &[HELP_YES],
+                rest: &[HELP_NO],
+            },
+        ),
+        "herhaald_beroep" => (
+            Repeat,
+            Share {
+                part: &[REPEAT_YES],
+                rest: &[REPEAT_NO],
+            },
+        ),
+        "probleemafname" => (
+            Problem,
+            Share {
+                part: &[IMPROVED],
+                rest: &[NOT_IMPROVED],
+            },
+        ),
+        "doelrealisatie" => (
+            Goal,
+            Mean {
+                sum: GOAL_SUM,
+                count: GOAL_COUNT,
+                tenths_per_unit: 1,
+            },
+        ),
+        "in_zorg" => (InCare, Count(&[IN_CARE])),
+        "gestart" => (Started, Count(&[STARTED])),
+        "beeindigd" => (
+            Ended,
+            Count(&[END_PLAN, END_DROP_OUT, END_OTHER, END_ADMIN]),
+        ),
+        _ => return None,
+    })
+}
+
+/// One trajectory active in the period, with where it sits in the grid.
+struct Traj {
+    client: [u8; 32],
+    row: u32,
+    muni: u16,
+    group: u16,
+    provider: u32,
+    measures: Measures,
+}
+
+/// The bounded aggregates and suppression patterns of one period: everything every release of the period
+/// is a slice of. Build once, then call [`PeriodTables::release`] per scope. Holds true counts: never log
+/// or serialise it (its `Debug` shows only what it is about).
+pub struct PeriodTables {
+    region: String,
+    period: Period,
+    as_of: Month,
+    policy: ReleasePolicy,
+    munis: Vec<MunicipalityCode>,
+    groups: Vec<(Code, String, String)>,
+    providers: Vec<AgbCode>,
+    shape: Shape,
+    repeat_final: bool,
+    /// True bins per municipality x target group, per target group (region), per provider x target
+    /// group (only with per-provider reporting).
+    muni_bins: Vec<Bins>,
+    region_bins: Vec<Bins>,
+    provider_bins: Vec<Bins>,
+    /// Suppression pattern per denominator, over the cells of `shape`.
+    patterns: Vec<Vec<CellStatus>>,
+    criteria: Vec<(Criterion, Denominator, Computation)>,
+}
+
+impl fmt::Debug for PeriodTables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeriodTables")
+            .field("region", &self.region)
+            .field("period", &self.period)
+            .field("as_of", &self.as_of)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A row of a release: what it shows, which grid cell decides its statuses, and which noised rows it
+/// sums.
+struct RowPlan {
+    group: Option<usize>,
+    provider: Option<usize>,
+    cell: usize,
+    base: std::ops::Range<usize>,
+}
+
+impl PeriodTables {
+    /// One pass over the rows, bounding, aggregation and the suppression patterns. Cost: linear in the
+    /// rows, plus a sort of the trajectories active in the period and of the starts that can be repeats.
+    pub fn build(input: &ReleaseInput<'_>) -> Result<Self, ReleaseError> {
+        let region = input.region;
+        let policy = &region.policy;
+        let deriver = Deriver::new(region, input.period, input.as_of);
+        let repeat_final = deriver.repeat_final();
+        let window = deriver.window();
+        let (repeat_from, repeat_to) = deriver.repeat_start_range();
+
+        let munis: Vec<MunicipalityCode> = region.municipalities.iter().map(|m| m.code).collect();
+        let muni_index: HashMap<MunicipalityCode, u16> = munis
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (*m, i as u16))
+            .collect();
+        let groups: Vec<(Code, String, String)> = region
+            .target_groups
+            .iter()
+            .map(|t| (t.code.clone(), t.label_nl.clone(), t.label_en.clone()))
+            .collect();
+        let group_index: HashMap<&str, u16> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.0.as_str(), i as u16))
+            .collect();
+        if input.rows.len() > u32::MAX as usize {
+            return Err(ReleaseError::TooManyRows(input.rows.len()));
+        }
+
+        // The one pass: provider codes, the starts that can make a repeat, the trajectories in care.
+        let mut providers: Vec<AgbCode> = Vec::new();
+        let mut repeats = RepeatIndex::default();
+        let mut active: Vec<(u32, u16, u16)> = Vec::new();
+        for (i, (agb, rec)) in input.rows.iter().enumerate() {
+            // Rows come grouped by provider from the store, so this stays short before the dedup.
+            if providers.last() != Some(agb) {
+                providers.push(*agb);
+            }
+            let start = rec.start_month.index();
+            if repeat_final && (repeat_from..=repeat_to).contains(&start) {
+                repeats.push(rec.client.0, start, i as u32);
+            }
+            if deriver.active(rec) {
+                // Group keys come from the codebook only; a row outside it (impossible after ingest
+                // validation) is not counted anywhere rather than creating a key.
+                if let (Some(m), Some(t)) = (
+                    muni_index.get(&rec.municipality),
+                    group_index.get(rec.target_group.as_str()),
+                ) {
+                    active.push((i as u32, *m, *t));
+                }
+            }
+        }
+        providers.sort_unstable();
+        providers.dedup();
+        repeats.finish();
+
+        let mut trajs: Vec<Traj> = active
+            .into_iter()
+            .map(|(row, muni, group)| {
+                let (agb, rec) = &input.rows[row as usize];
+                let measures = deriver.derive(rec, || {
+                    rec.end_month.is_some_and(|end| {
+                        repeats.has_repeat(&rec.client.0, row, end.index(), window)
+                    })
+                });
+                Traj {
+                    client: rec.client.0,
+                    row,
+                    muni,
+                    group,
+                    provider: providers.binary_search(agb).unwrap_or(0) as u32,
+                    measures,
+                }
+            })
+            .collect();
+        drop(repeats);
+        trajs.sort_unstable_by(|a, b| a.client.cmp(&b.client).then(a.row.cmp(&b.row)));
+
+        let (m_n, t_n, p_n) = (munis.len(), groups.len(), providers.len());
+        let key = OrderKey::new(input.order_key);
+        let max_rows = usize::try_from(policy.max_cells_per_client)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let mut cube_index: HashMap<(u16, u16, u32), usize> = HashMap::new();
+        let mut cube: Vec<((u16, u16, u32), Bins)> = Vec::new();
+        let dn = Denominator::ALL.len();
+        let mut distinct_muni = vec![0u64; m_n * dn];
+        let mut distinct_provider = vec![0u64; p_n * dn];
+        let mut distinct_all = vec![0u64; dn];
+        let mut seen_munis: Vec<u16> = Vec::new();
+        let mut seen_providers: Vec<u32> = Vec::new();
+        for client in trajs.chunk_by(|a, b| a.client == b.client) {
+            let masks = bound(client, input, &key, max_rows);
+            // Distinct clients per municipality, per provider and in the region, for the k threshold of
+            // the totals (a client in two target groups is one child).
+            for d in Denominator::ALL {
+                seen_munis.clear();
+                seen_providers.clear();
+                for (t, mask) in client.iter().zip(&masks) {
+                    if d.includes(&t.measures, *mask) {
+                        if !seen_munis.contains(&t.muni) {
+                            seen_munis.push(t.muni);
+                        }
+                        if !seen_providers.contains(&t.provider) {
+                            seen_providers.push(t.provider);
+                        }
+                    }
+                }
+                if !seen_munis.is_empty() {
+                    distinct_all[d.index()] += 1;
+                }
+                for m in &seen_munis {
+                    distinct_muni[usize::from(*m) * dn + d.index()] += 1;
+                }
+                for p in &seen_providers {
+                    distinct_provider[*p as usize * dn + d.index()] += 1;
+                }
+            }
+            for (t, mask) in client.iter().zip(&masks) {
+                if *mask == 0 {
+                    continue;
+                }
+                let k = (t.muni, t.group, t.provider);
+                let at = *cube_index.entry(k).or_insert_with(|| {
+                    cube.push((k, [0; BINS]));
+                    cube.len() - 1
+                });
+                add_bins(&mut cube[at].1, &t.measures, *mask);
+            }
+        }
+        drop(trajs);
+        cube.sort_unstable_by_key(|(k, _)| *k);
+
+        let per_provider = policy.per_provider_reporting;
+        let shape = Shape {
+            munis: m_n,
+            groups: t_n,
+            providers: if per_provider { p_n } else { 0 },
+        };
+        let mut muni_bins = vec![[0i64; BINS]; m_n * t_n];
+        let mut region_bins = vec![[0i64; BINS]; t_n];
+        let mut provider_bins = vec![[0i64; BINS]; if per_provider { p_n * t_n } else { 0 }];
+        for ((m, t, p), bins) in &cube {
+            let (m, t, p) = (usize::from(*m), usize::from(*t), *p as usize);
+            for b in 0..BINS {
+                muni_bins[m * t_n + t][b] += bins[b];
+                region_bins[t][b] += bins[b];
+                if per_provider {
+                    provider_bins[p * t_n + t][b] += bins[b];
+                }
+            }
+        }
+
+        let mut patterns = Vec::with_capacity(dn);
+        for d in Denominator::ALL {
+            let facts = grid_facts(
+                &shape,
+                &cube,
+                d,
+                p_n,
+                &distinct_muni,
+                &distinct_provider,
+                distinct_all[d.index()],
+            );
+            let rules = Rules {
+                k: u64::from(policy.k),
+                min_providers: policy.min_providers,
+                dominance_pct: u64::from(policy.dominance_pct),
+                per_provider_reporting: per_provider,
+                not_final: d == Denominator::Repeat && !repeat_final,
+            };
+            patterns.push(suppress::pattern(&shape, &facts, &rules));
+        }
+
+        let criteria = catalogue()
+            .into_iter()
+            .map(|c| match computation(&c.code) {
+                Some((d, comp)) => Ok((c, d, comp)),
+                None => Err(ReleaseError::UnknownCriterion(c.code)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Self {
+            region: region.code.clone(),
+            period: input.period,
+            as_of: input.as_of,
+            policy: policy.clone(),
+            munis,
+            groups,
+            providers,
+            shape,
+            repeat_final,
+            muni_bins,
+            region_bins,
+            provider_bins,
+            patterns,
+            criteria,
+        })
+    }
+
+    pub fn period(&self) -> Period {
+        self.period
+    }
+
+    pub fn as_of(&self) -> Month {
+        self.as_of
+    }
+
+    /// The release of one scope: draws fresh noise for every noised row (so each call is a new release
+    /// that costs epsilon), then post-processes. With [`crate::noise::NoNoise`] the result is a function
+    /// of the input alone.
+    pub fn release(
+        &self,
+        scope: ReleaseScope,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Release, ReleaseError> {
+        let t_n = self.groups.len();
+        let s = &self.shape;
+        let mut plan = Vec::new();
+        let base: Vec<&Bins>;
+        let contributions;
+        let max_cells = self.policy.max_cells_per_client.max(1);
+        match scope {
+            ReleaseScope::Municipality(code) => {
+                let m = self.munis.iter().position(|c| *c == code).ok_or_else(|| {
+                    ReleaseError::UnknownMunicipality {
+                        municipality: code,
+                        region: self.region.clone(),
+                    }
+                })?;
+                base = self.muni_bins[m * t_n..(m + 1) * t_n].iter().collect();
+                for t in 0..t_n {
+                    plan.push(RowPlan {
+                        group: Some(t),
+                        provider: None,
+                        cell: s.inner(m, t),
+                        base: t..t + 1,
+                    });
+                }
+                plan.push(RowPlan {
+                    group: None,
+                    provider: None,
+                    cell: s.muni_total(m),
+                    base: 0..t_n,
+                });
+                contributions = max_cells;
+            }
+            ReleaseScope::Region => {
+                base = self.region_bins.iter().chain(&self.provider_bins).collect();
+                for t in 0..t_n {
+                    plan.push(RowPlan {
+                        group: Some(t),
+                        provider: None,
+                        cell: s.group_total(t),
+                        base: t..t + 1,
+                    });
+                }
+                plan.push(RowPlan {
+                    group: None,
+                    provider: None,
+                    cell: s.grand_total(),
+                    base: 0..t_n,
+                });
+                for p in 0..s.providers {
+                    let first = t_n + p * t_n;
+                    for t in 0..t_n {
+                        plan.push(RowPlan {
+                            group: Some(t),
+                            provider: Some(p),
+                            cell: s.provider_cell(p, t),
+                            base: first + t..first + t + 1,
+                        });
+                    }
+                    plan.push(RowPlan {
+                        group: None,
+                        provider: Some(p),
+                        cell: s.provider_total(p),
+                        base: first..first + t_n,
+                    });
+                }
+                // A client's contribution reaches a region row and a provider row.
+                contributions = if s.providers > 0 {
+                    max_cells.saturating_mul(2)
+                } else {
+                    max_cells
+                };
+            }
+        }
+        let noise_plan = NoisePlan::new(&self.policy, self.repeat_final, contributions)?;
+
+        // Fresh noise on every value of every noised row, in a fixed order.
+        let mut noisy: Vec<Bins> = Vec::with_capacity(base.len());
+        for bins in base {
+            let mut out = *bins;
+            for g in &noise_plan.active {
+                let scale = noise_plan.scales[*g];
+                for b in GROUPS[*g].bins {
+                    out[*b] = out[*b].saturating_add(noise.try_discrete_laplace(scale)?);
+                }
+            }
+            noisy.push(out);
+        }
+
+        let rounding = u64::from(self.policy.count_rounding.max(1));
+        let mut widths = Widths::default();
+        let rows = plan
+            .iter()
+            .map(|row| {
+                let mut sum = [0i64; BINS];
+                for bins in &noisy[row.base.clone()] {
+                    for b in 0..BINS {
+                        sum[b] = sum[b].saturating_add(bins[b]);
+                    }
+                }
+                let terms = row.base.len() as u32;
+                let cells = self
+                    .criteria
+                    .iter()
+                    .map(|(criterion, d, comp)| {
+                        let status = self.patterns[d.index()][row.cell];
+                        let released = status.is_published().then(|| {
+                            figure(
+                                criterion,
+                                *comp,
+                                &sum,
+                                terms,
+                                &noise_plan,
+                                &mut widths,
+                                rounding,
+                            )
+                        });
+                        ReleaseCell {
+                            criterion: criterion.code.clone(),
+                            status,
+                            value: released.map(|r| r.value),
+                            ci95_low: released.map(|r| r.low),
+                            ci95_high: released.map(|r| r.high),
+                            count: released.and_then(|r| r.count),
+                        }
+                    })
+                    .collect();
+                let (label_nl, label_en) = match row.group {
+                    Some(t) => (self.groups[t].1.clone(), self.groups[t].2.clone()),
+                    None => ("Totaal".to_string(), "Total".to_string()),
+                };
+                ReleaseRow {
+                    target_group: row.group.map(|t| self.groups[t].0.clone()),
+                    provider: row.provider.map(|p| self.providers[p]),
+                    label_nl,
+                    label_en,
+                    cells,
+                }
+            })
+            .collect();
+
+        Ok(Release {
+            id: None,
+            version: None,
+            created_at: None,
+            frozen: false,
+            region: self.region.clone(),
+            scope,
+            period: self.period,
+            as_of: self.as_of,
+            epsilon: self.policy.epsilon_per_release,
+            partitions: partitions_of(&self.munis, scope, self.period),
+            policy: self.policy.clone(),
+            noise: noise_plan.describe(rounding as u32),
+            criteria: self.criteria.iter().map(|(c, _, _)| c.clone()).collect(),
+            rows,
+        })
+    }
+}
+
+pub(super) fn partitions_of(
+    munis: &[MunicipalityCode],
+    scope: ReleaseScope,
+    period: Period,
+) -> Vec<Partition> {
+    match scope {
+        ReleaseScope::Municipality(m) => vec![Partition {
+            municipality: m,
+            period,
+        }],
+        ReleaseScope::Region => munis
+            .iter()
+            .map(|m| Partition {
+                municipality: *m,
+                period,
+            })
+            .collect(),
+    }
+}
+
+/// The domains each of one client's trajectories is kept in, as bit masks. One trajectory alone is kept
+/// wherever it is eligible (`max_rows` is at least 1); otherwise per domain [`select`] decides by the
+/// keyed order, where in the end histogram an outcome ending goes before an administrative one (it is
+/// the one that carries information; the choice depends on the client's own data only, so the bound on
+/// the client's contribution is unchanged).
+/// Position in the keyed order: administrative endings last (end histogram only), then the HMAC, then
+/// the row (a tie of two HMACs does not happen, but the order must be total).
+type Rank = (bool, [u8; 32], u32);
+
+fn bound(client: &[Traj], input: &ReleaseInput<'_>, key: &OrderKey, max_rows: usize) -> Vec<u8> {
+    let all = |t: &Traj| {
+        (0..DOMAINS)
+            .filter(|d| eligible(&t.measures, *d))
+            .fold(0u8, |m, d| m | (1 << d))
+    };
+    if client.len() == 1 {
+        return vec![all(&client[0])];
+    }
+    let mut masks = vec![0u8; client.len()];
+    let mut ranks: Vec<Option<[u8; 32]>> = vec![None; client.len()];
+    let mut positions: Vec<usize> = Vec::new();
+    for d in 0..DOMAINS {
+        positions.clear();
+        positions.extend((0..client.len()).filter(|i| eligible(&client[*i].measures, d)));
+        if positions.len() <= 1 {
+            for i in &positions {
+                masks[*i] |= 1 << d;
+            }
+            continue;
+        }
+        let items: Vec<(u16, Rank)> = positions
+            .iter()
+            .map(|i| {
+                let t = &client[*i];
+                let rank = *ranks[*i].get_or_insert_with(|| {
+                    key.rank(&t.client, &input.rows[t.row as usize].1.trajectory.0)
+                });
+                let administrative =
+                    d == D_ENDED && t.measures.ended == Some(EndClass::Administrative);
+                (t.group, (administrative, rank, t.row))
+            })
+            .collect();
+        for pos in select(&items, max_rows) {
+            masks[positions[pos]] |= 1 << d;
+        }
+    }
+    masks
+}
+
+fn add_bins(bins: &mut Bins, m: &Measures, mask: u8) {
+    let kept = |d: usize| mask & (1 << d) != 0;
+    if kept(D_IN_CARE) {
+        bins[IN_CARE] += 1;
+    }
+    if kept(D_STARTED) {
+        bins[STARTED] += 1;
+    }
+    if kept(D_ENDED) {
+        if let Some(class) = m.ended {
+            bins[match class {
+                EndClass::Plan => END_PLAN,
+                EndClass::DropOut => END_DROP_OUT,
+                EndClass::Other => END_OTHER,
+                EndClass::Administrative => END_ADMIN,
+            }] += 1;
+        }
+    }
+    if let (true, Some(yes)) = (kept(D_HELP), m.without_help) {
+        bins[if yes { HELP_YES } else { HELP_NO }] += 1;
+    }
+    if let (true, Some(yes)) = (kept(D_REPEAT), m.repeat) {
+        bins[if yes { REPEAT_YES } else { REPEAT_NO }] += 1;
+    }
+    if let (true, Some(yes)) = (kept(D_PROBLEM), m.improved) {
+        bins[if yes { IMPROVED } else { NOT_IMPROVED }] += 1;
+    }
+    if let (true, Some(grade)) = (kept(D_GRADE), m.grade) {
+        bins[GRADE_COUNT] += 1;
+        bins[GRADE_SUM] += i64::from(grade.clamp(1, 10));
+    }
+    if let (true, Some(tenths)) = (kept(D_GOAL), m.goal_tenths) {
+        bins[GOAL_COUNT] += 1;
+        bins[GOAL_SUM] += i64::from(tenths.min(1000));
+    }
+}
+
+/// The facts primary suppression needs for every cell of one denominator's grid.
+fn grid_facts(
+    shape: &Shape,
+    cube: &[((u16, u16, u32), Bins)],
+    d: Denominator,
+    p_n: usize,
+    distinct_muni: &[u64],
+    distinct_provider: &[u64],
+    distinct_all: u64,
+) -> Vec<Facts> {
+    let dn = Denominator::ALL.len();
+    let mut facts = vec![Facts::default(); shape.len()];
+    // Contributions per provider in each total, to count providers and find the largest.
+    let mut muni_p = vec![0u64; shape.munis * p_n];
+    let mut group_p = vec![0u64; shape.groups * p_n];
+    let mut all_p = vec![0u64; p_n];
+    for ((m, t, p), bins) in cube {
+        let n = u64::try_from(d.count(bins)).unwrap_or(0);
+        if n == 0 {
+            continue;
+        }
+        let (m, t, p) = (usize::from(*m), usize::from(*t), *p as usize);
+        // The cube has one entry per (municipality, target group, provider).
+        let inner = &mut facts[shape.inner(m, t)];
+        inner.count += n;
+        inner.providers += 1;
+        inner.top_provider = inner.top_provider.max(n);
+        muni_p[m * p_n + p] += n;
+        group_p[t * p_n + p] += n;
+        all_p[p] += n;
+        if shape.providers > 0 {
+            facts[shape.provider_cell(p, t)].count += n;
+            facts[shape.provider_total(p)].count += n;
+        }
+    }
+    let summarise = |per_p: &[u64]| {
+        (
+            per_p.iter().sum::<u64>(),
+            per_p.iter().filter(|v| **v > 0).count() as u32,
+            per_p.iter().copied().max().unwrap_or(0),
+        )
+    };
+    for m in 0..shape.munis {
+        let (count, providers, top) = summarise(&muni_p[m * p_n..(m + 1) * p_n]);
+        facts[shape.muni_total(m)] = Facts {
+            count,
+            clients: distinct_muni[m * dn + d.index()],
+            providers,
+            top_provider: top,
+        };
+    }
+    for t in 0..shape.groups {
+        let (count, providers, top) = summarise(&group_p[t * p_n..(t + 1) * p_n]);
+        // Within one target group a client has at most one trajectory: contributions are clients.
+        facts[shape.group_total(t)] = Facts {
+            count,
+            clients: count,
+            providers,
+            top_provider: top,
+        };
+    }
+    let (count, providers, top) = summarise(&all_p);
+    facts[shape.grand_total()] = Facts {
+        count,
+        clients: distinct_all,
+        providers,
+        top_provider: top,
+    };
+    for f in &mut facts[..shape.munis * shape.groups] {
+        f.clients = f.count;
+    }
+    for p in 0..shape.providers {
+        for t in 0..shape.groups {
+            let f = &mut facts[shape.provider_cell(p, t)];
+            f.clients = f.count;
+            f.providers = u32::from(f.count > 0);
+            f.top_provider = f.count;
+        }
+        let f = &mut facts[shape.provider_total(p)];
+        f.clients = distinct_provider[p * dn + d.index()];
+        f.providers = u32::from(f.count > 0);
+        f.top_provider = f.count;
+    }
+    facts
+}
+
+/// The noise of one release: which groups are noised and at what scale.
+struct NoisePlan {
+    contributions: u32,
+    active: Vec<usize>,
+    scales: [Scale; GROUPS.len()],
+    epsilon_per_group: (u64, u64),
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl NoisePlan {
+    /// epsilon_group = epsilon / (contributions x active groups); scale = sensitivity / epsilon_group,
+    /// both exact rationals.
+    fn new(
+        policy: &ReleasePolicy,
+        repeat_final: bool,
+        contributions: u32,
+    ) -> Result<Self, ReleaseError> {
+        let active: Vec<usize> = (0..GROUPS.len())
+            .filter(|g| repeat_final || !GROUPS[*g].repeat)
+            .collect();
+        let units = u128::from(contributions) * active.len() as u128;
+        let (e_num, e_den) = (
+            u128::from(policy.epsilon_per_release.numerator()),
+            u128::from(policy.epsilon_per_release.denominator()),
+        );
+        let reduce = |num: u128, den: u128| {
+            let g = gcd(num, den).max(1);
+            (num / g, den / g)
+        };
+        let eps_group = reduce(e_num, e_den * units);
+        let mut scales = [Scale { num: 1, den: 1 }; GROUPS.len()];
+        for g in &active {
+            let (num, den) = reduce(u128::from(GROUPS[*g].sensitivity) * e_den * units, e_num);
+            let scale = match (u64::try_from(num), u64::try_from(den)) {
+                (Ok(num), Ok(den)) => Scale::new(num, den).ok(),
+                _ => None,
+            };
+            scales[*g] = scale.ok_or(ReleaseError::Scale {
+                group: GROUPS[*g].name,
+                num,
+                den,
+            })?;
+        }
+        Ok(Self {
+            contributions,
+            active,
+            scales,
+            epsilon_per_group: (
+                u64::try_from(eps_group.0).unwrap_or(u64::MAX),
+                u64::try_from(eps_group.1).unwrap_or(u64::MAX),
+            ),
+        })
+    }
+
+    fn scale_of(&self, bin: usize) -> Scale {
+        self.scales[group_of(bin)]
+    }
+
+    fn describe(&self, rounding: u32) -> NoiseDescription {
+        NoiseDescription {
+            mechanism: "discrete-laplace".into(),
+            contributions_per_client: self.contributions,
+            epsilon_per_group: Rational {
+                numerator: self.epsilon_per_group.0,
+                denominator: self.epsilon_per_group.1,
+            },
+            measure_groups: self
+                .active
+                .iter()
+                .map(|g| MeasureGroupNoise {
+                    name: GROUPS[*g].name.into(),
+                    values: GROUPS[*g].values.iter().map(|v| (*v).into()).collect(),
+                    sensitivity: GROUPS[*g].sensitivity,
+                    scale: Rational {
+                        numerator: self.scales[*g].num,
+                        denominator: self.scales[*g].den,
+                    },
+                })
+                .collect(),
+            count_rounding: rounding,
+            interval_confidence_pct: 95,
+        }
+    }
+}
+
+/// The figure of one published cell from its row's noisy bins; `terms` noised rows were summed.
+fn figure(
+    criterion: &Criterion,
+    comp: Computation,
+    sum: &Bins,
+    terms: u32,
+    plan: &NoisePlan,
+    widths: &mut Widths,
+    rounding: u64,
+) -> Released {
+    let total = |bins: &[usize]| bins.iter().map(|b| sum[*b]).sum::<i64>();
+    // All bins of one part belong to one group (one scale); a part of n bins over `terms` rows is a sum
+    // of n x terms independent draws.
+    let width = |widths: &mut Widths, bins: &[usize], level| {
+        let n = terms.saturating_mul(bins.len() as u32);
+        widths.get(plan.scale_of(bins[0]), n, level)
+    };
+    match comp {
+        Computation::Count(bins) => {
+            figures::count(total(bins), width(widths, bins, Level::P95), rounding)
+        }
+        Computation::Share { part, rest } => {
+            let ha = width(widths, part, Level::P975);
+            let hb = width(widths, rest, Level::P975);
+            figures::share(total(part), ha, total(rest), hb, rounding)
+        }
+        Computation::Mean {
+            sum: s,
+            count: c,
+            tenths_per_unit,
+        } => {
+            debug_assert_eq!(criterion.kind, CriterionKind::Mean);
+            let hs = width(widths, &[s], Level::P975);
+            let hc = width(widths, &[c], Level::P975);
+            figures::mean(
+                sum[s],
+                hs,
+                sum[c],
+                hc,
+                tenths_per_unit,
+                (criterion.lower * 10, criterion.upper * 10),
+                rounding,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kwm_schemas::codes::{AgeBand, Pseudonym};
+    use kwm_schemas::WireRecord;
+    use proptest::prelude::*;
+
+    fn measures() -> impl Strategy<Value = Measures> {
+        let class = prop_oneof![
+            Just(None),
+            Just(Some(EndClass::Plan)),
+            Just(Some(EndClass::DropOut)),
+            Just(Some(EndClass::Other)),
+            Just(Some(EndClass::Administrative)),
+        ];
+        (
+            proptest::bool::ANY,
+            class,
+            proptest::option::of(proptest::bool::ANY),
+            proptest::option::of(proptest::bool::ANY),
+            proptest::option::of(proptest::bool::ANY),
+            proptest::option::of(1u8..=10),
+            proptest::option::of(0u16..=1000),
+        )
+            .prop_map(
+                |(started, ended, help, repeat, improved, grade, goal)| Measures {
+                    started,
+                    ended,
+                    without_help: ended.and(help),
+                    repeat: ended.and(repeat),
+                    improved: ended.and(improved),
+                    grade: ended.and(grade),
+                    goal_tenths: ended.and(goal),
+                },
+            )
+    }
+
+    proptest! {
+        /// The bounding property at the level of the engine: in every measure domain a client lands
+        /// at most once in a target-group row and in at most `max_cells_per_client` rows, and only
+        /// trajectories that belong to the domain are kept.
+        #[test]
+        fn no_client_exceeds_its_cells_in_any_domain(
+            items in proptest::collection::vec((0u16..4, 0u16..2, 0u32..3, measures()), 1..9),
+            max_rows in 1usize..4,
+            key in proptest::array::uniform32(proptest::num::u8::ANY),
+        ) {
+            let region = kwm_schemas::RegionConfig::wbw();
+            let rows: Vec<(AgbCode, WireRecord)> = (0..items.len())
+                .map(|i| {
+                    let rec = WireRecord {
+                        client: Pseudonym([9; 32]),
+                        trajectory: Pseudonym([i as u8; 32]),
+                        municipality: "GM0748".parse().expect("valid"),
+                        target_group: "P01".parse().expect("valid"),
+                        intensity: None,
+                        product_category: None,
+                        start_month: "2025-01".parse().expect("valid"),
+                        end_month: None,
+                        age_band: AgeBand::Age0To3,
+                        end_reason: None,
+                        satisfaction: None,
+                        respondent: None,
+                        carry_on_without_help: None,
+                        problem_t_pre: None,
+                        problem_t_post: None,
+                        instrument: None,
+                        goals_agreed: None,
+                        goals_achieved: None,
+                    };
+                    ("12345678".parse().expect("valid"), rec)
+                })
+                .collect();
+            let input = ReleaseInput {
+                region: &region,
+                rows: &rows,
+                period: "2025".parse().expect("valid"),
+                as_of: "2026-12".parse().expect("valid"),
+                order_key: &key,
+            };
+            let client: Vec<Traj> = items
+                .iter()
+                .enumerate()
+                .map(|(i, (group, muni, provider, measures))| Traj {
+                    client: [9; 32],
+                    row: i as u32,
+                    muni: *muni,
+                    group: *group,
+                    provider: *provider,
+                    measures: *measures,
+                })
+                .collect();
+            let masks = bound(&client, &input, &OrderKey::new(&key), max_rows);
+            for d in 0..DOMAINS {
+                let kept: Vec<&Traj> = client
+                    .iter()
+                    .zip(&masks)
+                    .filter(|(_, m)| *m & (1 << d) != 0)
+                    .map(|(t, _)| t)
+                    .collect();
+                prop_assert!(kept.iter().all(|t| eligible(&t.measures, d)), "kept outside its domain");
+                let mut groups: Vec<u16> = kept.iter().map(|t| t.group).collect();
+                groups.sort_unstable();
+                let n = groups.len();
+                groups.dedup();
+                prop_assert_eq!(groups.len(), n, "twice in one row of domain {}", d);
+                prop_assert!(n <= max_rows, "more rows than allowed in domain {}", d);
+                let mut eligible_groups: Vec<u16> = client
+                    .iter()
+                    .filter(|t| eligible(&t.measures, d))
+                    .map(|t| t.group)
+                    .collect();
+                eligible_groups.sort_unstable();
+                eligible_groups.dedup();
+                prop_assert_eq!(n, eligible_groups.len().min(max_rows), "dropped more than needed");
+            }
+            prop_assert_eq!(bound(&client, &input, &OrderKey::new(&key), max_rows), masks);
+        }
+    }
+}
