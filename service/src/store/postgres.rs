@@ -143,9 +143,12 @@ pub struct PgStore {
 impl PgStore {
     /// Connects (at most 10 connections, 5 s to get one) and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Other(anyhow::anyhow!("invalid PostgreSQL URL: {e}")))?
-            .application_name("kwm-service");
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("invalid PostgreSQL URL: {e}")))?;
+        // Names the service's sessions in pg_stat_activity, unless the URL names them already.
+        if options.get_application_name().is_none() {
+            options = options.application_name("kwm-service");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
