@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kwm_schemas::api::BatchReceipt;
 use kwm_schemas::envelope::{EnvelopeError, HpkePublicKey, KeyId, PROTOCOL_VERSION};
@@ -21,6 +22,9 @@ use crate::keys::{ProviderKeys, RegionalKey};
 use crate::prepare::{self, BadRow, PrepareContext, Records, RowOutcome, Validation};
 use crate::pseudonym::Pseudonymiser;
 use crate::secret::Token;
+
+/// Batches posted at once by one upload.
+const IN_FLIGHT: usize = 2;
 
 /// Everything `kwm upload` needs. Build with [`UploadOptions::new`] and adjust the public fields.
 #[derive(Debug)]
@@ -354,34 +358,55 @@ pub async fn upload_file_with(
 
     let bar = progress_bar(opts.progress, validation.valid);
     let mut failure = None;
-    while let Some(plain) = rx.recv().await {
-        let number = report.batches + 1;
-        let batch_id = plain.batch_id(token_agb);
-        match send_batch(
-            &client,
-            opts,
-            &plain,
-            token_agb,
-            batch_id,
-            &mut key_id,
-            &mut key,
-        )
-        .await
-        {
-            Ok((receipt, replayed, resealed)) => {
+    // Up to IN_FLIGHT batches are posted at once, so that the service opens and stores one while the
+    // next travels; receipts are taken in batch order.
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut next_number = 0u32;
+    let mut input_done = false;
+    loop {
+        while !input_done && in_flight.len() < IN_FLIGHT && failure.is_none() {
+            match rx.recv().await {
+                Some(plain) => {
+                    next_number += 1;
+                    let number = next_number;
+                    let batch_id = plain.batch_id(token_agb);
+                    let current = (key_id.clone(), key.clone());
+                    let client = &client;
+                    in_flight.push_back(async move {
+                        let result =
+                            send_batch(client, opts, &plain, token_agb, batch_id, current).await;
+                        (number, batch_id, plain.record_count, result)
+                    });
+                }
+                None => input_done = true,
+            }
+        }
+        let Some((number, batch_id, record_count, result)) = in_flight.next().await else {
+            break;
+        };
+        match result {
+            Ok((receipt, replayed, resealed, used)) => {
+                if resealed {
+                    (key_id, key) = used;
+                }
                 report.batches = number;
                 report.replayed_batches += u32::from(replayed);
                 report.resealed_batches += u32::from(resealed);
-                report.records_sent += u64::from(plain.record_count);
+                report.records_sent += u64::from(record_count);
                 report.stored += u64::from(receipt.stored);
                 report.corrected += u64::from(receipt.corrected);
                 report.unchanged += u64::from(receipt.unchanged);
-                bar.inc(u64::from(plain.record_count));
+                bar.inc(u64::from(record_count));
                 observer.batch_done(number, &receipt);
                 report.receipts.push(receipt);
             }
             Err(e) => {
-                failure = Some((number, batch_id, e));
+                if failure.is_none() {
+                    failure = Some((number, batch_id, e));
+                }
+                // Later batches still in flight finish (the service stores each whole or not at all),
+                // but their receipts are not counted: a re-run replays them.
+                while in_flight.next().await.is_some() {}
                 break;
             }
         }
@@ -422,9 +447,8 @@ async fn send_batch(
     plain: &PlainBatch,
     provider: AgbCode,
     batch_id: Uuid,
-    key_id: &mut KeyId,
-    key: &mut HpkePublicKey,
-) -> Result<(BatchReceipt, bool, bool), SendError> {
+    (key_id, key): (KeyId, HpkePublicKey),
+) -> Result<(BatchReceipt, bool, bool, (KeyId, HpkePublicKey)), SendError> {
     let seal = |key: &HpkePublicKey| {
         batch::seal_plaintext(
             &plain.plaintext,
@@ -437,11 +461,16 @@ async fn send_batch(
         )
         .map_err(|e| SendError::Other(e.into()))
     };
-    let sealed = seal(key)?;
+    let sealed = seal(&key)?;
     match client.post_batch(&sealed).await {
         Ok(o) => {
             let replayed = !o.created || o.receipt.replayed;
-            Ok((checked(o.receipt, batch_id)?, replayed, false))
+            Ok((
+                checked(o.receipt, batch_id)?,
+                replayed,
+                false,
+                (key_id, key),
+            ))
         }
         Err(e)
             if matches!(
@@ -450,20 +479,23 @@ async fn send_batch(
             ) && e.problem().is_some_and(|p| p.active_key_id.is_some()) =>
         {
             let (new_id, new_key) = client.active_key().await.map_err(SendError::Client)?;
-            if new_id == *key_id {
+            if new_id == key_id {
                 // The service refuses the key it publishes as active: resealing cannot help.
                 return Err(SendError::Client(e));
             }
             tracing::warn!(old = %key_id, new = %new_id, "the service key changed; sealing again to the active key");
-            *key_id = new_id;
-            *key = new_key;
-            let sealed = seal(key)?;
+            let sealed = seal(&new_key)?;
             let o = client
                 .post_batch(&sealed)
                 .await
                 .map_err(SendError::Client)?;
             let replayed = !o.created || o.receipt.replayed;
-            Ok((checked(o.receipt, batch_id)?, replayed, true))
+            Ok((
+                checked(o.receipt, batch_id)?,
+                replayed,
+                true,
+                (new_id, new_key),
+            ))
         }
         Err(e) => Err(SendError::Client(e)),
     }

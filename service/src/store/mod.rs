@@ -139,3 +139,23 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         )))
     }
 }
+
+/// The raw ceiling of the ingest benchmark: the backend's fastest plain bulk path into a fresh database
+/// at `url` (migrated first). Not used by the service; see the backends' `bulk_insert_raw`.
+pub async fn bulk_insert_raw(
+    url: &str,
+    provider: AgbCode,
+    records: &[WireRecord],
+) -> Result<(), StoreError> {
+    if url.starts_with("sqlite:") {
+        sqlite::SqliteStore::connect(url)
+            .await?
+            .bulk_insert_raw(provider, records)
+            .await
+    } else {
+        postgres::PgStore::connect(url)
+            .await?
+            .bulk_insert_raw(provider, records)
+            .await
+    }
+}

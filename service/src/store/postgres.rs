@@ -163,6 +163,43 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The fastest plain bulk path, for the ingest benchmark's ceiling only: one binary `COPY` of all
+    /// records straight into `trajectories` (same keys, indexes and checks), without the staging table,
+    /// upsert, batch bookkeeping or counts of [`Store::put_batch`]. It gives the table column defaults
+    /// for the columns a COPY of records does not carry, so use it on a throwaway database only.
+    pub async fn bulk_insert_raw(
+        &self,
+        provider: AgbCode,
+        records: &[WireRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(&format!(
+            "ALTER TABLE trajectories ALTER COLUMN provider SET DEFAULT '{}', \
+             ALTER COLUMN batch_id SET DEFAULT '{}'::uuid, ALTER COLUMN revision SET DEFAULT 1, \
+             ALTER COLUMN updated_at SET DEFAULT now()",
+            provider.as_str(),
+            Uuid::new_v4().hyphenated()
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let cols: Vec<&str> = RECORD_COLUMNS.iter().map(|(c, _)| *c).collect();
+        let mut copy = tx
+            .copy_in_raw(&format!(
+                "COPY trajectories ({}) FROM STDIN (FORMAT binary)",
+                cols.join(", ")
+            ))
+            .await
+            .map_err(db_err)?;
+        copy.send(encode_copy_binary(records))
+            .await
+            .map_err(db_err)?;
+        copy.finish().await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {

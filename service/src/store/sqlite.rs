@@ -97,6 +97,38 @@ fn count_existing_sql(rows: usize) -> String {
     format!("SELECT count(*) FROM trajectories WHERE provider = ? AND trajectory IN ({params})")
 }
 
+/// Binds one trajectory row in the column order of [`upsert_trajectories_sql`]: provider, the 18 record
+/// columns, batch id, time.
+fn bind_record<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    provider: &'q str,
+    r: &'q WireRecord,
+    batch_id: &'q str,
+    time: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(provider)
+        .bind(&r.trajectory.as_bytes()[..])
+        .bind(&r.client.as_bytes()[..])
+        .bind(r.municipality.to_string())
+        .bind(r.target_group.as_str())
+        .bind(r.intensity.map(|v| i64::from(v.get())))
+        .bind(r.product_category.map(|v| i64::from(v.get())))
+        .bind(i64::from(r.start_month.as_yyyymm()))
+        .bind(r.end_month.map(|m| i64::from(m.as_yyyymm())))
+        .bind(r.age_band.as_str())
+        .bind(r.end_reason.map(|v| i64::from(v.code())))
+        .bind(r.satisfaction.map(|v| i64::from(v.get())))
+        .bind(r.respondent.map(Respondent::as_str))
+        .bind(r.carry_on_without_help.map(CarryOn::as_str))
+        .bind(r.problem_t_pre.map(|v| i64::from(v.get())))
+        .bind(r.problem_t_post.map(|v| i64::from(v.get())))
+        .bind(r.instrument.as_ref().map(|c| c.as_str()))
+        .bind(r.goals_agreed.map(|v| i64::from(v.get())))
+        .bind(r.goals_achieved.map(|v| i64::from(v.get())))
+        .bind(batch_id)
+        .bind(time)
+}
+
 /// The statements for a full chunk, built once; the last, shorter chunk of a batch builds its own.
 static UPSERT_FULL_CHUNK: LazyLock<String> =
     LazyLock::new(|| upsert_trajectories_sql(ROWS_PER_STATEMENT));
@@ -164,6 +196,67 @@ impl SqliteStore {
             pool,
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+}
+
+impl SqliteStore {
+    /// The fastest plain bulk path, for the ingest benchmark's ceiling only: multi-row inserts of new
+    /// rows in one transaction, without the batch bookkeeping, conflict handling or counts of
+    /// [`Store::put_batch`]. Not used by the service.
+    pub async fn bulk_insert_raw(
+        &self,
+        provider: AgbCode,
+        records: &[WireRecord],
+    ) -> Result<(), StoreError> {
+        let provider = provider.as_str();
+        let batch_id = Uuid::new_v4().hyphenated().to_string();
+        let now = format_ts(OffsetDateTime::now_utc())?;
+        let sql = |rows: usize| {
+            let row = format!("(?, {}?, 1, ?)", "?, ".repeat(RECORD_COLUMNS.len()));
+            format!(
+                "INSERT INTO trajectories (provider, {}, batch_id, revision, updated_at) VALUES {}",
+                RECORD_COLUMNS.join(", "),
+                vec![row; rows].join(", ")
+            )
+        };
+        let full = sql(ROWS_PER_STATEMENT);
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // The rows the foreign keys of `trajectories` point at, as the service path has them too.
+        sqlx::query(
+            "INSERT INTO providers (agb, name, signing_public_key, created_at) VALUES (?1, 'raw', ?2, ?3)",
+        )
+        .bind(provider)
+        .bind(&[0u8; 32][..])
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO batches (provider, batch_id, key_id, content_digest, record_count, stored, \
+             corrected, unchanged, received_at) VALUES (?1, ?2, '0000000000000000', ?3, 0, 0, 0, 0, ?4)",
+        )
+        .bind(provider)
+        .bind(&batch_id)
+        .bind(&[0u8; 32][..])
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let short;
+            let text = if chunk.len() == ROWS_PER_STATEMENT {
+                full.as_str()
+            } else {
+                short = sql(chunk.len());
+                short.as_str()
+            };
+            let mut q = sqlx::query(text);
+            for r in chunk {
+                q = bind_record(q, provider, r, &batch_id, &now);
+            }
+            q.execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
     }
 }
 
@@ -334,28 +427,7 @@ impl Store for SqliteStore {
 
             let mut q = sqlx::query(upsert_sql);
             for r in chunk {
-                q = q
-                    .bind(provider)
-                    .bind(&r.trajectory.as_bytes()[..])
-                    .bind(&r.client.as_bytes()[..])
-                    .bind(r.municipality.to_string())
-                    .bind(r.target_group.as_str())
-                    .bind(r.intensity.map(|v| i64::from(v.get())))
-                    .bind(r.product_category.map(|v| i64::from(v.get())))
-                    .bind(i64::from(r.start_month.as_yyyymm()))
-                    .bind(r.end_month.map(|m| i64::from(m.as_yyyymm())))
-                    .bind(r.age_band.as_str())
-                    .bind(r.end_reason.map(|v| i64::from(v.code())))
-                    .bind(r.satisfaction.map(|v| i64::from(v.get())))
-                    .bind(r.respondent.map(Respondent::as_str))
-                    .bind(r.carry_on_without_help.map(CarryOn::as_str))
-                    .bind(r.problem_t_pre.map(|v| i64::from(v.get())))
-                    .bind(r.problem_t_post.map(|v| i64::from(v.get())))
-                    .bind(r.instrument.as_ref().map(|c| c.as_str()))
-                    .bind(r.goals_agreed.map(|v| i64::from(v.get())))
-                    .bind(r.goals_achieved.map(|v| i64::from(v.get())))
-                    .bind(&batch_id)
-                    .bind(&received_text);
+                q = bind_record(q, provider, r, &batch_id, &received_text);
             }
             let written = q
                 .persistent(full)
