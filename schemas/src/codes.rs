@@ -535,6 +535,15 @@ impl Month {
     pub fn index(self) -> i32 {
         i32::from(self.year) * 12 + i32::from(self.month) - 1
     }
+
+    /// The month `n` months later, saturating at 2999-12.
+    pub fn plus_months(self, n: u32) -> Month {
+        let idx = (self.index() as i64 + i64::from(n)).min(2999 * 12 + 11);
+        Month {
+            year: (idx / 12) as u16,
+            month: (idx % 12) as u8 + 1,
+        }
+    }
 }
 
 impl FromStr for Month {
@@ -702,6 +711,7 @@ mod tests {
             let month = Month::new(y, m).expect("valid");
             prop_assert_eq!(month.to_string().parse::<Month>().expect("parses"), month);
             prop_assert_eq!(Month::from_yyyymm(month.as_yyyymm()).expect("parses"), month);
+            prop_assert_eq!(month.plus_months(13).index(), (month.index() + 13).min(2999 * 12 + 11));
         }
 
         #[test]

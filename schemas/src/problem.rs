@@ -23,6 +23,7 @@ pub enum ProblemType {
     MethodNotAllowed,
     Unavailable,
     RateLimited,
+    BudgetExhausted,
     Internal,
 }
 
@@ -46,6 +47,7 @@ impl ProblemType {
         Self::MethodNotAllowed,
         Self::Unavailable,
         Self::RateLimited,
+        Self::BudgetExhausted,
         Self::Internal,
     ];
 
@@ -66,6 +68,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate-limited",
+            Self::BudgetExhausted => "budget-exhausted",
             Self::Internal => "internal",
         }
     }
@@ -93,6 +96,7 @@ impl ProblemType {
             Self::MethodNotAllowed => 405,
             Self::Unavailable => 503,
             Self::RateLimited => 429,
+            Self::BudgetExhausted => 409,
             Self::Internal => 500,
         }
     }
@@ -114,6 +118,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable => "The service is temporarily unavailable",
             Self::RateLimited => "Too many requests for this token",
+            Self::BudgetExhausted => "The privacy budget of a partition this release reads is spent",
             Self::Internal => "Internal error",
         }
     }
@@ -148,6 +153,9 @@ pub struct Problem {
     /// The key a client should seal to instead (`retired-key`, `unknown-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_key_id: Option<String>,
+    /// The budget partition that is spent (`budget-exhausted`), e.g. `GM0748/2025-Q1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
     /// Seconds to wait before retrying (`rate-limited`, `unavailable`); also sent as `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
@@ -162,6 +170,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             active_key_id: None,
+            partition: None,
             retry_after: None,
         }
     }
