@@ -22,6 +22,13 @@ pub enum ApiError {
         errors: Vec<RecordError>,
         active_key_id: Option<String>,
     },
+    /// A release would take this budget partition over its lifetime cap.
+    #[error("budget exhausted")]
+    BudgetExhausted {
+        partition: String,
+        spent: String,
+        cap: String,
+    },
     /// Too many requests for one token: retry after this many seconds.
     #[error("rate limited")]
     RateLimited { retry_after: u64 },
@@ -83,6 +90,7 @@ impl ApiError {
         match self {
             Self::Problem { kind, .. } => *kind,
             Self::RateLimited { .. } => ProblemType::RateLimited,
+            Self::BudgetExhausted { .. } => ProblemType::BudgetExhausted,
             Self::Unavailable(_) => ProblemType::Unavailable,
             Self::Internal(_) => ProblemType::Internal,
         }
@@ -114,6 +122,21 @@ impl ApiError {
                 let mut p = Problem::new(*kind, detail.clone());
                 p.errors = errors.clone();
                 p.active_key_id = active_key_id.clone();
+                p
+            }
+            Self::BudgetExhausted {
+                partition,
+                spent,
+                cap,
+            } => {
+                let mut p = Problem::new(
+                    ProblemType::BudgetExhausted,
+                    format!(
+                        "partition {partition} has spent epsilon {spent} of its lifetime cap {cap}; \
+                         no new release can read it. The last published release stays available."
+                    ),
+                );
+                p.partition = Some(partition.clone());
                 p
             }
             Self::RateLimited { retry_after } => {
@@ -176,7 +199,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
-            Self::Problem { .. } | Self::RateLimited { .. } => {}
+            Self::Problem { .. } | Self::RateLimited { .. } | Self::BudgetExhausted { .. } => {}
         }
         let mut res = problem_response(&self.to_problem());
         res.extensions_mut().insert(self.kind());

@@ -90,6 +90,15 @@ impl PseudonymKey {
         Ok((Self::from_bytes(&b[..]), true))
     }
 
+    /// A 32-byte key for another purpose, derived from this one with a label, so that no further secret
+    /// file is needed (e.g. the keyed order in which the release engine drops surplus trajectories).
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.0, label);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// The stored (stage-2) pseudonym of a stage-1 client pseudonym.
     pub fn pseudonymise(&self, stage1: &Pseudonym) -> Pseudonym {
         let tag = hmac::sign(&self.0, stage1.as_bytes());

@@ -18,6 +18,7 @@ pub mod release;
 pub mod routes;
 pub mod startup;
 pub mod store;
+pub mod tables;
 pub mod telemetry;
 
 pub use config::Config;

@@ -22,9 +22,17 @@ async fn problem_of(res: reqwest::Response) -> (u16, Problem) {
 async fn health_and_readiness_answer() {
     let app = spawn_app().await;
     let c = reqwest::Client::new();
-    let h = c.get(format!("{}/healthz", app.base_url)).send().await.expect("healthz");
+    let h = c
+        .get(format!("{}/healthz", app.base_url))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(h.status(), 200);
-    let r = c.get(format!("{}/readyz", app.base_url)).send().await.expect("readyz");
+    let r = c
+        .get(format!("{}/readyz", app.base_url))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["database"], "ok");
@@ -55,7 +63,10 @@ async fn openapi_document_lists_every_endpoint_with_roles() {
             "{method} {path} is not documented"
         );
     }
-    assert_eq!(doc["paths"]["/v1/batches"]["post"]["x-roles"][0], "provider");
+    assert_eq!(
+        doc["paths"]["/v1/batches"]["post"]["x-roles"][0],
+        "provider"
+    );
     assert!(doc["components"]["schemas"]["SealedBatch"].is_object());
 }
 
@@ -66,7 +77,10 @@ async fn missing_unknown_and_wrong_role_tokens_get_problems() {
     let url = format!("{}/v1/batches", app.base_url);
 
     let (status, p) = problem_of(c.get(&url).send().await.expect("request")).await;
-    assert_eq!((status, p.kind()), (401, Some(ProblemType::Unauthenticated)));
+    assert_eq!(
+        (status, p.kind()),
+        (401, Some(ProblemType::Unauthenticated))
+    );
 
     let (status, p) = problem_of(
         c.get(&url)
@@ -76,7 +90,10 @@ async fn missing_unknown_and_wrong_role_tokens_get_problems() {
             .expect("request"),
     )
     .await;
-    assert_eq!((status, p.kind()), (401, Some(ProblemType::Unauthenticated)));
+    assert_eq!(
+        (status, p.kind()),
+        (401, Some(ProblemType::Unauthenticated))
+    );
 
     let municipality = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let (status, p) = problem_of(

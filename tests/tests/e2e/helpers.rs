@@ -1,7 +1,6 @@
 //! `spawn_app()`: the real service on port 0 with a fresh database and data dir, and typed handles for
 //! the parties the tests play (providers with their SDK keys, other token holders).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kwm_schemas::Role;
@@ -58,11 +57,8 @@ fn init_log_capture() {
 
 /// A running service with its own database and data dir, stopped on drop.
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base_url: String,
     pub state: AppState,
-    pub config: Config,
-    pub backend: Backend,
     /// Every token the test issued: none may ever appear in the logs.
     pub issued_tokens: Mutex<Vec<String>>,
     _data_dir: TempDir,
@@ -92,9 +88,20 @@ pub async fn spawn_app() -> TestApp {
 /// The service on the given backend; `None` when PostgreSQL is not configured (and not in CI, where
 /// the helper fails instead of skipping).
 pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, None).await
+}
+
+/// The service with a region file of the test's own (e.g. a small budget cap).
+pub async fn spawn_app_with(backend: Backend, region_toml: Option<String>) -> Option<TestApp> {
     init_log_capture();
     let data_dir = tempfile::tempdir().expect("temp data dir");
+    let region_file = region_toml.map(|text| {
+        let path = data_dir.path().join("region.toml");
+        std::fs::write(&path, text).expect("region file written");
+        path
+    });
     let mut config = Config {
+        region_file,
         data_dir: data_dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
@@ -108,7 +115,7 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
             Some(db)
         }
     };
-    let app = Application::build(config.clone())
+    let app = Application::build(config)
         .await
         .expect("the service starts");
     let addr = app.local_addr();
@@ -118,11 +125,8 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
         let _ = rx.await;
     }));
     Some(TestApp {
-        addr,
         base_url: format!("http://{addr}"),
         state,
-        config,
-        backend,
         issued_tokens: Mutex::new(Vec::new()),
         _data_dir: data_dir,
         _pg: pg,
@@ -134,9 +138,10 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
 impl TestApp {
     /// Issues a token the way `kwm-service admin token issue` does.
     pub async fn issue_token(&self, role: Role, scope: Option<&str>) -> String {
-        let (_, token) = kwm_service::auth::issue_token(self.state.store.as_ref(), role, scope, "test")
-            .await
-            .expect("token issued");
+        let (_, token) =
+            kwm_service::auth::issue_token(self.state.store.as_ref(), role, scope, "test")
+                .await
+                .expect("token issued");
         let t = token.to_string();
         self.issued_tokens.lock().expect("lock").push(t.clone());
         t
@@ -145,11 +150,17 @@ impl TestApp {
     /// Asserts that none of `secrets` (and none of the issued tokens) occurs in the captured logs.
     pub fn assert_logs_free_of(&self, secrets: &[String]) {
         let logs = captured_logs();
-        assert!(!logs.is_empty(), "the log capture saw nothing: the check would be vacuous");
+        assert!(
+            !logs.is_empty(),
+            "the log capture saw nothing: the check would be vacuous"
+        );
         let tokens = self.issued_tokens.lock().expect("lock").clone();
         for s in tokens.iter().chain(secrets) {
             assert!(!s.is_empty());
-            assert!(!logs.contains(s.as_str()), "a secret value appears in the logs");
+            assert!(
+                !logs.contains(s.as_str()),
+                "a secret value appears in the logs"
+            );
         }
     }
 }
@@ -209,7 +220,11 @@ impl TestApp {
 }
 
 /// Synthetic exports of `providers` providers with `trajectories` rows in all, in a temp dir.
-pub fn synth_exports(providers: u32, trajectories: u64, seed: u64) -> (TempDir, kwm_sdk::synth::SynthOutput) {
+pub fn synth_exports(
+    providers: u32,
+    trajectories: u64,
+    seed: u64,
+) -> (TempDir, kwm_sdk::synth::SynthOutput) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = kwm_sdk::synth::generate(&kwm_sdk::synth::SynthOptions::new(
         dir.path(),

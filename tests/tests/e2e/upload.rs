@@ -10,7 +10,9 @@ use kwm_sdk::{upload_file, ClientError, Pseudonymiser, RegionalKey};
 use ring::signature::KeyPair;
 use time::OffsetDateTime;
 
-use crate::helpers::{spawn_app, spawn_app_on, synth_exports, upload_options, Backend, TestApp, TestProvider};
+use crate::helpers::{
+    spawn_app, spawn_app_on, synth_exports, upload_options, Backend, TestApp, TestProvider,
+};
 
 /// The records of a synthetic export, pseudonymised and coarsened by the SDK.
 fn records_of(file: &std::path::Path, p: &TestProvider, regional: &RegionalKey) -> Vec<WireRecord> {
@@ -22,7 +24,15 @@ fn records_of(file: &std::path::Path, p: &TestProvider, regional: &RegionalKey) 
 
 async fn seal(p: &TestProvider, records: &[WireRecord], id: Option<uuid::Uuid>) -> SealedBatch {
     let (_, key) = p.client.active_key().await.expect("keys");
-    seal_records(records, p.agb, id, &key, p.keys.signer(), OffsetDateTime::now_utc()).expect("sealed")
+    seal_records(
+        records,
+        p.agb,
+        id,
+        &key,
+        p.keys.signer(),
+        OffsetDateTime::now_utc(),
+    )
+    .expect("sealed")
 }
 
 /// Re-signs a batch after a test changed it, as a provider with a buggy client would.
@@ -33,7 +43,10 @@ fn resign(p: &TestProvider, b: &mut SealedBatch) {
 
 fn problem(e: ClientError) -> (Option<u16>, ProblemType, kwm_schemas::problem::Problem) {
     let status = e.status();
-    let p = e.problem().cloned().unwrap_or_else(|| panic!("a problem document, got {e}"));
+    let p = e
+        .problem()
+        .cloned()
+        .unwrap_or_else(|| panic!("a problem document, got {e}"));
     (status, p.kind().expect("a known problem type"), p)
 }
 
@@ -48,7 +61,10 @@ async fn happy_path(app: TestApp) {
         .expect("upload");
     assert_eq!(report.rows_read, export.rows);
     assert_eq!(report.stored, export.rows);
-    assert_eq!((report.corrected, report.unchanged, report.replayed_batches), (0, 0, 0));
+    assert_eq!(
+        (report.corrected, report.unchanged, report.replayed_batches),
+        (0, 0, 0)
+    );
     assert_eq!(app.stored_rows(Some(p.agb)).await, export.rows);
 
     // Running the same upload again replays the same batch ids: the original receipts, no new rows.
@@ -56,16 +72,31 @@ async fn happy_path(app: TestApp) {
         .await
         .expect("replay");
     assert_eq!(again.replayed_batches, again.batches);
-    assert_eq!(again.stored, report.stored, "a replay returns the original receipt");
     assert_eq!(
-        again.receipts.iter().map(|r| (r.batch_id, r.stored, r.received_at)).collect::<Vec<_>>(),
-        report.receipts.iter().map(|r| (r.batch_id, r.stored, r.received_at)).collect::<Vec<_>>()
+        again.stored, report.stored,
+        "a replay returns the original receipt"
+    );
+    assert_eq!(
+        again
+            .receipts
+            .iter()
+            .map(|r| (r.batch_id, r.stored, r.received_at))
+            .collect::<Vec<_>>(),
+        report
+            .receipts
+            .iter()
+            .map(|r| (r.batch_id, r.stored, r.received_at))
+            .collect::<Vec<_>>()
     );
     assert_eq!(app.stored_rows(None).await, export.rows);
 
     let listed = p.client.list_batches().await.expect("batches");
     assert_eq!(listed.batches.len(), report.receipts.len());
-    let one = p.client.get_batch(report.receipts[0].batch_id).await.expect("one batch");
+    let one = p
+        .client
+        .get_batch(report.receipts[0].batch_id)
+        .await
+        .expect("one batch");
     assert_eq!(one.batch_id, report.receipts[0].batch_id);
 
     // Nothing identifying is stored or logged: no BSN, no pseudonym, no token.
@@ -79,7 +110,12 @@ async fn happy_path(app: TestApp) {
     let stage1 = records_of(&export.path, &p, &regional);
     secrets.extend(stage1.iter().map(|r| hex(r.client.as_bytes())));
     secrets.extend(stage1.iter().map(|r| hex(r.trajectory.as_bytes())));
-    let stored = app.state.store.list_trajectories(p.agb).await.expect("stored rows");
+    let stored = app
+        .state
+        .store
+        .list_trajectories(p.agb)
+        .await
+        .expect("stored rows");
     assert_eq!(stored.len() as u64, export.rows);
     secrets.extend(stored.iter().map(|r| hex(r.client.as_bytes())));
     // The service's second stage changed every client pseudonym.
@@ -130,8 +166,20 @@ async fn split_and_correct(app: TestApp) {
     let batch = seal(&p, &records[running..=running], None).await;
     let outcome = p.client.post_batch(&batch).await.expect("correction");
     assert!(outcome.created);
-    assert_eq!((outcome.receipt.stored, outcome.receipt.corrected, outcome.receipt.unchanged), (0, 1, 0));
-    let stored = app.state.store.list_trajectories(p.agb).await.expect("rows");
+    assert_eq!(
+        (
+            outcome.receipt.stored,
+            outcome.receipt.corrected,
+            outcome.receipt.unchanged
+        ),
+        (0, 1, 0)
+    );
+    let stored = app
+        .state
+        .store
+        .list_trajectories(p.agb)
+        .await
+        .expect("rows");
     assert_eq!(stored.len(), 250);
     let corrected = stored
         .iter()
@@ -142,7 +190,14 @@ async fn split_and_correct(app: TestApp) {
     // The whole file again, now with the correction in it: everything unchanged.
     let batch = seal(&p, &records, None).await;
     let outcome = p.client.post_batch(&batch).await.expect("re-upload");
-    assert_eq!((outcome.receipt.stored, outcome.receipt.corrected, outcome.receipt.unchanged), (0, 0, 250));
+    assert_eq!(
+        (
+            outcome.receipt.stored,
+            outcome.receipt.corrected,
+            outcome.receipt.unchanged
+        ),
+        (0, 0, 250)
+    );
 }
 
 #[tokio::test]
@@ -166,55 +221,93 @@ async fn refusals(app: TestApp) {
     let records = records_of(&out.providers[0].path, &a, &regional);
     let good = seal(&a, &records, None).await;
 
-    let expect = |res: Result<kwm_sdk::PostOutcome, ClientError>, status: u16, kind: ProblemType| {
-        let (s, k, p) = problem(res.expect_err("must be refused"));
-        assert_eq!((s, k), (Some(status), kind), "{p:?}");
-        p
-    };
+    let expect =
+        |res: Result<kwm_sdk::PostOutcome, ClientError>, status: u16, kind: ProblemType| {
+            let (s, k, p) = problem(res.expect_err("must be refused"));
+            assert_eq!((s, k), (Some(status), kind), "{p:?}");
+            p
+        };
 
     // Tampering: header, ciphertext and signature are all covered by the signature.
     let mut t = good.clone();
     t.header.record_count -= 1;
-    expect(a.client.post_batch(&t).await, 403, ProblemType::BadSignature);
+    expect(
+        a.client.post_batch(&t).await,
+        403,
+        ProblemType::BadSignature,
+    );
     let mut t = good.clone();
     t.ciphertext.0[10] ^= 0x01;
-    expect(a.client.post_batch(&t).await, 403, ProblemType::BadSignature);
+    expect(
+        a.client.post_batch(&t).await,
+        403,
+        ProblemType::BadSignature,
+    );
     let mut t = good.clone();
     t.signature.0[0] ^= 0x80;
-    expect(a.client.post_batch(&t).await, 403, ProblemType::BadSignature);
+    expect(
+        a.client.post_batch(&t).await,
+        403,
+        ProblemType::BadSignature,
+    );
     // Signed by another provider's key.
     let mut t = good.clone();
     resign(&b, &mut t);
-    expect(a.client.post_batch(&t).await, 403, ProblemType::BadSignature);
+    expect(
+        a.client.post_batch(&t).await,
+        403,
+        ProblemType::BadSignature,
+    );
 
     // A correctly signed batch whose ciphertext was damaged before signing.
     let mut t = good.clone();
     t.ciphertext.0[10] ^= 0x01;
     resign(&a, &mut t);
-    expect(a.client.post_batch(&t).await, 400, ProblemType::DecryptFailed);
+    expect(
+        a.client.post_batch(&t).await,
+        400,
+        ProblemType::DecryptFailed,
+    );
 
     // Provider A's token cannot upload as provider B, and B's batch cannot come with A's token.
     let from_b = seal(&b, &records_of(&out.providers[1].path, &b, &regional), None).await;
-    expect(a.client.post_batch(&from_b).await, 403, ProblemType::Forbidden);
+    expect(
+        a.client.post_batch(&from_b).await,
+        403,
+        ProblemType::Forbidden,
+    );
     // A municipality cannot upload at all.
     let gm = app.issue_token(Role::Municipality, Some("GM0748")).await;
-    let gm_client = kwm_sdk::Client::new(&app.base_url, Some(kwm_sdk::Token::new(gm))).expect("client");
-    expect(gm_client.post_batch(&good).await, 403, ProblemType::Forbidden);
+    let gm_client =
+        kwm_sdk::Client::new(&app.base_url, Some(kwm_sdk::Token::new(gm))).expect("client");
+    expect(
+        gm_client.post_batch(&good).await,
+        403,
+        ProblemType::Forbidden,
+    );
     // A token for a provider that was never registered.
     let ghost: AgbCode = "12340000".parse().expect("agb");
     let ghost_token = app.issue_token(Role::Provider, Some(ghost.as_str())).await;
-    let ghost_client =
-        kwm_sdk::Client::new(&app.base_url, Some(kwm_sdk::Token::new(ghost_token))).expect("client");
+    let ghost_client = kwm_sdk::Client::new(&app.base_url, Some(kwm_sdk::Token::new(ghost_token)))
+        .expect("client");
     let mut t = good.clone();
     t.header.provider = ghost;
     resign(&a, &mut t);
-    expect(ghost_client.post_batch(&t).await, 403, ProblemType::Forbidden);
+    expect(
+        ghost_client.post_batch(&t).await,
+        403,
+        ProblemType::Forbidden,
+    );
 
     // Unsupported protocol version.
     let mut t = good.clone();
     t.header.version = 2;
     resign(&a, &mut t);
-    expect(a.client.post_batch(&t).await, 400, ProblemType::UnsupportedVersion);
+    expect(
+        a.client.post_batch(&t).await,
+        400,
+        ProblemType::UnsupportedVersion,
+    );
 
     // Too large: more records than a batch may hold.
     let mut t = good.clone();
@@ -224,8 +317,15 @@ async fn refusals(app: TestApp) {
 
     // Sealed to a key the service does not have.
     let stranger = envelope::HpkeSecretKey::generate().public_key();
-    let t = seal_records(&records, a.agb, None, &stranger, a.keys.signer(), OffsetDateTime::now_utc())
-        .expect("sealed");
+    let t = seal_records(
+        &records,
+        a.agb,
+        None,
+        &stranger,
+        a.keys.signer(),
+        OffsetDateTime::now_utc(),
+    )
+    .expect("sealed");
     let p = expect(a.client.post_batch(&t).await, 400, ProblemType::UnknownKey);
     assert!(p.active_key_id.is_some());
 
@@ -234,17 +334,32 @@ async fn refusals(app: TestApp) {
     let mut bad = records.clone();
     bad[1].municipality = "GM0363".parse().expect("Amsterdam");
     let t = seal(&a, &bad, None).await;
-    let p = expect(a.client.post_batch(&t).await, 422, ProblemType::InvalidRecord);
+    let p = expect(
+        a.client.post_batch(&t).await,
+        422,
+        ProblemType::InvalidRecord,
+    );
     assert_eq!(p.errors.len(), 1);
-    assert_eq!((p.errors[0].record, p.errors[0].field.as_str()), (1, "municipality"));
+    assert_eq!(
+        (p.errors[0].record, p.errors[0].field.as_str()),
+        (1, "municipality")
+    );
     // The same trajectory twice in one batch.
     let mut dup = records.clone();
     dup[3] = dup[0].clone();
     let t = seal(&a, &dup, None).await;
-    let p = expect(a.client.post_batch(&t).await, 422, ProblemType::InvalidRecord);
+    let p = expect(
+        a.client.post_batch(&t).await,
+        422,
+        ProblemType::InvalidRecord,
+    );
     assert_eq!(p.errors[0].record, 3);
 
-    assert_eq!(app.stored_rows(None).await, 0, "no refusal may store anything");
+    assert_eq!(
+        app.stored_rows(None).await,
+        0,
+        "no refusal may store anything"
+    );
 
     // The good batch goes through, twice (a retry), and the same id with other content is a conflict.
     let first = a.client.post_batch(&good).await.expect("stored");
@@ -252,15 +367,32 @@ async fn refusals(app: TestApp) {
     let retry = a.client.post_batch(&good).await.expect("replayed");
     assert!(!retry.created);
     assert_eq!(
-        (retry.receipt.batch_id, retry.receipt.stored, retry.receipt.received_at),
-        (first.receipt.batch_id, first.receipt.stored, first.receipt.received_at)
+        (
+            retry.receipt.batch_id,
+            retry.receipt.stored,
+            retry.receipt.received_at
+        ),
+        (
+            first.receipt.batch_id,
+            first.receipt.stored,
+            first.receipt.received_at
+        )
     );
     let other = seal(&a, &records[..5], Some(good.header.batch_id)).await;
-    expect(a.client.post_batch(&other).await, 409, ProblemType::BatchConflict);
+    expect(
+        a.client.post_batch(&other).await,
+        409,
+        ProblemType::BatchConflict,
+    );
     assert_eq!(app.stored_rows(None).await, records.len() as u64);
 
     // B cannot see A's batch.
-    let (_, kind, _) = problem(b.client.get_batch(good.header.batch_id).await.expect_err("hidden"));
+    let (_, kind, _) = problem(
+        b.client
+            .get_batch(good.header.batch_id)
+            .await
+            .expect_err("hidden"),
+    );
     assert_eq!(kind, ProblemType::NotFound);
 
     // Key rotation: a batch sealed to the retired key is refused, naming the active key; the SDK's
@@ -271,7 +403,11 @@ async fn refusals(app: TestApp) {
         .keyring
         .rotate(time::Duration::ZERO, time::Duration::ZERO)
         .expect("rotation");
-    let p = expect(a.client.post_batch(&old).await, 400, ProblemType::RetiredKey);
+    let p = expect(
+        a.client.post_batch(&old).await,
+        400,
+        ProblemType::RetiredKey,
+    );
     assert_eq!(p.active_key_id.as_deref(), Some(new_id.as_str()));
     assert!(p.detail.contains(new_id.as_str()));
     let report = upload_file(&upload_options(&app, &b, &out.providers[1].path, &regional))
