@@ -118,7 +118,9 @@ impl ProblemType {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable => "The service is temporarily unavailable",
             Self::RateLimited => "Too many requests for this token",
-            Self::BudgetExhausted => "The privacy budget of a partition this release reads is spent",
+            Self::BudgetExhausted => {
+                "The privacy budget of a partition this release reads is spent"
+            }
             Self::Internal => "Internal error",
         }
     }

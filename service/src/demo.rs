@@ -63,7 +63,10 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), "created by kwm-service demo; removed by the next demo\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "created by kwm-service demo; removed by the next demo\n",
+    )?;
     Ok(())
 }
 
@@ -170,8 +173,13 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let (_, municipality_token) =
-        issue_token(state.store.as_ref(), Role::Municipality, Some("GM0748"), "demo").await?;
+    let (_, municipality_token) = issue_token(
+        state.store.as_ref(),
+        Role::Municipality,
+        Some("GM0748"),
+        "demo",
+    )
+    .await?;
     let (_, region_token) = issue_token(state.store.as_ref(), Role::Region, None, "demo").await?;
     println!();
     println!("Try it:");

@@ -215,7 +215,9 @@ mod tests {
         assert!(region.may_read_release_scope("region").is_ok());
         assert!(region.may_read_release_scope("GM0777").is_ok());
         for role in [Role::Provider, Role::Researcher, Role::Admin] {
-            assert!(caller(role, Some("GM0748")).may_read_release_scope("GM0748").is_err());
+            assert!(caller(role, Some("GM0748"))
+                .may_read_release_scope("GM0748")
+                .is_err());
         }
     }
 
