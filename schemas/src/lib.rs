@@ -42,5 +42,10 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("region.schema.json", schema::<region::RegionConfig>()),
         ("criterion.schema.json", schema::<criteria::Criterion>()),
         ("release.schema.json", schema::<release::Release>()),
+        ("release-list.schema.json", schema::<release::ReleaseList>()),
+        (
+            "provider-scores.schema.json",
+            schema::<release::ProviderScores>(),
+        ),
     ]
 }

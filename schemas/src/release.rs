@@ -114,6 +114,19 @@ impl Period {
     pub fn contains(self, month: Month) -> bool {
         self.first_month() <= month && month <= self.last_month()
     }
+
+    /// The quarters the period covers, in order: the budget ledger's unit, so that a year and its own
+    /// quarters draw on one budget.
+    pub fn quarters(self) -> Vec<Period> {
+        let first = (self.first_month_number() - 1) / 3 + 1;
+        let count = self.month_count() / 3;
+        (first..first + count)
+            .map(|q| Period {
+                year: self.year,
+                span: PeriodSpan::Quarter(q),
+            })
+            .collect()
+    }
 }
 
 fn period_error() -> ParseError {
@@ -362,7 +375,8 @@ pub struct ReleaseRow {
     pub cells: Vec<ReleaseCell>,
 }
 
-/// A (municipality, period) budget partition a release reads and is charged to.
+/// A (municipality, quarter) budget partition a release reads and is charged to: a year release reads
+/// the four quarters of the year, so a year and its halves and quarters share one budget.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -466,10 +480,71 @@ impl Release {
     }
 }
 
+/// One entry of `GET /v1/releases` without a period: what the ledger holds, without the figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSummary {
+    pub id: Uuid,
+    pub scope: ReleaseScope,
+    pub period: Period,
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub created_at: OffsetDateTime,
+    /// Epsilon charged to each partition the release reads.
+    pub epsilon: Epsilon,
+}
+
+/// `GET /v1/releases`: the releases the caller may read, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseList {
+    pub releases: Vec<ReleaseSummary>,
+}
+
+/// One side of a provider's scores: rows of one frozen release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoresTable {
+    /// The release the rows come from.
+    pub release: Uuid,
+    pub version: u32,
+    pub rows: Vec<ReleaseRow>,
+}
+
+/// `GET /v1/providers/me/scores?period=`: a provider's own figures next to the regional benchmark, both
+/// under the release rules (k clients, noise, suppression) and both frozen in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderScores {
+    pub provider: AgbCode,
+    pub period: Period,
+    /// The criteria of the cells of every row, in order.
+    pub criteria: Vec<Criterion>,
+    /// The provider's own rows: per target group and its total. Empty when the provider has no
+    /// trajectories in the period.
+    pub own: ScoresTable,
+    /// The region's rows (every provider together), as the region release publishes them.
+    pub benchmark: ScoresTable,
+    pub policy: ReleasePolicy,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn periods_cover_their_quarters() {
+        let q = |p: &str| -> Vec<String> {
+            let p: Period = p.parse().expect("valid");
+            p.quarters().iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(q("2025"), ["2025-Q1", "2025-Q2", "2025-Q3", "2025-Q4"]);
+        assert_eq!(q("2025-H1"), ["2025-Q1", "2025-Q2"]);
+        assert_eq!(q("2025-H2"), ["2025-Q3", "2025-Q4"]);
+        assert_eq!(q("2025-Q3"), ["2025-Q3"]);
+    }
 
     #[test]
     fn periods_parse_and_render() {

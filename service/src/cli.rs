@@ -65,7 +65,7 @@ pub enum Command {
         #[arg(long, default_value_t = 12)]
         providers: u32,
         /// Trajectories in total, over 2021..2025
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 60_000)]
         trajectories: u64,
         /// Seed of the generator: same seed, same data
         #[arg(long, default_value_t = 2025)]
@@ -76,6 +76,9 @@ pub enum Command {
         /// Stop after printing instead of serving until Ctrl-C
         #[arg(long)]
         exit: bool,
+        /// Period whose releases are published: 2025, 2025-H1 or 2025-Q3
+        #[arg(long, default_value = "2025")]
+        period: String,
     },
 }
 
@@ -207,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             listen,
             exit,
+            period,
         } => {
             let dir = cli
                 .global
@@ -222,6 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     seed,
                     listen,
                     exit,
+                    period,
                 },
             )
             .await

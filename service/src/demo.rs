@@ -12,10 +12,15 @@ use kwm_sdk::synth::{generate, SynthOptions};
 use kwm_sdk::{upload_file, ProviderKeys, RegionalKey, Token, UploadOptions};
 use time::OffsetDateTime;
 
+use kwm_schemas::release::ReleaseScope;
+use kwm_schemas::Period;
+
 use crate::auth::issue_token;
 use crate::config::Config;
+use crate::publish::{get_or_publish, Actor, LedgerScope};
 use crate::startup::Application;
 use crate::store::Provider;
+use crate::tables;
 
 /// Marks a directory as the demo's own, so that a re-run may wipe it and nothing else.
 const MARKER: &str = ".kwm-demo";
@@ -29,6 +34,8 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     /// Stop after printing instead of serving.
     pub exit: bool,
+    /// The period whose releases are published (`2025`).
+    pub period: String,
 }
 
 /// Fictional provider names for the synthetic exports.
@@ -173,6 +180,90 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    // The municipalities' side: the releases of the last full year, frozen in the ledger.
+    let period: Period = opts.period.parse().context("--period")?;
+    let policy = &state.region.policy;
+    println!();
+    println!(
+        "Releases for {period}: k = {}, at least {} providers per cell, dominance {}%, epsilon {} per \
+         release, lifetime cap {} per (municipality, quarter).",
+        policy.k,
+        policy.min_providers,
+        policy.dominance_pct,
+        policy.epsilon_per_release,
+        policy.partition_epsilon_cap
+    );
+    println!(
+        "{:<8} {:<34} {:>3} {:>10} suppressed (reason: cells)",
+        "scope", "name", "v", "published"
+    );
+    let actor = Actor {
+        role: "admin".into(),
+        id: "demo".into(),
+    };
+    let mut scopes = vec![ReleaseScope::Region];
+    scopes.extend(
+        state
+            .region
+            .municipalities
+            .iter()
+            .map(|m| ReleaseScope::Municipality(m.code)),
+    );
+    let mut shown = Vec::new();
+    for scope in scopes {
+        let served = get_or_publish(&state, LedgerScope::Release(scope), period, &actor)
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing {scope} {period}: {e}"))?;
+        let r = &served.release;
+        let name = match scope {
+            ReleaseScope::Region => state.region.name.clone(),
+            ReleaseScope::Municipality(m) => state
+                .region
+                .municipality(m)
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+        };
+        let counts = r.status_counts();
+        let published = counts
+            .iter()
+            .find(|(s, _)| s.is_published())
+            .map_or(0, |c| c.1);
+        let suppressed: Vec<String> = counts
+            .iter()
+            .filter(|(s, n)| !s.is_published() && *n > 0)
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        println!(
+            "{:<8} {:<34.34} {:>3} {:>10} {}",
+            scope.to_string(),
+            name,
+            r.version.unwrap_or_default(),
+            published,
+            suppressed.join(", ")
+        );
+        // The region and the municipality whose token is printed below.
+        if shown.len() < 2 {
+            shown.push(served.release);
+        }
+    }
+    for r in &shown {
+        println!();
+        println!(
+            "{} {} (version {}): target groups by criteria",
+            r.scope,
+            r.period,
+            r.version.unwrap_or_default()
+        );
+        print!("{}", tables::to_text(r));
+    }
+    println!(
+        "Counts are noisy and rounded to {}; percentages and means are computed from noisy sums. \
+         Suppressed: <k fewer than {} children, <prov fewer than {} providers, dom one provider \
+         dominates, sec secondary (protects another cell), n/f not final, - no data. Every \
+         figure's 95% interval is in the JSON, CSV and XLSX.",
+        policy.count_rounding, policy.k, policy.min_providers
+    );
+
     let (_, municipality_token) = issue_token(
         state.store.as_ref(),
         Role::Municipality,
@@ -181,21 +272,39 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     )
     .await?;
     let (_, region_token) = issue_token(state.store.as_ref(), Role::Region, None, "demo").await?;
+    let muni = municipality_token.as_str();
+    let gm0748 = state
+        .store
+        .get_latest_release("GM0748", &period.to_string())
+        .await?;
     println!();
     println!("Try it:");
     println!("  curl {base}/v1/keys");
     println!("  curl {base}/v1/openapi.json");
+    println!(
+        "  curl -H 'Authorization: Bearer {muni}' '{base}/v1/releases?scope=GM0748&period={period}'"
+    );
+    if let Some(r) = gm0748 {
+        println!(
+            "  curl -H 'Authorization: Bearer {muni}' -o gm0748.xlsx {base}/v1/releases/{}.xlsx",
+            r.id
+        );
+        println!(
+            "  curl -H 'Authorization: Bearer {muni}' {base}/v1/releases/{}.csv",
+            r.id
+        );
+    }
     if let Some((agb, t)) = &provider_token {
         println!(
-            "  curl -H 'Authorization: Bearer {}' {base}/v1/batches      # provider {agb}",
+            "  curl -H 'Authorization: Bearer {}' '{base}/v1/providers/me/scores?period={period}'   # provider {agb}",
             t.as_str()
         );
     }
+    println!("  municipality token (GM0748 Bergen op Zoom): {muni}");
     println!(
-        "  municipality token (GM0748 Bergen op Zoom): {}",
-        municipality_token.as_str()
+        "  region token (every municipality and the region): {}",
+        region_token.as_str()
     );
-    println!("  region token: {}", region_token.as_str());
     println!("  demo files: {}", opts.dir.display());
 
     if opts.exit {

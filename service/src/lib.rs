@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod noise;
+pub mod publish;
 pub mod release;
 pub mod routes;
 pub mod startup;

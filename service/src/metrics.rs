@@ -10,8 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use kwm_schemas::problem::ProblemType;
+use kwm_schemas::region::Epsilon;
+use kwm_schemas::release::Release;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::ApiError;
@@ -25,6 +28,11 @@ pub struct Metrics {
     uploads: IntCounterVec,
     records: IntCounterVec,
     rejections: IntCounterVec,
+    releases: IntCounterVec,
+    release_cells: IntCounterVec,
+    release_compute: prometheus::Histogram,
+    epsilon_spent: GaugeVec,
+    epsilon_remaining: GaugeVec,
 }
 
 impl Metrics {
@@ -59,6 +67,41 @@ impl Metrics {
             Opts::new("rejections_total", "Refused requests by problem type"),
             &["type"],
         )?;
+        let releases = IntCounterVec::new(
+            Opts::new(
+                "releases_total",
+                "Releases published (frozen in the ledger) by scope kind",
+            ),
+            &["scope"],
+        )?;
+        let release_cells = IntCounterVec::new(
+            Opts::new(
+                "release_cells_total",
+                "Cells of published releases by status (published or the reason for suppression)",
+            ),
+            &["status"],
+        )?;
+        let release_compute = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "release_compute_seconds",
+                "Time to load the rows and compute one release",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+        )?;
+        let epsilon_spent = GaugeVec::new(
+            Opts::new(
+                "epsilon_spent",
+                "Privacy budget spent per (municipality, quarter) partition",
+            ),
+            &["partition"],
+        )?;
+        let epsilon_remaining = GaugeVec::new(
+            Opts::new(
+                "epsilon_remaining",
+                "Privacy budget left per (municipality, quarter) partition",
+            ),
+            &["partition"],
+        )?;
         let build = IntGauge::with_opts(
             Opts::new("build_info", "Build information")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -69,6 +112,11 @@ impl Metrics {
         registry.register(Box::new(uploads.clone()))?;
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(releases.clone()))?;
+        registry.register(Box::new(release_cells.clone()))?;
+        registry.register(Box::new(release_compute.clone()))?;
+        registry.register(Box::new(epsilon_spent.clone()))?;
+        registry.register(Box::new(epsilon_remaining.clone()))?;
         registry.register(Box::new(build))?;
         for t in ProblemType::ALL {
             rejections.with_label_values(&[t.slug()]);
@@ -80,7 +128,44 @@ impl Metrics {
             uploads,
             records,
             rejections,
+            releases,
+            release_cells,
+            release_compute,
+            epsilon_spent,
+            epsilon_remaining,
         })
+    }
+
+    /// A release frozen by this instance: counted by scope kind (`municipality`, `region`,
+    /// `providers`), its cells by status.
+    pub fn observe_release(&self, release: &Release, scope_key: &str) {
+        let kind = if scope_key.starts_with("GM") {
+            "municipality"
+        } else {
+            scope_key
+        };
+        self.releases.with_label_values(&[kind]).inc();
+        for (status, n) in release.status_counts() {
+            self.release_cells
+                .with_label_values(&[status.as_str()])
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn observe_release_compute(&self, seconds: f64) {
+        self.release_compute.observe(seconds);
+    }
+
+    /// The budget of one partition, as the ledger has it now. Gauges only: the ledger is exact, these
+    /// are for dashboards.
+    pub fn set_budget(&self, partition: &str, spent: Epsilon, cap: Epsilon) {
+        let f = |e: Epsilon| e.numerator() as f64 / e.denominator() as f64;
+        self.epsilon_spent
+            .with_label_values(&[partition])
+            .set(f(spent));
+        self.epsilon_remaining
+            .with_label_values(&[partition])
+            .set((f(cap) - f(spent)).max(0.0));
     }
 
     pub fn observe_upload(&self, outcome: &Result<PutBatch, ApiError>) {

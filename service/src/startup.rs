@@ -32,6 +32,8 @@ pub struct AppState {
     pub region: Arc<RegionConfig>,
     pub metrics: Metrics,
     pub rate_limiter: Arc<RateLimiter>,
+    /// One release computation at a time per instance (the ledger keeps instances consistent).
+    pub publish_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What starting the service created or found, for the start-up message.
@@ -73,6 +75,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
             config.rate_limit_per_second,
             config.rate_limit_burst,
         )),
+        publish_lock: Arc::new(tokio::sync::Mutex::new(())),
     };
     Ok((
         state,

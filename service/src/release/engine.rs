@@ -716,19 +716,19 @@ pub(super) fn partitions_of(
     scope: ReleaseScope,
     period: Period,
 ) -> Vec<Partition> {
-    match scope {
-        ReleaseScope::Municipality(m) => vec![Partition {
-            municipality: m,
-            period,
-        }],
-        ReleaseScope::Region => munis
-            .iter()
-            .map(|m| Partition {
+    let munis: &[MunicipalityCode] = match &scope {
+        ReleaseScope::Municipality(m) => std::slice::from_ref(m),
+        ReleaseScope::Region => munis,
+    };
+    munis
+        .iter()
+        .flat_map(|m| {
+            period.quarters().into_iter().map(|q| Partition {
                 municipality: *m,
-                period,
+                period: q,
             })
-            .collect(),
-    }
+        })
+        .collect()
 }
 
 /// The domains each of one client's trajectories is kept in, as bit masks. One trajectory alone is kept

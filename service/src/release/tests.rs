@@ -599,13 +599,23 @@ fn the_ledger_sees_epsilon_partitions_and_noise() {
         .iter()
         .map(|p| format!("{}/{}", p.municipality, p.period))
         .collect();
-    assert_eq!(parts, ["GM0748/2025"]);
+    // A year reads its four quarters: the ledger's unit, shared with the half-years and quarters.
+    assert_eq!(
+        parts,
+        [
+            "GM0748/2025-Q1",
+            "GM0748/2025-Q2",
+            "GM0748/2025-Q3",
+            "GM0748/2025-Q4"
+        ]
+    );
     let region_parts: Vec<String> = release("region", FINAL)
         .partitions
         .iter()
         .map(|p| format!("{}/{}", p.municipality, p.period))
         .collect();
-    assert_eq!(region_parts, ["GM0748/2025", "GM0777/2025"]);
+    assert_eq!(region_parts.len(), 8);
+    assert_eq!(region_parts[4], "GM0777/2025-Q1");
     assert_eq!(
         partitions(&region(), "region".parse().expect("valid"), period).expect("known scope"),
         release("region", FINAL).partitions

@@ -28,6 +28,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "Upload a sealed, signed batch of trajectory records",
             roles: &[Role::Provider],
             request: Some(schema_of::<SealedBatch>),
+            query: &[],
             replies: vec![
                 json(201, "stored; the receipt", schema_of::<BatchReceipt>),
                 json(
@@ -56,6 +57,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "The calling provider's batches, newest first",
             roles: &[Role::Provider],
             request: None,
+            query: &[],
             replies: vec![json(200, "the batches", schema_of::<BatchList>)],
             problems: &[],
             handler: || get(list_batches),
@@ -67,6 +69,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "The receipt of one of the calling provider's batches",
             roles: &[Role::Provider],
             request: None,
+            query: &[],
             replies: vec![json(200, "the receipt", schema_of::<BatchReceipt>)],
             problems: &[ProblemType::NotFound],
             handler: || get(get_batch),

@@ -19,6 +19,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "Liveness: the process answers",
             roles: &[],
             request: None,
+            query: &[],
             replies: vec![json(200, "alive", schema_of::<Health>)],
             problems: &[],
             handler: || get(healthz),
@@ -30,6 +31,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "Readiness: the database answers",
             roles: &[],
             request: None,
+            query: &[],
             replies: vec![
                 json(200, "ready", schema_of::<Health>),
                 json(503, "the database does not answer", schema_of::<Health>),

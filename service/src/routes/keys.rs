@@ -24,6 +24,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "The service's HPKE public keys with their states; seal to the active one",
             roles: &[],
             request: None,
+            query: &[],
             replies: vec![json(200, "the keys", schema_of::<KeysResponse>)],
             problems: &[ProblemType::Unavailable],
             handler: || get(get_keys),
@@ -41,6 +42,7 @@ pub fn endpoints() -> Vec<Endpoint> {
                 Role::Admin,
             ],
             request: None,
+            query: &[],
             replies: vec![json(
                 200,
                 "the token's role and scope",

@@ -13,6 +13,7 @@ pub mod batches;
 pub mod health;
 pub mod keys;
 pub mod openapi;
+pub mod releases;
 
 /// A JSON Schema producer, so the table can name body types without generics.
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -54,6 +55,14 @@ pub const fn json(status: u16, description: &'static str, body: SchemaFn) -> Rep
     }
 }
 
+/// One documented query parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryParam {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub required: bool,
+}
+
 /// One route of the API.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -65,6 +74,8 @@ pub struct Endpoint {
     /// Roles that may call it; empty means no token is needed.
     pub roles: &'static [Role],
     pub request: Option<SchemaFn>,
+    /// Query parameters.
+    pub query: &'static [QueryParam],
     pub replies: Vec<Reply>,
     /// Problem types this endpoint can answer besides the generic ones.
     pub problems: &'static [ProblemType],
@@ -77,6 +88,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(health::endpoints());
     all.extend(keys::endpoints());
     all.extend(batches::endpoints());
+    all.extend(releases::endpoints());
     all.extend(openapi::endpoints());
     all
 }

@@ -19,6 +19,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         summary: "This OpenAPI 3.1 document",
         roles: &[],
         request: None,
+        query: &[],
         replies: vec![],
         problems: &[],
         handler: || get(|| async { AppJson(document()) }),
@@ -36,21 +37,38 @@ pub fn document() -> Value {
     for e in super::endpoints() {
         let mut responses = Map::new();
         for r in &e.replies {
-            let mut resp = json!({ "description": r.description });
-            if let Some(body) = r.body {
-                let schema = if r.status >= 400 {
-                    problem_schema.clone()
-                } else {
-                    body(&mut generator).to_value()
-                };
-                let media = if r.status >= 400 {
-                    "application/problem+json"
-                } else {
-                    r.media_type
-                };
-                resp["content"] = json!({ media: { "schema": schema } });
+            // Replies with one status merge: several media types, or alternative bodies (oneOf).
+            let resp = responses
+                .entry(r.status.to_string())
+                .or_insert_with(|| json!({ "description": r.description }));
+            if resp["description"] != r.description {
+                let joined = format!(
+                    "{}; or {}",
+                    resp["description"].as_str().unwrap_or(""),
+                    r.description
+                );
+                resp["description"] = Value::String(joined);
             }
-            responses.insert(r.status.to_string(), resp);
+            let (media, schema) = match r.body {
+                Some(_) if r.status >= 400 => ("application/problem+json", problem_schema.clone()),
+                Some(body) => (r.media_type, body(&mut generator).to_value()),
+                None => (
+                    r.media_type,
+                    json!({ "type": "string", "format": "binary" }),
+                ),
+            };
+            let content = resp
+                .as_object_mut()
+                .map(|o| o.entry("content").or_insert_with(|| json!({})));
+            if let Some(content) = content {
+                match content.get_mut(media) {
+                    Some(existing) => {
+                        let old = existing["schema"].take();
+                        existing["schema"] = json!({ "oneOf": [old, schema] });
+                    }
+                    None => content[media] = json!({ "schema": schema }),
+                }
+            }
         }
         let mut problems: Vec<ProblemType> = e.problems.to_vec();
         if !e.roles.is_empty() {
@@ -90,6 +108,16 @@ pub fn document() -> Value {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
+        let mut params = params;
+        params.extend(e.query.iter().map(|q| {
+            json!({
+                "name": q.name,
+                "in": "query",
+                "required": q.required,
+                "description": q.description,
+                "schema": { "type": "string" }
+            })
+        }));
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }

@@ -61,7 +61,9 @@ pub struct TestApp {
     pub state: AppState,
     /// Every token the test issued: none may ever appear in the logs.
     pub issued_tokens: Mutex<Vec<String>>,
-    _data_dir: TempDir,
+    /// The configuration it runs with: a second instance sharing the database starts from it.
+    pub config: Config,
+    _data_dir: Option<TempDir>,
     _pg: Option<kwm_tests::EphemeralPostgres>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -115,7 +117,15 @@ pub async fn spawn_app_with(backend: Backend, region_toml: Option<String>) -> Op
             Some(db)
         }
     };
-    let app = Application::build(config)
+    let mut app = start(config).await;
+    app._data_dir = Some(data_dir);
+    app._pg = pg;
+    Some(app)
+}
+
+/// Builds and serves one instance.
+async fn start(config: Config) -> TestApp {
+    let app = Application::build(config.clone())
         .await
         .expect("the service starts");
     let addr = app.local_addr();
@@ -124,15 +134,27 @@ pub async fn spawn_app_with(backend: Backend, region_toml: Option<String>) -> Op
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    Some(TestApp {
+    TestApp {
         base_url: format!("http://{addr}"),
         state,
         issued_tokens: Mutex::new(Vec::new()),
-        _data_dir: data_dir,
-        _pg: pg,
+        config,
+        _data_dir: None,
+        _pg: None,
         shutdown: Some(tx),
         task: Some(task),
-    })
+    }
+}
+
+impl TestApp {
+    /// A second instance of the service on the same database, data dir and keys, as behind a load
+    /// balancer. It must be dropped before `self`.
+    pub async fn second_instance(&self) -> TestApp {
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        start(config).await
+    }
 }
 
 impl TestApp {

@@ -1,0 +1,304 @@
+//! The ledger side of releases: a release is computed at most once per (scope, period, data version),
+//! frozen with its figures, and charged to its budget partitions in the same transaction. Asking again
+//! returns the frozen release unchanged; a new version appears only when the data changed and every
+//! partition it reads still has budget.
+//!
+//! The engine (`crate::release`) is pure; this module loads its input, runs it off the async threads,
+//! and hands the result to the store. Nothing reaches a caller that did not come out of the engine and
+//! through the ledger.
+
+use kwm_schemas::region::Epsilon;
+use kwm_schemas::release::{Partition, Release, ReleaseScope};
+use kwm_schemas::{Month, Period, RegionConfig};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::{digest_of, AuditAction, NewAuditEntry};
+use crate::error::ApiError;
+use crate::noise::OsNoise;
+use crate::release::{partitions, PeriodTables, ReleaseError, ReleaseInput};
+use crate::startup::AppState;
+use crate::store::{NewRelease, PutRelease, StoredRelease};
+
+/// Label of the key that orders a client's surplus trajectories (derived from the service
+/// pseudonymisation key, so it is as secret and as stable as that key).
+const ORDER_KEY_LABEL: &[u8] = b"kwm release order v1";
+
+/// What a ledger entry is about: a municipality, the region, or the per-provider table from which each
+/// provider sees its own rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerScope {
+    Release(ReleaseScope),
+    /// The region table with a row per provider. When the region policy enables per-provider
+    /// reporting this is the region release itself; otherwise it is a release of its own, computed
+    /// with provider rows (and the dominance rule that goes with them), of which each provider sees
+    /// only its own rows and nobody sees the whole.
+    Providers,
+}
+
+impl LedgerScope {
+    /// The scope key in the ledger.
+    pub fn key(self, region: &RegionConfig) -> String {
+        match self {
+            Self::Release(s) => s.to_string(),
+            Self::Providers if region.policy.per_provider_reporting => "region".into(),
+            Self::Providers => "providers".into(),
+        }
+    }
+
+    fn engine_scope(self) -> ReleaseScope {
+        match self {
+            Self::Release(s) => s,
+            Self::Providers => ReleaseScope::Region,
+        }
+    }
+}
+
+/// Who asked, for the audit chain.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub role: String,
+    pub id: String,
+}
+
+/// A release as served, with what the caller should know about how fresh it is.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub release: Release,
+    /// Computed and frozen by this request.
+    pub published_now: bool,
+    /// Data changed since this release, but a partition it reads has no budget left for a new version.
+    pub newer_data_withheld: Option<String>,
+}
+
+/// The budget partition key of the ledger: `GM0748/2025-Q1`.
+pub fn partition_key(p: &Partition) -> String {
+    format!("{}/{}", p.municipality, p.period)
+}
+
+/// The release the ledger holds for a stored entry: the frozen body with the ledger's own fields.
+pub fn to_release(stored: &StoredRelease) -> Result<Release, ApiError> {
+    let mut r: Release = serde_json::from_value(stored.body.clone()).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "release {} in the ledger does not parse: {e}",
+            stored.id
+        ))
+    })?;
+    r.id = Some(stored.id);
+    r.version = Some(stored.version);
+    r.created_at = Some(stored.created_at);
+    r.frozen = true;
+    Ok(r)
+}
+
+/// The current month in UTC.
+pub fn current_month() -> Month {
+    let now = OffsetDateTime::now_utc();
+    Month::new(now.year() as u16, u8::from(now.month()))
+        .unwrap_or_else(|_| unreachable!("the clock is within 1900..2999"))
+}
+
+/// The release of `scope` for `period`: the frozen one if the data have not changed since, else a new
+/// version if budget remains, else the frozen one marked as withheld, else `budget-exhausted`.
+pub async fn get_or_publish(
+    state: &AppState,
+    scope: LedgerScope,
+    period: Period,
+    actor: &Actor,
+) -> Result<Served, ApiError> {
+    let region = &state.region;
+    let key = scope.key(region);
+    let period_key = period.to_string();
+    let engine_scope = scope.engine_scope();
+    let parts: Vec<String> = partitions(region, engine_scope, period)
+        .map_err(|e| ApiError::not_found(e.to_string()))?
+        .iter()
+        .map(partition_key)
+        .collect();
+
+    let latest = state.store.get_latest_release(&key, &period_key).await?;
+    let data_version = state.store.data_version().await?;
+    if let Some(s) = &latest {
+        if s.data_version == data_version {
+            return served(s, false, None);
+        }
+    }
+    // One computation at a time in this instance; another request may have published meanwhile.
+    let _guard = state.publish_lock.lock().await;
+    let latest = state.store.get_latest_release(&key, &period_key).await?;
+    let data_version = state.store.data_version().await?;
+    if let Some(s) = &latest {
+        if s.data_version == data_version {
+            return served(s, false, None);
+        }
+    }
+
+    let policy = &region.policy;
+    let (eps, cap) = (policy.epsilon_per_release, policy.partition_epsilon_cap);
+    if let Some((partition, spent)) = first_exhausted(state, &parts, eps, cap).await? {
+        return match &latest {
+            Some(s) => served(s, false, Some(partition)),
+            None => Err(budget_exhausted(partition, spent, cap)),
+        };
+    }
+
+    let release = compute(state, scope, period).await?;
+    let id = Uuid::now_v7();
+    let created_at = now_micros();
+    let body = serde_json::to_value(&release)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a release: {e}")))?;
+    let new = NewRelease {
+        id,
+        scope: key.clone(),
+        period: period_key,
+        data_version,
+        epsilon: release.epsilon,
+        partitions: parts,
+        cap,
+        created_at,
+        body,
+    };
+    match state.store.put_release(&new).await? {
+        PutRelease::Stored(s) => {
+            let out = to_release(&s)?;
+            state.metrics.observe_release(&out, &key);
+            let spent = state.store.budget_spent(&new.partitions).await?;
+            for (p, e) in new.partitions.iter().zip(spent) {
+                if let Some(e) = e {
+                    state.metrics.set_budget(p, e, cap);
+                }
+            }
+            state
+                .store
+                .append_audit(&NewAuditEntry {
+                    at: created_at,
+                    actor_role: actor.role.clone(),
+                    actor_id: actor.id.clone(),
+                    action: AuditAction::Release,
+                    subject: format!("release {} ({key} {} v{})", s.id, s.period, s.version),
+                    provider: None,
+                    details_digest: digest_of(&s.body),
+                })
+                .await?;
+            tracing::info!(
+                release = %s.id,
+                scope = %key,
+                period = %s.period,
+                version = s.version,
+                "release published"
+            );
+            Ok(Served {
+                release: out,
+                published_now: true,
+                newer_data_withheld: None,
+            })
+        }
+        PutRelease::Existing(s) => served(&s, false, None),
+        PutRelease::BudgetExhausted {
+            partition,
+            spent,
+            cap,
+        } => match &latest {
+            Some(s) => served(s, false, Some(partition)),
+            None => Err(budget_exhausted(partition, spent, cap)),
+        },
+    }
+}
+
+fn served(
+    s: &StoredRelease,
+    published_now: bool,
+    withheld: Option<String>,
+) -> Result<Served, ApiError> {
+    Ok(Served {
+        release: to_release(s)?,
+        published_now,
+        newer_data_withheld: withheld,
+    })
+}
+
+fn budget_exhausted(partition: String, spent: Epsilon, cap: Epsilon) -> ApiError {
+    ApiError::BudgetExhausted {
+        partition,
+        spent: spent.to_string(),
+        cap: cap.to_string(),
+    }
+}
+
+/// The first partition that cannot pay `eps` more, checked before any computation (the store checks
+/// again, atomically, when it charges).
+async fn first_exhausted(
+    state: &AppState,
+    parts: &[String],
+    eps: Epsilon,
+    cap: Epsilon,
+) -> Result<Option<(String, Epsilon)>, ApiError> {
+    let spent = state.store.budget_spent(parts).await?;
+    let nanos = |e: Epsilon| {
+        e.to_nanos().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "epsilon {e} is not a whole number of nano-units; use at most nine decimals"
+            ))
+        })
+    };
+    let (eps_n, cap_n) = (nanos(eps)?, nanos(cap)?);
+    for (p, s) in parts.iter().zip(spent) {
+        let spent_n = match s {
+            Some(e) => nanos(e)?,
+            None => 0,
+        };
+        if spent_n + eps_n > cap_n {
+            let spent = Epsilon::from_nanos(spent_n).unwrap_or(cap);
+            return Ok(Some((p.clone(), spent)));
+        }
+    }
+    Ok(None)
+}
+
+/// Loads the period's rows (and the months after it that herhaald beroep looks at) and runs the engine
+/// on a blocking thread with fresh noise from the OS CSPRNG.
+async fn compute(
+    state: &AppState,
+    scope: LedgerScope,
+    period: Period,
+) -> Result<Release, ApiError> {
+    let window = state.region.policy.herhaald_beroep_window_months;
+    let to = period.last_month().plus_months(window);
+    let rows = state
+        .store
+        .list_trajectories_between(period.first_month(), to)
+        .await?;
+    let mut region = (*state.region).clone();
+    if scope == LedgerScope::Providers {
+        region.policy.per_provider_reporting = true;
+    }
+    let order_key = state.pseudonym_key.derive(ORDER_KEY_LABEL);
+    let engine_scope = scope.engine_scope();
+    let as_of = current_month();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let input = ReleaseInput {
+            region: &region,
+            rows: &rows,
+            period,
+            as_of,
+            order_key: &order_key,
+        };
+        PeriodTables::build(&input)?.release(engine_scope, &mut OsNoise::new())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("the release computation panicked: {e}")))?;
+    state
+        .metrics
+        .observe_release_compute(started.elapsed().as_secs_f64());
+    result.map_err(|e| match e {
+        ReleaseError::UnknownMunicipality { .. } => ApiError::not_found(e.to_string()),
+        other => ApiError::Internal(anyhow::Error::new(other).context("computing a release")),
+    })
+}
+
+fn now_micros() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}
