@@ -82,11 +82,25 @@ pub enum PutBatch {
     Replayed(BatchReceipt),
 }
 
+/// Connections of a store's pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Open connections, in use or idle.
+    pub size: u32,
+    /// Open connections waiting for a query.
+    pub idle: u32,
+}
+
 /// Every query the service makes. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connections of the pool, for the metrics; `None` where a store has no pool.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     /// Registers a provider. `Conflict` if the AGB code is already registered.
     async fn put_provider(&self, provider: &Provider) -> Result<(), StoreError>;

@@ -210,6 +210,12 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(size);
+        Some(super::PoolStatus { size, idle })
+    }
+
     async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
         let done = sqlx::query(
             "INSERT INTO providers (agb, name, signing_public_key, created_at) \

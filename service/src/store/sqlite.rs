@@ -270,6 +270,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(size);
+        Some(super::PoolStatus { size, idle })
+    }
+
     async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
         let done = sqlx::query(
