@@ -214,7 +214,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         let served = get_or_publish(&state, LedgerScope::Release(scope), period, &actor)
             .await
             .map_err(|e| anyhow::anyhow!("publishing {scope} {period}: {e}"))?;
-        let r = &served.release;
+        let r = &served.release.release;
         let name = match scope {
             ReleaseScope::Region => state.region.name.clone(),
             ReleaseScope::Municipality(m) => state
@@ -243,10 +243,11 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         );
         // The region and the municipality whose token is printed below.
         if shown.len() < 2 {
-            shown.push(served.release);
+            shown.push(served.release.clone());
         }
     }
-    for r in &shown {
+    for cached in &shown {
+        let r = &cached.release;
         println!();
         println!(
             "{} {} (version {}): target groups by criteria",

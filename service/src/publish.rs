@@ -7,6 +7,8 @@
 //! and hands the result to the store. Nothing reaches a caller that did not come out of the engine and
 //! through the ledger.
 
+use std::sync::Arc;
+
 use kwm_schemas::region::Epsilon;
 use kwm_schemas::release::{Partition, Release, ReleaseScope};
 use kwm_schemas::{Month, Period, RegionConfig};
@@ -64,7 +66,7 @@ pub struct Actor {
 /// A release as served, with what the caller should know about how fresh it is.
 #[derive(Debug, Clone)]
 pub struct Served {
-    pub release: Release,
+    pub release: Arc<CachedRelease>,
     /// Computed and frozen by this request.
     pub published_now: bool,
     /// Data changed since this release, but a partition it reads has no budget left for a new version.
@@ -89,6 +91,76 @@ pub fn to_release(stored: &StoredRelease) -> Result<Release, ApiError> {
     r.created_at = Some(stored.created_at);
     r.frozen = true;
     Ok(r)
+}
+
+/// Frozen releases as served, by id: a release never changes once stored, so its parsed form and its
+/// JSON are kept in memory and served without touching the database again. Bounded; when full, the
+/// cache starts over (releases are few and cheap to reload).
+#[derive(Debug, Default)]
+pub struct ReleaseCache {
+    entries: std::sync::RwLock<std::collections::HashMap<Uuid, Arc<CachedRelease>>>,
+}
+
+/// One frozen release, parsed and serialised once.
+#[derive(Debug)]
+pub struct CachedRelease {
+    /// The ledger scope key (`GM0748`, `region`, `providers`), for the caller's scope check.
+    pub scope: String,
+    pub version: u32,
+    pub release: Release,
+    pub json: axum::body::Bytes,
+}
+
+const CACHE_CAPACITY: usize = 1024;
+
+impl ReleaseCache {
+    /// The release with this id, from memory or from the ledger.
+    pub async fn get(
+        &self,
+        store: &dyn crate::store::Store,
+        id: Uuid,
+    ) -> Result<Option<Arc<CachedRelease>>, ApiError> {
+        if let Some(hit) = self.read(id) {
+            return Ok(Some(hit));
+        }
+        match store.get_release(id).await? {
+            Some(stored) => Ok(Some(self.insert(&stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The cached form of a stored release (parsed and serialised now if it is not cached yet).
+    pub fn insert(&self, stored: &StoredRelease) -> Result<Arc<CachedRelease>, ApiError> {
+        if let Some(hit) = self.read(stored.id) {
+            return Ok(hit);
+        }
+        let release = to_release(stored)?;
+        let json = serde_json::to_vec(&release)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a release: {e}")))?;
+        let entry = Arc::new(CachedRelease {
+            scope: stored.scope.clone(),
+            version: stored.version,
+            release,
+            json: json.into(),
+        });
+        let mut map = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(stored.id, entry.clone());
+        Ok(entry)
+    }
+
+    fn read(&self, id: Uuid) -> Option<Arc<CachedRelease>> {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
 }
 
 /// The current month in UTC.
@@ -120,7 +192,7 @@ pub async fn get_or_publish(
     let data_version = state.store.data_version().await?;
     if let Some(s) = &latest {
         if s.data_version == data_version {
-            return served(s, false, None);
+            return served(state, s, false, None);
         }
     }
     // One computation at a time in this instance; another request may have published meanwhile.
@@ -129,7 +201,7 @@ pub async fn get_or_publish(
     let data_version = state.store.data_version().await?;
     if let Some(s) = &latest {
         if s.data_version == data_version {
-            return served(s, false, None);
+            return served(state, s, false, None);
         }
     }
 
@@ -137,7 +209,7 @@ pub async fn get_or_publish(
     let (eps, cap) = (policy.epsilon_per_release, policy.partition_epsilon_cap);
     if let Some((partition, spent)) = first_exhausted(state, &parts, eps, cap).await? {
         return match &latest {
-            Some(s) => served(s, false, Some(partition)),
+            Some(s) => served(state, s, false, Some(partition)),
             None => Err(budget_exhausted(partition, spent, cap)),
         };
     }
@@ -160,8 +232,8 @@ pub async fn get_or_publish(
     };
     match state.store.put_release(&new).await? {
         PutRelease::Stored(s) => {
-            let out = to_release(&s)?;
-            state.metrics.observe_release(&out, &key);
+            let out = state.releases.insert(&s)?;
+            state.metrics.observe_release(&out.release, &key);
             let spent = state.store.budget_spent(&new.partitions).await?;
             for (p, e) in new.partitions.iter().zip(spent) {
                 if let Some(e) = e {
@@ -193,25 +265,26 @@ pub async fn get_or_publish(
                 newer_data_withheld: None,
             })
         }
-        PutRelease::Existing(s) => served(&s, false, None),
+        PutRelease::Existing(s) => served(state, &s, false, None),
         PutRelease::BudgetExhausted {
             partition,
             spent,
             cap,
         } => match &latest {
-            Some(s) => served(s, false, Some(partition)),
+            Some(s) => served(state, s, false, Some(partition)),
             None => Err(budget_exhausted(partition, spent, cap)),
         },
     }
 }
 
 fn served(
+    state: &AppState,
     s: &StoredRelease,
     published_now: bool,
     withheld: Option<String>,
 ) -> Result<Served, ApiError> {
     Ok(Served {
-        release: to_release(s)?,
+        release: state.releases.insert(s)?,
         published_now,
         newer_data_withheld: withheld,
     })

@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use kwm_schemas::RegionConfig;
 use tokio::net::TcpListener;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::ratelimit::RateLimiter;
 use crate::config::Config;
-use crate::error::fallback_not_found;
-use crate::keys::{Keyring, PseudonymKey};
+use crate::error::{fallback_not_found, problem_for_bare_errors, ApiError};
+use crate::keys::{Keyring, MasterKey, PseudonymKey};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     /// One release computation at a time per instance (the ledger keeps instances consistent).
     pub publish_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Frozen releases, parsed and serialised once.
+    pub releases: Arc<crate::publish::ReleaseCache>,
 }
 
 /// What starting the service created or found, for the start-up message.
@@ -60,8 +63,13 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let region = config.region()?;
     let keys_dir = config.keys_dir();
-    let (pseudonym_key, created_pseudonym_key) = PseudonymKey::load_or_create(&keys_dir)?;
-    let (keyring, created_hpke_key) = Keyring::load_or_create(&keys_dir)?;
+    let master_key = MasterKey::from_env()?.map(Arc::new);
+    if master_key.is_some() {
+        tracing::info!("key files are encrypted at rest with the master key");
+    }
+    let (pseudonym_key, created_pseudonym_key) =
+        PseudonymKey::load_or_create(&keys_dir, master_key.as_deref())?;
+    let (keyring, created_hpke_key) = Keyring::load_or_create(&keys_dir, master_key)?;
     let store = store::connect(&config.database_url())
         .await
         .with_context(|| format!("opening database {}", config.database_url_redacted()))?;
@@ -76,6 +84,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
             config.rate_limit_burst,
         )),
         publish_lock: Arc::new(tokio::sync::Mutex::new(())),
+        releases: Arc::new(crate::publish::ReleaseCache::default()),
     };
     Ok((
         state,
@@ -148,7 +157,8 @@ impl Application {
         let app = api_router(self.state.clone(), &self.config);
         let (tx, rx) = tokio::sync::watch::channel(false);
         if let Some(ml) = self.metrics_listener {
-            let router = crate::metrics::router(self.state.metrics.clone());
+            let router =
+                crate::metrics::router(self.state.metrics.clone(), self.state.store.clone());
             let mut rx = rx.clone();
             tokio::spawn(async move {
                 let stop = async move {
@@ -168,19 +178,39 @@ impl Application {
     }
 }
 
-/// The API with its middleware.
+/// The API with its middleware, innermost first: the deadline around the handler; the body limit; bare
+/// error responses (wrong method, body too large) made problem documents; metrics, which so see every
+/// answer including timeouts; security headers; the trace span.
 pub fn api_router(state: AppState, config: &Config) -> Router {
     let body_limit = usize::try_from(state.region.ingest.max_batch_bytes).unwrap_or(usize::MAX);
-    crate::routes::router()
+    let deadline = Duration::from_secs(config.request_timeout_secs);
+    let mut router = crate::routes::router()
         .fallback(fallback_not_found)
-        .layer(axum::middleware::from_fn_with_state(
+        .layer(from_fn_with_state(deadline, stop_at_deadline))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(from_fn(problem_for_bare_errors))
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::audit_trail::audit_forbidden,
+        ))
+        .layer(from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
+        ));
+    // The API serves JSON and files, never pages: nothing may be framed, run or referred from.
+    // A route that does serve a page sets its own Content-Security-Policy.
+    router = router
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(config.request_timeout_secs),
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -189,9 +219,35 @@ pub fn api_router(state: AppState, config: &Config) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        ));
+    if config.strict_transport_security {
+        // Only meaningful over HTTPS, which the TLS-terminating proxy provides (README, "TLS").
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ));
+    }
+    // Spans name the route template, never the concrete path: a path may hold a pseudonym.
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request| {
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("unmatched", |m| m.as_str());
+        tracing::debug_span!("request", method = %req.method(), route)
+    });
+    router.layer(trace).with_state(state)
+}
+
+/// Middleware: stops a request that runs past the configured deadline and answers a retryable
+/// `unavailable` problem. The handler's future is dropped, so an open transaction rolls back.
+async fn stop_at_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::TimedOut {
+            after_secs: limit.as_secs(),
+        }
+        .into_response(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{json, schema_of, Endpoint, Method, QueryParam, Reply, SchemaFn};
 use crate::auth::{Caller, ProviderCaller};
 use crate::error::{ApiError, AppJson};
-use crate::publish::{get_or_publish, to_release, Actor, LedgerScope, Served};
+use crate::publish::{get_or_publish, Actor, LedgerScope, Served};
 use crate::startup::AppState;
 use crate::store::StoredRelease;
 use crate::tables;
@@ -148,6 +148,18 @@ fn actor(caller: &Caller) -> Actor {
     }
 }
 
+/// A JSON body serialised before (a frozen release).
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 fn with_withheld(mut res: Response, served: &Served) -> Response {
     if let Some(p) = &served.newer_data_withheld {
         if let Ok(v) = HeaderValue::from_str(p) {
@@ -205,7 +217,7 @@ async fn get_releases(
     })?;
     let served =
         get_or_publish(&state, LedgerScope::Release(scope), period, &actor(&caller)).await?;
-    let res = AppJson(&served.release).into_response();
+    let res = json_bytes(served.release.json.clone());
     Ok(with_withheld(res, &served))
 }
 
@@ -236,20 +248,24 @@ async fn get_release(
         .parse()
         .map_err(|_| bad_request("a release is named by its id, a UUID"))?;
     let not_found = || ApiError::not_found(format!("no release {id}"));
-    let stored = state.store.get_release(id).await?.ok_or_else(not_found)?;
+    let cached = state
+        .releases
+        .get(state.store.as_ref(), id)
+        .await?
+        .ok_or_else(not_found)?;
     // A release the caller may not read is not found: its existence is not disclosed. The
     // per-provider table is nobody's to read whole.
-    if stored.scope == "providers" || caller.may_read_release_scope(&stored.scope).is_err() {
+    if cached.scope == "providers" || caller.may_read_release_scope(&cached.scope).is_err() {
         return Err(not_found());
     }
-    let r = to_release(&stored)?;
-    let name = format!("kwm-{}-{}-v{}", r.scope, r.period, stored.version);
+    let r = &cached.release;
+    let name = format!("kwm-{}-{}-v{}", r.scope, r.period, cached.version);
     let attachment = |ext: &str| {
         HeaderValue::from_str(&format!("attachment; filename=\"{name}.{ext}\""))
             .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
     };
     Ok(match format.as_str() {
-        "json" => AppJson(r).into_response(),
+        "json" => json_bytes(cached.json.clone()),
         "csv" => (
             [
                 (
@@ -258,7 +274,7 @@ async fn get_release(
                 ),
                 (header::CONTENT_DISPOSITION, attachment("csv")),
             ],
-            tables::to_csv(&r)?,
+            tables::to_csv(r)?,
         )
             .into_response(),
         "xlsx" => (
@@ -266,7 +282,7 @@ async fn get_release(
                 (header::CONTENT_TYPE, HeaderValue::from_static(XLSX)),
                 (header::CONTENT_DISPOSITION, attachment("xlsx")),
             ],
-            tables::to_xlsx(&r)?,
+            tables::to_xlsx(r)?,
         )
             .into_response(),
         other => {
@@ -308,11 +324,12 @@ async fn get_scores(
     )
     .await?;
     let table = |served: &Served, rows| ScoresTable {
-        release: served.release.id.unwrap_or_default(),
-        version: served.release.version.unwrap_or_default(),
+        release: served.release.release.id.unwrap_or_default(),
+        version: served.release.version,
         rows,
     };
     let own_rows = own
+        .release
         .release
         .rows
         .iter()
@@ -320,6 +337,7 @@ async fn get_scores(
         .cloned()
         .collect();
     let bench_rows = benchmark
+        .release
         .release
         .rows
         .iter()
@@ -329,7 +347,7 @@ async fn get_scores(
     let scores = ProviderScores {
         provider: agb,
         period,
-        criteria: benchmark.release.criteria.clone(),
+        criteria: benchmark.release.release.criteria.clone(),
         own: table(&own, own_rows),
         benchmark: table(&benchmark, bench_rows),
         policy: state.region.policy.clone(),

@@ -1,0 +1,245 @@
+//! Release benchmark: (a) computing releases from scratch over a national-year-sized store — one
+//! municipality-year and the whole region, each through the real publishing path (data version, budget
+//! check, loading the rows, the engine with fresh exact noise, freezing in the ledger); (b) a stored
+//! release served over HTTP under 200 concurrent requests, with p50/p99 latency.
+//!
+//! The data: the SDK's synthetic generator (a shared child population, repeat trajectories, realistic
+//! distributions per target group), pseudonymised by the SDK and the service's second stage, written
+//! with the backend's raw bulk path (loading is not what is measured here).
+//!
+//! Run (release build; PostgreSQL from KWM_TEST_DATABASE_URL, a fresh database per run):
+//!   KWM_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo run --release -p kwm-benches --bin release -- --trajectories 5000000
+//! Targets: each release computed from scratch in at most 2 s on PostgreSQL; a stored release served at
+//! p99 at most 5 ms under 200 concurrent requests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use kwm_schemas::release::ReleaseScope;
+use kwm_schemas::{Period, Role};
+use kwm_sdk::prepare::{prepare_file, PrepareContext};
+use kwm_sdk::synth::{generate, SynthOptions};
+use kwm_sdk::{ProviderKeys, Pseudonymiser, RegionalKey};
+use kwm_service::publish::{get_or_publish, Actor, LedgerScope};
+use kwm_service::{Application, Config};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Stored trajectories in all
+    #[arg(long, default_value_t = 5_000_000)]
+    trajectories: u64,
+    /// Providers they are spread over
+    #[arg(long, default_value_t = 200)]
+    providers: u32,
+    /// sqlite or postgres
+    #[arg(long, default_value = "postgres")]
+    backend: String,
+    /// Concurrent requests for the stored release
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Requests for the stored release in all
+    #[arg(long, default_value_t = 40_000)]
+    requests: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+
+    // The database.
+    let (url, _guard) = match args.backend.as_str() {
+        "postgres" => {
+            let db = kwm_tests::EphemeralPostgres::create()
+                .await
+                .context("set KWM_TEST_DATABASE_URL=postgres://USER@HOST/DB")?;
+            (db.url().to_string(), Some(db))
+        }
+        "sqlite" => (
+            format!("sqlite://{}", dir.path().join("bench.sqlite3").display()),
+            None,
+        ),
+        other => anyhow::bail!("unknown backend {other}: use postgres or sqlite"),
+    };
+    let config = Config {
+        data_dir: dir.path().join("service"),
+        database_url: Some(url.clone()),
+        listen: "127.0.0.1:0".parse()?,
+        metrics_listen: None,
+        rate_limit_per_second: 0,
+        ..Config::default()
+    };
+    let app = Application::build(config).await?;
+    let state = app.state().clone();
+
+    // One national year of trajectories, all overlapping the released year.
+    let t0 = Instant::now();
+    let exports = dir.path().join("exports");
+    let mut synth = SynthOptions::new(&exports, args.providers, args.trajectories, 2025);
+    synth.first_year = 2025;
+    synth.last_year = 2025;
+    let out = tokio::task::spawn_blocking(move || generate(&synth)).await??;
+    println!(
+        "generated {} trajectories of {} children at {} providers in {:.1} s",
+        out.trajectories,
+        out.children,
+        out.providers.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let t0 = Instant::now();
+    let regional = RegionalKey::generate()?;
+    let mut stored = 0usize;
+    for p in &out.providers {
+        let keys = ProviderKeys::generate()?;
+        let ctx = PrepareContext::new(
+            state.region.as_ref().clone(),
+            Pseudonymiser::new(&regional, &keys),
+        );
+        let records: Vec<_> = prepare_file(&p.path, &ctx)?
+            .records
+            .into_iter()
+            .map(|mut r| {
+                r.client = state.pseudonym_key.pseudonymise(&r.client);
+                r
+            })
+            .collect();
+        stored += records.len();
+        kwm_service::store::bulk_insert_raw(&url, p.agb, &records).await?;
+    }
+    if args.backend == "postgres" {
+        // A live database has statistics; a bulk-loaded one gets them here.
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::query("ANALYZE trajectories").execute(&pool).await?;
+        pool.close().await;
+    }
+    println!(
+        "stored {stored} trajectories in {:.1} s (raw bulk path, not measured)",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // (a) From scratch: nothing of 2025 is in the ledger yet.
+    let period: Period = "2025".parse()?;
+    let actor = Actor {
+        role: "admin".into(),
+        id: "bench".into(),
+    };
+    let mut municipality_release = None;
+    for scope in ["GM0748", "region"] {
+        let scope: ReleaseScope = scope.parse()?;
+        let t0 = Instant::now();
+        let served = get_or_publish(&state, LedgerScope::Release(scope), period, &actor)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let secs = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            served.published_now,
+            "the release must be computed, not found"
+        );
+        let published = served
+            .release
+            .release
+            .status_counts()
+            .iter()
+            .find(|(s, _)| s.is_published())
+            .map_or(0, |c| c.1);
+        println!(
+            "(a) release {scope} {period} from scratch over {stored} stored trajectories: {secs:.2} s \
+             ({published} cells published)  target <= 2 s"
+        );
+        if municipality_release.is_none() {
+            municipality_release = served.release.release.id;
+        }
+    }
+    // The same, split: loading the rows vs the engine.
+    let t0 = Instant::now();
+    let rows = state
+        .store
+        .list_trajectories_between(
+            period.first_month(),
+            period
+                .last_month()
+                .plus_months(state.region.policy.herhaald_beroep_window_months),
+        )
+        .await?;
+    let load = t0.elapsed().as_secs_f64();
+    println!("    of which loading {} rows: {load:.2} s", rows.len());
+    drop(rows);
+
+    // (b) The stored release under concurrent requests.
+    let id = municipality_release.context("a municipality release")?;
+    let (_, token) = kwm_service::auth::issue_token(
+        state.store.as_ref(),
+        Role::Municipality,
+        Some("GM0748"),
+        "bench",
+    )
+    .await?;
+    let base = format!("http://{}", app.local_addr());
+    let server = tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    for (what, path) in [
+        ("by id", format!("/v1/releases/{id}")),
+        (
+            "by scope and period",
+            "/v1/releases?scope=GM0748&period=2025".to_string(),
+        ),
+    ] {
+        let url = Arc::new(format!("{base}{path}"));
+        let token = Arc::new(token.to_string());
+        // Warm the connection pool.
+        for _ in 0..args.concurrency {
+            client
+                .get(url.as_str())
+                .bearer_auth(token.as_str())
+                .send()
+                .await?
+                .bytes()
+                .await?;
+        }
+        let per_worker = args.requests / args.concurrency;
+        let t0 = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..args.concurrency {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            workers.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_worker);
+                for _ in 0..per_worker {
+                    let t = Instant::now();
+                    let res = client
+                        .get(url.as_str())
+                        .bearer_auth(token.as_str())
+                        .send()
+                        .await?;
+                    anyhow::ensure!(res.status().is_success(), "status {}", res.status());
+                    res.bytes().await?;
+                    lat.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        let mut all: Vec<Duration> = Vec::new();
+        for w in workers {
+            all.extend(w.await??);
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        all.sort_unstable();
+        let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        println!(
+            "(b) stored release {what}, {} requests, {} concurrent: {:.0} req/s, p50 {:.2} ms, \
+             p99 {:.2} ms, max {:.2} ms  target p99 <= 5 ms",
+            all.len(),
+            args.concurrency,
+            all.len() as f64 / wall,
+            q(0.50).as_secs_f64() * 1e3,
+            q(0.99).as_secs_f64() * 1e3,
+            all[all.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+    server.abort();
+    Ok(())
+}
