@@ -214,7 +214,7 @@ pub async fn get_or_publish(
         };
     }
 
-    let release = compute(state, scope, period).await?;
+    let release = compute(state, scope, period, &data_version).await?;
     let id = Uuid::now_v7();
     let created_at = now_micros();
     let body = serde_json::to_value(&release)
@@ -328,46 +328,122 @@ async fn first_exhausted(
     Ok(None)
 }
 
-/// Loads the period's rows (and the months after it that herhaald beroep looks at) and runs the engine
-/// on a blocking thread with fresh noise from the OS CSPRNG.
+/// The built tables of recent periods, by what they were built from: every scope of a period (the nine
+/// municipalities, the region, the per-provider table) is a slice of one build, so the rows are loaded
+/// and bounded once per period and data version, not once per scope. Holds true counts: memory only,
+/// never logged or serialised.
+#[derive(Debug, Default)]
+pub struct TablesCache {
+    entries: std::sync::Mutex<Vec<(TablesKey, Arc<PeriodTables>)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TablesKey {
+    period: Period,
+    data_version: String,
+    per_provider: bool,
+    as_of: Month,
+}
+
+/// Periods kept: a release round touches one or two.
+const TABLES_CAPACITY: usize = 4;
+
+impl TablesCache {
+    fn get(&self, key: &TablesKey) -> Option<Arc<PeriodTables>> {
+        self.lock()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn put(&self, key: TablesKey, tables: Arc<PeriodTables>) {
+        let mut entries = self.lock();
+        entries.retain(|(k, _)| k != &key);
+        if entries.len() >= TABLES_CAPACITY {
+            entries.remove(0);
+        }
+        entries.push((key, tables));
+    }
+
+    /// Drops every build: after a withdrawal, no table may keep counting the withdrawn rows.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(TablesKey, Arc<PeriodTables>)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Releases `scope` from the period's tables, building them first (loading the period's rows and the
+/// months after it that herhaald beroep looks at) unless this data version's build is at hand. The
+/// engine runs on a blocking thread with fresh noise from the OS CSPRNG.
 async fn compute(
     state: &AppState,
     scope: LedgerScope,
     period: Period,
+    data_version: &str,
 ) -> Result<Release, ApiError> {
-    let window = state.region.policy.herhaald_beroep_window_months;
-    let to = period.last_month().plus_months(window);
-    let rows = state
-        .store
-        .list_trajectories_between(period.first_month(), to)
-        .await?;
+    let started = std::time::Instant::now();
     let mut region = (*state.region).clone();
     if scope == LedgerScope::Providers {
         region.policy.per_provider_reporting = true;
     }
-    let order_key = state.pseudonym_key.derive(ORDER_KEY_LABEL);
+    let key = TablesKey {
+        period,
+        data_version: data_version.to_string(),
+        per_provider: region.policy.per_provider_reporting,
+        as_of: current_month(),
+    };
     let engine_scope = scope.engine_scope();
-    let as_of = current_month();
-    let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || {
-        let input = ReleaseInput {
-            region: &region,
-            rows: &rows,
-            period,
-            as_of,
-            order_key: &order_key,
-        };
-        PeriodTables::build(&input)?.release(engine_scope, &mut OsNoise::new())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("the release computation panicked: {e}")))?;
+    let tables = match state.tables.get(&key) {
+        Some(t) => t,
+        None => {
+            let window = region.policy.herhaald_beroep_window_months;
+            let to = period.last_month().plus_months(window);
+            let rows = state
+                .store
+                .list_trajectories_between(period.first_month(), to)
+                .await?;
+            let order_key = state.pseudonym_key.derive(ORDER_KEY_LABEL);
+            let as_of = key.as_of;
+            let built = tokio::task::spawn_blocking(move || {
+                let input = ReleaseInput {
+                    region: &region,
+                    rows: &rows,
+                    period,
+                    as_of,
+                    order_key: &order_key,
+                };
+                PeriodTables::build(&input)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the tables panicked: {e}")))?
+            .map_err(engine_error)?;
+            let built = Arc::new(built);
+            state.tables.put(key, built.clone());
+            built
+        }
+    };
+    let result =
+        tokio::task::spawn_blocking(move || tables.release(engine_scope, &mut OsNoise::new()))
+            .await
+            .map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("the release computation panicked: {e}"))
+            })?;
     state
         .metrics
         .observe_release_compute(started.elapsed().as_secs_f64());
-    result.map_err(|e| match e {
+    result.map_err(engine_error)
+}
+
+fn engine_error(e: ReleaseError) -> ApiError {
+    match e {
         ReleaseError::UnknownMunicipality { .. } => ApiError::not_found(e.to_string()),
         other => ApiError::Internal(anyhow::Error::new(other).context("computing a release")),
-    })
+    }
 }
 
 fn now_micros() -> OffsetDateTime {

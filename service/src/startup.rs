@@ -37,6 +37,8 @@ pub struct AppState {
     pub publish_lock: Arc<tokio::sync::Mutex<()>>,
     /// Frozen releases, parsed and serialised once.
     pub releases: Arc<crate::publish::ReleaseCache>,
+    /// The built tables of recent periods, shared by every scope of a period.
+    pub tables: Arc<crate::publish::TablesCache>,
 }
 
 /// What starting the service created or found, for the start-up message.
@@ -85,6 +87,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
         )),
         publish_lock: Arc::new(tokio::sync::Mutex::new(())),
         releases: Arc::new(crate::publish::ReleaseCache::default()),
+        tables: Arc::new(crate::publish::TablesCache::default()),
     };
     Ok((
         state,
