@@ -31,6 +31,9 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// ... and at once.
     pub rate_limit_burst: u32,
+    /// Set when clients reach the API over HTTPS only, through the TLS-terminating proxy in front of it
+    /// (README, "TLS"): responses then carry `Strict-Transport-Security`.
+    pub strict_transport_security: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +55,7 @@ impl Default for Config {
             request_timeout_secs: 60,
             rate_limit_per_second: 50,
             rate_limit_burst: 200,
+            strict_transport_security: false,
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::fmt::Debug for Config {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("strict_transport_security", &self.strict_transport_security)
             .finish()
     }
 }
@@ -154,5 +159,31 @@ mod tests {
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").expect("write");
         let err = Config::load(Some(&path)).expect_err("unknown key");
         assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_no_database_password() {
+        let config = Config {
+            database_url: Some("postgres://kwm:s3cret-pw@db:5432/kwm".into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("postgres://kwm:***@db:5432/kwm"), "{shown}");
+    }
+
+    #[test]
+    fn a_file_sets_fields_and_keeps_the_other_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "rate_limit_per_second = 3\nstrict_transport_security = true\n",
+        )
+        .expect("write");
+        let config = Config::load(Some(&path)).expect("valid");
+        assert_eq!(config.rate_limit_per_second, 3);
+        assert!(config.strict_transport_security);
+        assert_eq!(config.rate_limit_burst, Config::default().rate_limit_burst);
     }
 }

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The database is unreachable: retryable.
     #[error("database unavailable")]
     Unavailable(#[source] StoreError),
+    /// The request ran past the configured deadline and was stopped: retryable.
+    #[error("request timed out")]
+    TimedOut { after_secs: u64 },
     /// Anything else: logged, answered with a bare 500.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -91,7 +94,7 @@ impl ApiError {
             Self::Problem { kind, .. } => *kind,
             Self::RateLimited { .. } => ProblemType::RateLimited,
             Self::BudgetExhausted { .. } => ProblemType::BudgetExhausted,
-            Self::Unavailable(_) => ProblemType::Unavailable,
+            Self::Unavailable(_) | Self::TimedOut { .. } => ProblemType::Unavailable,
             Self::Internal(_) => ProblemType::Internal,
         }
     }
@@ -155,6 +158,17 @@ impl ApiError {
                 p.retry_after = Some(5);
                 p
             }
+            Self::TimedOut { after_secs } => {
+                let mut p = Problem::new(
+                    ProblemType::Unavailable,
+                    format!(
+                        "the request took longer than {after_secs} s and was stopped; retry later \
+                         (an upload or a release asked for again is not done twice)"
+                    ),
+                );
+                p.retry_after = Some(5);
+                p
+            }
             Self::Internal(_) => Problem::new(
                 ProblemType::Internal,
                 "an internal error occurred; it has been logged",
@@ -199,6 +213,9 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            Self::TimedOut { after_secs } => {
+                tracing::warn!(after_secs, "request stopped at its deadline")
+            }
             Self::Problem { .. } | Self::RateLimited { .. } | Self::BudgetExhausted { .. } => {}
         }
         let mut res = problem_response(&self.to_problem());
@@ -241,4 +258,60 @@ impl From<JsonRejection> for ApiError {
 /// Answers unknown paths with a problem document.
 pub async fn fallback_not_found() -> ApiError {
     ApiError::not_found("no such endpoint; see /v1/openapi.json")
+}
+
+/// Middleware: turns the bare error responses that the framework and its layers answer on their own (a
+/// wrong method, a body over the limit, an extractor's plain-text rejection) into problem documents with
+/// the same status. Bodies of other media types pass unchanged (`/readyz` answers 503 with JSON).
+pub async fn problem_for_bare_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let bare = match res.headers().get(header::CONTENT_TYPE) {
+        None => true,
+        Some(ct) => ct.as_bytes().starts_with(b"text/plain"),
+    };
+    if !bare || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    // The plain-text body is not copied: it is the framework's wording, and may quote the request.
+    let (kind, detail) = match status.as_u16() {
+        401 => (ProblemType::Unauthenticated, "send a valid bearer token"),
+        403 => (ProblemType::Forbidden, "this request is not allowed"),
+        404 => (ProblemType::NotFound, "no such resource"),
+        405 => (
+            ProblemType::MethodNotAllowed,
+            "this path does not take this method; the Allow header and /v1/openapi.json list the ones it takes",
+        ),
+        413 => (
+            ProblemType::TooLarge,
+            "the request body is over the size limit; the SDK splits uploads into batches that fit",
+        ),
+        429 => (ProblemType::RateLimited, "too many requests; retry later"),
+        408 | 502..=504 => (
+            ProblemType::Unavailable,
+            "the service could not answer in time; retry later",
+        ),
+        s if s < 500 => (ProblemType::BadRequest, "the request is not valid"),
+        s => {
+            tracing::error!(status = s, "a layer answered a bare server error");
+            (
+                ProblemType::Internal,
+                "an internal error occurred; it has been logged",
+            )
+        }
+    };
+    let mut problem = Problem::new(kind, detail);
+    problem.status = status.as_u16();
+    if kind.is_retryable() && kind != ProblemType::Internal {
+        problem.retry_after = Some(5);
+    }
+    let mut out = problem_response(&problem);
+    if let Some(allow) = res.headers().get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out.extensions_mut().insert(kind);
+    out
 }

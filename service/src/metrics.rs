@@ -1,7 +1,8 @@
 //! Prometheus metrics, served on their own listener only: requests and latency per route and status,
-//! uploads and records by outcome, and every rejection by problem type. Labels never carry an identifier
-//! or a value.
+//! uploads and records by outcome, every rejection by problem type, releases and their cells, the
+//! privacy budget, and the database pool. Labels never carry an identifier or a value.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -18,7 +19,7 @@ use prometheus::{
 };
 
 use crate::error::ApiError;
-use crate::store::PutBatch;
+use crate::store::{PutBatch, Store};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -33,6 +34,8 @@ pub struct Metrics {
     release_compute: prometheus::Histogram,
     epsilon_spent: GaugeVec,
     epsilon_remaining: GaugeVec,
+    db_connections: prometheus::IntGaugeVec,
+    in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -107,6 +110,13 @@ impl Metrics {
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )?;
         build.set(1);
+        let db_connections = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "db_connections",
+                "Connections of the database pool by state (in_use, idle), at scrape time",
+            ),
+            &["state"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(uploads.clone()))?;
@@ -118,6 +128,12 @@ impl Metrics {
         registry.register(Box::new(epsilon_spent.clone()))?;
         registry.register(Box::new(epsilon_remaining.clone()))?;
         registry.register(Box::new(build))?;
+        registry.register(Box::new(db_connections.clone()))?;
+        let in_flight = IntGauge::with_opts(Opts::new(
+            "http_requests_in_flight",
+            "HTTP requests being answered now",
+        ))?;
+        registry.register(Box::new(in_flight.clone()))?;
         for t in ProblemType::ALL {
             rejections.with_label_values(&[t.slug()]);
         }
@@ -133,7 +149,22 @@ impl Metrics {
             release_compute,
             epsilon_spent,
             epsilon_remaining,
+            db_connections,
+            in_flight,
         })
+    }
+
+    /// Reads the pool's connections now; called on every scrape.
+    pub fn observe_pool(&self, store: &dyn Store) {
+        if let Some(p) = store.pool_status() {
+            let idle = p.idle.min(p.size);
+            self.db_connections
+                .with_label_values(&["in_use"])
+                .set(i64::from(p.size - idle));
+            self.db_connections
+                .with_label_values(&["idle"])
+                .set(i64::from(idle));
+        }
     }
 
     /// A release frozen by this instance: counted by scope kind (`municipality`, `region`,
@@ -210,6 +241,7 @@ pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> 
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_string();
     let start = Instant::now();
+    let _in_flight = InFlight::enter(&metrics.in_flight);
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     let labels = [route.as_str(), method.as_str(), status.as_str()];
@@ -224,18 +256,32 @@ pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> 
     res
 }
 
-/// The router of the metrics listener.
-pub fn router(metrics: Metrics) -> Router {
+/// Counts a request in flight until dropped, also when the request is cancelled.
+struct InFlight<'a>(&'a IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The router of the metrics listener: `/metrics` only. The API listener never serves it.
+pub fn router(metrics: Metrics, store: Arc<dyn Store>) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {
             let m = metrics.clone();
+            let store = store.clone();
             async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    m.render(),
-                )
-                    .into_response()
+                m.observe_pool(store.as_ref());
+                ([("content-type", "text/plain; version=0.0.4")], m.render()).into_response()
             }
         }),
     )

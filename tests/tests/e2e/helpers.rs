@@ -58,6 +58,8 @@ fn init_log_capture() {
 /// A running service with its own database and data dir, stopped on drop.
 pub struct TestApp {
     pub base_url: String,
+    /// `http://ADDR/metrics` on the metrics listener, which is not the API listener.
+    pub metrics_url: String,
     pub state: AppState,
     /// Every token the test issued: none may ever appear in the logs.
     pub issued_tokens: Mutex<Vec<String>>,
@@ -95,6 +97,15 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
 
 /// The service with a region file of the test's own (e.g. a small budget cap).
 pub async fn spawn_app_with(backend: Backend, region_toml: Option<String>) -> Option<TestApp> {
+    spawn_app_configured(backend, region_toml, |_| {}).await
+}
+
+/// The service with settings of the test's own (a tiny rate limit, a short deadline), applied last.
+pub async fn spawn_app_configured(
+    backend: Backend,
+    region_toml: Option<String>,
+    configure: impl FnOnce(&mut Config),
+) -> Option<TestApp> {
     init_log_capture();
     let data_dir = tempfile::tempdir().expect("temp data dir");
     let region_file = region_toml.map(|text| {
@@ -117,6 +128,7 @@ pub async fn spawn_app_with(backend: Backend, region_toml: Option<String>) -> Op
             Some(db)
         }
     };
+    configure(&mut config);
     let mut app = start(config).await;
     app._data_dir = Some(data_dir);
     app._pg = pg;
@@ -129,6 +141,7 @@ async fn start(config: Config) -> TestApp {
         .await
         .expect("the service starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr().expect("tests run the metrics listener");
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
@@ -136,6 +149,7 @@ async fn start(config: Config) -> TestApp {
     }));
     TestApp {
         base_url: format!("http://{addr}"),
+        metrics_url: format!("http://{metrics_addr}/metrics"),
         state,
         issued_tokens: Mutex::new(Vec::new()),
         config,
@@ -158,6 +172,24 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// Asks the service to stop, as SIGTERM does, and waits until it has: in-flight requests first.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Signals the stop without waiting; [`TestApp::shutdown`] then waits for the end.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Issues a token the way `kwm-service admin token issue` does.
     pub async fn issue_token(&self, role: Role, scope: Option<&str>) -> String {
         let (_, token) =

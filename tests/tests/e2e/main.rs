@@ -2,6 +2,8 @@
 //! SDK. One binary, modules by theme.
 
 mod api;
+mod hardening;
 mod helpers;
+mod metrics;
 mod releases;
 mod upload;
