@@ -12,6 +12,7 @@ use kwm_schemas::{AgbCode, RegionConfig};
 use crate::batch::DEFAULT_BATCH_SIZE;
 use crate::client::Client;
 use crate::config::LoadedConfig;
+use crate::custody::{self, Withdrawal};
 use crate::keys::{
     ProviderKeys, RegionalKey, SIGNING_KEY_FILE, SIGNING_PUB_FILE, TRAJECTORY_KEY_FILE,
 };
@@ -50,6 +51,46 @@ pub enum Command {
     Upload(UploadArgs),
     /// List this provider's batches at the service
     Batches(BatchesArgs),
+    /// Withdraw a batch, or one trajectory by its number, from the service
+    Withdraw(WithdrawArgs),
+    /// Write this provider's records as the service stores them (pseudonymised, coarsened) to a CSV file
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["batch", "trajectory"])))]
+pub struct WithdrawArgs {
+    /// A batch id, as `kwm batches` lists it
+    #[arg(long, value_name = "ID")]
+    pub batch: Option<String>,
+    /// The trajectory number as in the export (pseudonymised here with trajectory.key before it is sent)
+    #[arg(long, value_name = "ID")]
+    pub trajectory: Option<String>,
+    /// Base URL of the service
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// Bearer token (or KWM_TOKEN)
+    #[arg(long, env = "KWM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Directory with the provider's keys from `kwm keygen` (needed for --trajectory)
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// Print the service's receipt as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The CSV file to write (replaced if it exists)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Base URL of the service
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// Bearer token (or KWM_TOKEN)
+    #[arg(long, env = "KWM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +242,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Batches(a) => {
             let config = load_config(cli.config.as_deref())?;
             batches_cmd(a, config)
+        }
+        Command::Withdraw(a) => {
+            let config = load_config(cli.config.as_deref())?;
+            withdraw_cmd(a, config)
+        }
+        Command::Export(a) => {
+            let config = load_config(cli.config.as_deref())?;
+            export_cmd(a, config)
         }
     }
 }
@@ -471,24 +520,95 @@ pub fn summary(r: &UploadReport, service: Option<&str>) -> String {
     s
 }
 
-fn batches_cmd(a: BatchesArgs, loaded: LoadedConfig) -> Result<(), CliError> {
-    let service = a
-        .service
-        .clone()
+/// A client from the flags, falling back to `kwm.toml` (and `KWM_TOKEN`).
+fn provider_client(
+    service: Option<&str>,
+    token: Option<&str>,
+    loaded: &LoadedConfig,
+) -> Result<Client, CliError> {
+    let service = service
+        .map(str::to_string)
         .or_else(|| loaded.config.service.clone())
         .ok_or_else(|| {
             CliError::usage("no service URL: pass --service URL or set service in kwm.toml")
         })?;
-    let token = a
-        .token
-        .as_deref()
+    let token = token
         .map(Token::new)
         .or_else(|| loaded.token())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             CliError::usage("no token: pass --token, set KWM_TOKEN, or put token in kwm.toml")
         })?;
-    let client = Client::new(&service, Some(token)).map_err(|e| CliError::usage(e.to_string()))?;
+    Client::new(&service, Some(token)).map_err(|e| CliError::usage(e.to_string()))
+}
+
+fn withdraw_cmd(a: WithdrawArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let what = match (&a.batch, &a.trajectory) {
+        (Some(b), None) => Withdrawal::Batch(b.trim().parse().map_err(|_| {
+            CliError::usage(format!(
+                "--batch {b}: not a batch id (a UUID, as `kwm batches` lists it)"
+            ))
+        })?),
+        (None, Some(t)) => Withdrawal::Trajectory(t.clone()),
+        _ => return Err(CliError::usage("name one of --batch ID or --trajectory ID")),
+    };
+    let keys = match &what {
+        Withdrawal::Trajectory(_) => {
+            let dir = a.keys.clone().or_else(|| loaded.config.keys.clone()).ok_or_else(|| {
+                CliError::usage(
+                    "no keys directory: --trajectory needs the provider's trajectory.key; pass --keys DIR \
+                     or set keys in kwm.toml",
+                )
+            })?;
+            let keys = ProviderKeys::load(&dir).map_err(|e| CliError::usage(e.to_string()))?;
+            for w in keys.warnings() {
+                eprintln!("warning: {w}");
+            }
+            Some(keys)
+        }
+        Withdrawal::Batch(_) => None,
+    };
+    let client = provider_client(a.service.as_deref(), a.token.as_deref(), &loaded)?;
+    let receipt = runtime()?
+        .block_on(custody::withdraw(&client, &what, keys.as_ref()))
+        .map_err(|e| match e {
+            custody::CustodyError::Input(m) => CliError::usage(m),
+            other => CliError::failure(other.to_string()),
+        })?;
+    if a.json {
+        let json = serde_json::to_string_pretty(&receipt)
+            .map_err(|e| CliError::failure(format!("cannot write the receipt: {e}")))?;
+        println!("{json}");
+    } else {
+        let what = match receipt.batch_id {
+            Some(id) => format!("batch {id}"),
+            None => "the trajectory".to_string(),
+        };
+        println!(
+            "withdrew {what}: {} trajectory row(s) and {} batch receipt(s) removed (audit entry {})",
+            receipt.trajectories_removed, receipt.batches_removed, receipt.audit_seq
+        );
+        println!(
+            "releases published before stay as they are; later releases no longer count these rows"
+        );
+    }
+    Ok(())
+}
+
+fn export_cmd(a: ExportArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let client = provider_client(a.service.as_deref(), a.token.as_deref(), &loaded)?;
+    let n = runtime()?
+        .block_on(custody::export_csv(&client, &a.out))
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    println!(
+        "wrote {n} record(s) to {} (client pseudonyms as the service stores them)",
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn batches_cmd(a: BatchesArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let client = provider_client(a.service.as_deref(), a.token.as_deref(), &loaded)?;
     let list = runtime()?
         .block_on(client.list_batches())
         .map_err(|e| CliError::failure(e.to_string()))?;
@@ -569,6 +689,24 @@ mod tests {
         assert_eq!(a.ignore_columns, ["notes"]);
         assert!(
             Cli::try_parse_from(["kwm", "keygen"]).is_err(),
+            "--out is required"
+        );
+    }
+
+    #[test]
+    fn withdraw_takes_exactly_one_of_batch_or_trajectory() {
+        let ok = Cli::try_parse_from(["kwm", "withdraw", "--trajectory", "T-1", "--keys", "k"])
+            .expect("parses");
+        let Command::Withdraw(a) = ok.command else {
+            panic!("withdraw expected")
+        };
+        assert_eq!(a.trajectory.as_deref(), Some("T-1"));
+        assert!(Cli::try_parse_from(["kwm", "withdraw"]).is_err());
+        assert!(
+            Cli::try_parse_from(["kwm", "withdraw", "--batch", "x", "--trajectory", "y"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["kwm", "export"]).is_err(),
             "--out is required"
         );
     }

@@ -1,13 +1,17 @@
-//! The HTTP client of the custodian's API: `GET /v1/keys`, `GET /v1/me`, `POST /v1/batches` and
-//! `GET /v1/batches`, with problem documents mapped to a typed error and transient failures retried with
+//! The HTTP client of the custodian's API: `GET /v1/keys`, `GET /v1/me`, `POST /v1/batches`,
+//! `GET /v1/batches`, withdrawals (`DELETE /v1/batches/{id}`, `DELETE /v1/trajectories/{pseudonym}`),
+//! `GET /v1/export` and `GET /v1/audit`, with problem documents mapped to a typed error and transient failures retried with
 //! exponential backoff and jitter (always resending the same bytes, so a retried batch keeps its id).
 
 use std::fmt;
 use std::time::Duration;
 
-use kwm_schemas::api::{BatchList, BatchReceipt, KeysResponse, TokenInfo};
+use kwm_schemas::api::{
+    AuditPage, BatchList, BatchReceipt, KeysResponse, TokenInfo, WithdrawalReceipt,
+};
 use kwm_schemas::envelope::{HpkePublicKey, KeyId, SealedBatch};
 use kwm_schemas::problem::{Problem, ProblemType};
+use kwm_schemas::{Pseudonym, WireRecord};
 use rand::Rng;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -292,6 +296,45 @@ impl Client {
         self.decode(&path, &body)
     }
 
+    /// `DELETE /v1/batches/{id}`: withdraws one of the provider's batches. A retry after a lost answer
+    /// finds nothing left to withdraw (`not-found`): check with [`Client::list_batches`].
+    pub async fn withdraw_batch(
+        &self,
+        batch_id: uuid::Uuid,
+    ) -> Result<WithdrawalReceipt, ClientError> {
+        let path = format!("/v1/batches/{batch_id}");
+        let (_, body) = self.call(Method::DELETE, &path, None, true).await?;
+        self.decode(&path, &body)
+    }
+
+    /// `DELETE /v1/trajectories/{pseudonym}`: withdraws one of the provider's trajectories, named by its
+    /// trajectory pseudonym (see [`crate::custody::trajectory_pseudonym`]).
+    pub async fn withdraw_trajectory(
+        &self,
+        trajectory: &Pseudonym,
+    ) -> Result<WithdrawalReceipt, ClientError> {
+        let path = format!("/v1/trajectories/{}", hex::encode(trajectory.as_bytes()));
+        let (_, body) = self.call(Method::DELETE, &path, None, true).await?;
+        // The path holds the pseudonym: errors name the endpoint only.
+        self.decode("/v1/trajectories/{trajectory}", &body)
+    }
+
+    /// `GET /v1/export`: the provider's stored records (client pseudonyms as the service stores them).
+    pub async fn export(&self) -> Result<Vec<WireRecord>, ClientError> {
+        let (_, body) = self.call(Method::GET, "/v1/export", None, true).await?;
+        body.split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|line| self.decode("/v1/export", line))
+            .collect()
+    }
+
+    /// `GET /v1/audit`: a page of audit entries after `after` (the provider's own, or all for an admin).
+    pub async fn audit(&self, after: i64, limit: u32) -> Result<AuditPage, ClientError> {
+        let path = format!("/v1/audit?after={after}&limit={limit}");
+        let (_, body) = self.call(Method::GET, &path, None, true).await?;
+        self.decode("/v1/audit", &body)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -329,6 +372,8 @@ impl Client {
             None
         };
         let url = self.url(path);
+        // What errors and logs show: the URL with any pseudonym in the path left out.
+        let shown = self.url(&shown_path(path));
         let mut attempt = 1u32;
         loop {
             let mut req = self
@@ -342,10 +387,10 @@ impl Client {
                 req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
             }
             let result = match req.send().await {
-                Ok(resp) => read_response(&url, resp).await,
+                Ok(resp) => read_response(&shown, resp).await,
                 Err(source) => Err((
                     ClientError::Transport {
-                        url: url.clone(),
+                        url: shown.clone(),
                         source: source.without_url(),
                     },
                     None,
@@ -362,7 +407,7 @@ impl Client {
                         delay = delay.max(ra.min(Duration::from_secs(300)));
                     }
                     tracing::warn!(
-                        path,
+                        path = %shown_path(path),
                         attempt,
                         max_attempts = self.retry.max_attempts,
                         delay_ms = delay.as_millis() as u64,
@@ -375,6 +420,26 @@ impl Client {
             }
         }
     }
+}
+
+/// The path with every segment that is a pseudonym (64 hex digits) replaced by `{pseudonym}`: a
+/// withdrawal names its trajectory in the path, and no pseudonym belongs in a log or an error message.
+fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let is_pseudonym = |seg: &str| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit());
+    if !path.split(['/', '?']).any(is_pseudonym) {
+        return path.into();
+    }
+    path.split('/')
+        .map(|seg| {
+            if is_pseudonym(seg) {
+                "{pseudonym}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+        .into()
 }
 
 fn short_reason(e: &ClientError) -> String {
@@ -553,6 +618,16 @@ mod tests {
         assert!(active_key_of(&keys).is_err());
         keys.keys.clear();
         assert!(active_key_of(&keys).is_err());
+    }
+
+    #[test]
+    fn pseudonyms_in_paths_are_not_shown() {
+        let hex64 = "ab".repeat(32);
+        assert_eq!(
+            shown_path(&format!("/v1/trajectories/{hex64}")),
+            "/v1/trajectories/{pseudonym}"
+        );
+        assert_eq!(shown_path("/v1/batches/x"), "/v1/batches/x");
     }
 
     #[test]

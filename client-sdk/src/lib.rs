@@ -8,7 +8,10 @@
 //! - [`prepare::PrepareContext`] with [`pseudonym::Pseudonymiser`]; [`prepare::prepare_file`] prepares a
 //!   small file in memory, [`prepare::validate_file`] (pass 1) and [`prepare::Records`] (pass 2) stream.
 //! - [`client::Client`]: `new(base_url, token)`, `keys()`, `active_key()`, `me()`, `post_batch(&SealedBatch)`,
-//!   `list_batches()`, `get_batch(id)`; failures are [`client::ClientError`] with the problem type.
+//!   `list_batches()`, `get_batch(id)`, `withdraw_batch(id)`, `withdraw_trajectory(&pseudonym)`, `export()`,
+//!   `audit(after, limit)`; failures are [`client::ClientError`] with the problem type.
+//! - [`custody::withdraw`] and [`custody::export_csv`] (`kwm withdraw`, `kwm export`);
+//!   [`custody::trajectory_pseudonym`] names a trajectory by its number as an upload does.
 //! - [`upload::upload_file`] with [`upload::UploadOptions`] gives an [`upload::UploadReport`].
 //! - [`batch::seal_records`] seals any records as one batch with a chosen id (replays, conflicts,
 //!   tampering); [`batch::batch_id`] is the id `kwm upload` derives; [`batch::BatchBuilder`] splits.
@@ -20,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod coarsen;
 pub mod config;
+pub mod custody;
 pub mod export;
 pub mod fields;
 pub mod keys;

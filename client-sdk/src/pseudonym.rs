@@ -49,6 +49,13 @@ impl Pseudonymiser {
     }
 }
 
+/// The trajectory pseudonym with the provider's trajectory key alone, exactly as [`Pseudonymiser::trajectory`]
+/// computes it during an upload: what `kwm withdraw --trajectory` sends.
+pub fn trajectory_pseudonym(trajectory_key: &SecretKey32, trajectory_id: &str) -> Pseudonym {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, trajectory_key.expose());
+    to_pseudonym(hmac::sign(&key, trajectory_id.trim().as_bytes()))
+}
+
 fn to_pseudonym(tag: hmac::Tag) -> Pseudonym {
     let mut out = [0u8; 32];
     out.copy_from_slice(tag.as_ref());
@@ -84,6 +91,15 @@ mod tests {
         );
         assert_ne!(other.client(&bsn), p.client(&bsn));
         assert_eq!(other.trajectory("T-1"), p.trajectory("T-1"));
+    }
+
+    #[test]
+    fn the_trajectory_key_alone_gives_the_upload_pseudonym() {
+        let p = fixed();
+        let key = SecretKey32::from_bytes(&mut [2u8; 32]);
+        for id in ["T-1", "  T-1 ", "2025/000123"] {
+            assert_eq!(trajectory_pseudonym(&key, id), p.trajectory(id));
+        }
     }
 
     #[test]

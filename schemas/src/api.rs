@@ -90,3 +90,70 @@ pub struct TokenInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
 }
+
+/// One entry of the audit chain as `GET /v1/audit` shows it: who did what to which subject, and the
+/// hashes that chain it to the entry before. Never a token, a pseudonym or a record value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub at: OffsetDateTime,
+    /// `provider`, `municipality`, `region`, `researcher`, `admin` or `system`.
+    pub actor_role: String,
+    /// `token N` for an API caller (the token's id, never the token), `cli USER` for an operator.
+    pub actor_id: String,
+    /// `upload`, `upload-replayed`, `upload-refused`, `withdraw`, `export`, `release`, `token-issued`,
+    /// `token-revoked`, `provider-registered`, `key-rotated`, `policy-changed` or `forbidden`.
+    pub action: String,
+    /// What the action was about: `batch <id>`, `release <id> ...`, `token <id>`, `GET /v1/...`.
+    pub subject: String,
+    /// The provider whose data the action touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<AgbCode>,
+    /// SHA-256 of the action's details (a receipt, a release body), hex.
+    pub details_digest: String,
+    /// Hash of the entry before, hex (zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this entry's fields, hex.
+    pub hash: String,
+}
+
+/// `GET /v1/audit`: a page of audit entries, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditRecord>,
+    /// Pass it as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
+}
+
+/// What a withdrawal named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WithdrawalKind {
+    Batch,
+    Trajectory,
+}
+
+/// The answer to `DELETE /v1/batches/{batch_id}` and `DELETE /v1/trajectories/{trajectory}`: what was
+/// removed from the store. Releases published before stay as they were; later ones no longer count it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WithdrawalReceipt {
+    pub provider: AgbCode,
+    pub withdrawn: WithdrawalKind,
+    /// The batch, for a batch withdrawal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    /// Trajectory rows removed. A batch withdrawal removes the rows the batch last wrote: rows a later
+    /// batch corrected belong to that batch and stay.
+    pub trajectories_removed: u64,
+    /// Batch receipts removed: the batch itself, or a batch left without rows by a trajectory withdrawal.
+    pub batches_removed: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub withdrawn_at: OffsetDateTime,
+    /// The audit entry that records this withdrawal (see `GET /v1/audit`).
+    pub audit_seq: i64,
+}

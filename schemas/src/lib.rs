@@ -38,6 +38,11 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("batch-list.schema.json", schema::<api::BatchList>()),
         ("keys.schema.json", schema::<api::KeysResponse>()),
         ("token-info.schema.json", schema::<api::TokenInfo>()),
+        ("audit-page.schema.json", schema::<api::AuditPage>()),
+        (
+            "withdrawal-receipt.schema.json",
+            schema::<api::WithdrawalReceipt>(),
+        ),
         ("problem.schema.json", schema::<problem::Problem>()),
         ("region.schema.json", schema::<region::RegionConfig>()),
         ("criterion.schema.json", schema::<criteria::Criterion>()),

@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use kwm_schemas::{AgbCode, Role};
 use time::OffsetDateTime;
 
-use crate::auth::issue_token;
+use crate::audit::{AuditAction, AuditEntry};
+use crate::audit_trail;
 use crate::config::Config;
 use crate::startup::{open_state, Application};
-use crate::store::{Provider, StoreError};
+use crate::store::{Provider, StoreError, TokenRecord};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,6 +94,29 @@ pub enum AdminCommand {
     /// The service's HPKE keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole chain; names the first broken entry and exits non-zero if it does not hold.
+    Verify {
+        /// A file with the head seen at the last verification (kept away from the database host): the
+        /// chain must still hold that entry unchanged. Written with the new head after success.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
+    },
+    /// Print entries, oldest first.
+    List {
+        /// Only entries with a higher sequence number
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many entries
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +150,14 @@ pub enum TokenCommand {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Revoke a token: it is refused (unauthenticated) from the next request on.
+    Revoke {
+        /// The token's id, as `admin token list` shows it
+        #[arg(long)]
+        id: i64,
+    },
+    /// List the tokens (never the tokens themselves or their hashes).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +196,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a command line (program name first) in this process, as the binary would: the tests drive the
+/// admin commands through it.
+pub async fn run_from<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run(Cli::try_parse_from(args)?).await
 }
 
 /// The configuration after file, environment and flags.
@@ -308,8 +350,26 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let (_, token) = issue_token(
+            let actor = audit_trail::operator();
+            let registered = audit_trail::entry(
+                &actor,
+                AuditAction::ProviderRegistered,
+                format!("provider {agb}"),
+                Some(agb),
+                &serde_json::json!({
+                    "agb": agb.as_str(),
+                    "name": name,
+                    "signing_public_key": hex::encode(&provider.signing_public_key),
+                }),
+            );
+            state
+                .store
+                .append_audit(&registered)
+                .await
+                .context("provider registered, but its audit entry could not be written; no token was issued (issue one with `admin token issue` once the database is back)")?;
+            let (_, token) = audit_trail::issue_token(
                 state.store.as_ref(),
+                &actor,
                 Role::Provider,
                 Some(agb.as_str()),
                 &format!("provider {name}"),
@@ -326,8 +386,14 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Token(TokenCommand::Issue { role, scope, label }) => {
             let role: Role = role.parse().context("--role")?;
-            let (id, token) =
-                issue_token(state.store.as_ref(), role, scope.as_deref(), &label).await?;
+            let (id, token) = audit_trail::issue_token(
+                state.store.as_ref(),
+                &audit_trail::operator(),
+                role,
+                scope.as_deref(),
+                &label,
+            )
+            .await?;
             println!("Issued token {id} for role {role}.");
             println!("The token (shown once, store it safely):");
             println!("{}", token.as_str());
@@ -344,7 +410,81 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 time::Duration::seconds(activate_after),
                 time::Duration::seconds(retire_after),
             )?;
+            let e = audit_trail::entry(
+                &audit_trail::operator(),
+                AuditAction::KeyRotated,
+                format!("key {id}"),
+                None,
+                &serde_json::json!({
+                    "key_id": id.to_string(),
+                    "activate_after": activate_after,
+                    "retire_after": retire_after,
+                }),
+            );
+            state.store.append_audit(&e).await.with_context(|| {
+                format!("key {id} was added, but its audit entry could not be written")
+            })?;
             println!("Added key {id}; it becomes active in {activate_after} s, the current key retires {retire_after} s after that.");
+        }
+        AdminCommand::Token(TokenCommand::Revoke { id }) => {
+            let tokens = state.store.list_tokens().await?;
+            let Some(t) = tokens.iter().find(|t| t.id == id) else {
+                anyhow::bail!("there is no token {id}; `admin token list` shows them");
+            };
+            if t.revoked_at.is_some() {
+                println!("Token {id} was already revoked.");
+                return Ok(());
+            }
+            state
+                .store
+                .revoke_token(id, OffsetDateTime::now_utc())
+                .await?;
+            let provider = match t.role {
+                Role::Provider => t.scope.as_deref().and_then(|s| s.parse().ok()),
+                _ => None,
+            };
+            let e = audit_trail::entry(
+                &audit_trail::operator(),
+                AuditAction::TokenRevoked,
+                format!("token {id} ({})", t.role),
+                provider,
+                &serde_json::json!({ "id": id }),
+            );
+            state.store.append_audit(&e).await.with_context(|| {
+                format!("token {id} is revoked, but its audit entry could not be written")
+            })?;
+            println!(
+                "Revoked token {id} ({}); it is refused from now on.",
+                t.role
+            );
+        }
+        AdminCommand::Token(TokenCommand::List) => {
+            print!("{}", token_table(&state.store.list_tokens().await?));
+        }
+        AdminCommand::Audit(AuditCommand::Verify { anchor }) => {
+            let recorded = match &anchor {
+                Some(path) => audit_trail::Anchor::read(path)?,
+                None => None,
+            };
+            let v = audit_trail::verify(state.store.as_ref(), recorded).await?;
+            if let Err(e) = &v.result {
+                anyhow::bail!("audit chain broken: {e} ({} entries read)", v.entries);
+            }
+            println!("audit chain intact: {} entries", v.entries);
+            if let Some(head) = v.head {
+                println!("head: entry {} {}", head.seq, hex::encode(head.hash));
+                if let Some(path) = &anchor {
+                    head.write(path)?;
+                    println!("recorded the head in {}", path.display());
+                }
+            }
+        }
+        AdminCommand::Audit(AuditCommand::List { after, limit }) => {
+            let entries = state
+                .store
+                .list_audit(after, limit.clamp(1, 10_000), None)
+                .await?;
+            print!("{}", audit_table(&entries));
         }
         AdminCommand::Keys(KeysCommand::List) => {
             for k in state.keyring.public_infos() {
@@ -353,4 +493,61 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn timestamp(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))
+        .unwrap_or_default()
+}
+
+/// The tokens as a table: id, role, scope, label, issued, revoked. Never a hash.
+pub fn token_table(tokens: &[TokenRecord]) -> String {
+    if tokens.is_empty() {
+        return "no tokens\n".into();
+    }
+    let mut s = format!(
+        "{:>5}  {:<12}  {:<12}  {:<19}  {:<19}  {}\n",
+        "ID", "ROLE", "SCOPE", "ISSUED (UTC)", "REVOKED (UTC)", "LABEL"
+    );
+    for t in tokens {
+        s.push_str(&format!(
+            "{:>5}  {:<12}  {:<12}  {:<19}  {:<19}  {}\n",
+            t.id,
+            t.role.as_str(),
+            t.scope.as_deref().unwrap_or("-"),
+            timestamp(t.created_at),
+            t.revoked_at.map_or_else(|| "-".to_string(), timestamp),
+            t.label
+        ));
+    }
+    s
+}
+
+/// Audit entries, one per line: seq, time, action, actor, provider, subject, hash prefix.
+pub fn audit_table(entries: &[AuditEntry]) -> String {
+    if entries.is_empty() {
+        return "no entries\n".into();
+    }
+    let mut s = format!(
+        "{:>6}  {:<19}  {:<19}  {:<22}  {:<8}  {:<16}  {}\n",
+        "SEQ", "AT (UTC)", "ACTION", "ACTOR", "PROVIDER", "HASH", "SUBJECT"
+    );
+    for e in entries {
+        let n = &e.entry;
+        s.push_str(&format!(
+            "{:>6}  {:<19}  {:<19}  {:<22}  {:<8}  {:<16}  {}\n",
+            e.seq,
+            timestamp(n.at),
+            n.action.as_str(),
+            format!("{} {}", n.actor_role, n.actor_id),
+            n.provider
+                .map_or_else(|| "-".to_string(), |p| p.to_string()),
+            &hex::encode(e.hash)[..16],
+            n.subject
+        ));
+    }
+    s
 }

@@ -5,6 +5,7 @@
 //! pseudonymisation key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
 
 pub mod audit;
+pub mod audit_trail;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -230,13 +230,14 @@ pub fn api_router(state: AppState, config: &Config) -> Router {
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         ));
     }
-    // Spans name the route template, never the concrete path: a path may hold a pseudonym.
+    // A path may hold a pseudonym: spans show the URI with it left out.
     let trace = TraceLayer::new_for_http().make_span_with(|req: &Request| {
-        let route = req
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map_or("unmatched", |m| m.as_str());
-        tracing::debug_span!("request", method = %req.method(), route)
+        tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            uri = %crate::telemetry::loggable_uri(req.uri()),
+            version = ?req.version(),
+        )
     });
     router.layer(trace).with_state(state)
 }

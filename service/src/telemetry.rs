@@ -20,3 +20,40 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// The request URI as logs may show it: every path segment that is a pseudonym (64 hex digits, as in
+/// `DELETE /v1/trajectories/{trajectory}`) replaced by `{pseudonym}`.
+pub fn loggable_uri(uri: &axum::http::Uri) -> String {
+    let is_pseudonym = |seg: &str| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit());
+    let path: Vec<&str> = uri
+        .path()
+        .split('/')
+        .map(|seg| {
+            if is_pseudonym(seg) {
+                "{pseudonym}"
+            } else {
+                seg
+            }
+        })
+        .collect();
+    match uri.query() {
+        Some(q) => format!("{}?{q}", path.join("/")),
+        None => path.join("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_never_reach_a_logged_uri() {
+        let hex64 = "0a".repeat(32);
+        let uri: axum::http::Uri = format!("/v1/trajectories/{hex64}?x=1")
+            .parse()
+            .expect("uri");
+        assert_eq!(loggable_uri(&uri), "/v1/trajectories/{pseudonym}?x=1");
+        let uri: axum::http::Uri = "/v1/batches/abc".parse().expect("uri");
+        assert_eq!(loggable_uri(&uri), "/v1/batches/abc");
+    }
+}

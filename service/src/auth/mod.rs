@@ -187,6 +187,25 @@ impl FromRequestParts<AppState> for ProviderCaller {
     }
 }
 
+/// A caller that must be a provider, with its token (id, role, scope) for the audit chain.
+#[derive(Debug, Clone)]
+pub struct ProviderToken {
+    pub agb: AgbCode,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<AppState> for ProviderToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        Ok(Self {
+            agb: caller.provider()?,
+            caller,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! `POST /v1/batches` (upload a sealed batch), `GET /v1/batches` and `GET /v1/batches/{batch_id}`.
+//! `POST /v1/batches` (upload a sealed batch, recorded in the audit chain), `GET /v1/batches` and
+//! `GET /v1/batches/{batch_id}`. Withdrawing a batch is in `custody`.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -12,7 +13,11 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{json, schema_of, Endpoint, Method, Reply};
-use crate::auth::ProviderCaller;
+use crate::audit::AuditAction;
+use crate::audit_trail::{
+    api_actor, append_best_effort, append_required, batch_subject, entry, AlreadyAudited,
+};
+use crate::auth::{ProviderCaller, ProviderToken};
 use crate::error::{ApiError, AppJson};
 use crate::ingest::ingest_batch;
 use crate::startup::AppState;
@@ -77,17 +82,55 @@ pub fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-#[instrument(skip_all, fields(provider = %provider.0, batch_id = %batch.header.batch_id, records = batch.header.record_count))]
+#[instrument(skip_all, fields(provider = %provider.agb, batch_id = %batch.header.batch_id, records = batch.header.record_count))]
 async fn post_batch(
     State(state): State<AppState>,
-    provider: ProviderCaller,
+    provider: ProviderToken,
     AppJson(batch): AppJson<SealedBatch>,
 ) -> Result<Response, ApiError> {
-    let outcome = ingest_batch(&state, provider.0, batch).await;
+    let header = batch.header.clone();
+    let outcome = ingest_batch(&state, provider.agb, batch).await;
     state.metrics.observe_upload(&outcome);
-    let (status, receipt) = match outcome? {
-        PutBatch::Stored(r) => (StatusCode::CREATED, r),
-        PutBatch::Replayed(r) => (StatusCode::OK, r),
+    let actor = api_actor(&provider.caller);
+    let subject = batch_subject(header.batch_id);
+    let (status, receipt) = match outcome {
+        Ok(PutBatch::Stored(r)) => {
+            let e = entry(&actor, AuditAction::Upload, subject, Some(provider.agb), &r);
+            append_required(state.store.as_ref(), e).await?;
+            (StatusCode::CREATED, r)
+        }
+        Ok(PutBatch::Replayed(r)) => {
+            let e = entry(
+                &actor,
+                AuditAction::UploadReplayed,
+                subject,
+                Some(provider.agb),
+                &r,
+            );
+            append_required(state.store.as_ref(), e).await?;
+            (StatusCode::OK, r)
+        }
+        // Refusals that matter for security: someone else's key, someone else's batch, or a batch id
+        // reused for other content. The details digest binds the entry to the header sent.
+        Err(err)
+            if matches!(
+                err.kind(),
+                ProblemType::BadSignature | ProblemType::Forbidden | ProblemType::BatchConflict
+            ) =>
+        {
+            let e = entry(
+                &actor,
+                AuditAction::UploadRefused,
+                format!("{subject}: {}", err.kind().slug()),
+                Some(provider.agb),
+                &header,
+            );
+            append_best_effort(state.store.as_ref(), e).await;
+            let mut res = err.into_response();
+            res.extensions_mut().insert(AlreadyAudited);
+            return Ok(res);
+        }
+        Err(err) => return Err(err),
     };
     tracing::info!(
         stored = receipt.stored,

@@ -9,7 +9,9 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use crate::startup::AppState;
 
+pub mod audit;
 pub mod batches;
+pub mod custody;
 pub mod health;
 pub mod keys;
 pub mod openapi;
@@ -26,6 +28,7 @@ pub fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 pub enum Method {
     Get,
     Post,
+    Delete,
 }
 
 impl Method {
@@ -33,6 +36,7 @@ impl Method {
         match self {
             Method::Get => "get",
             Method::Post => "post",
+            Method::Delete => "delete",
         }
     }
 }
@@ -89,6 +93,8 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(keys::endpoints());
     all.extend(batches::endpoints());
     all.extend(releases::endpoints());
+    all.extend(custody::endpoints());
+    all.extend(audit::endpoints());
     all.extend(openapi::endpoints());
     all
 }

@@ -2,8 +2,11 @@
 //! SDK. One binary, modules by theme.
 
 mod api;
+mod audit;
+mod custody;
 mod hardening;
 mod helpers;
 mod metrics;
+mod rawdb;
 mod releases;
 mod upload;

@@ -1,0 +1,447 @@
+//! The audit trail in use: which actions append which entries (`crate::audit` holds the chain itself),
+//! what happens when an entry cannot be written, the `forbidden` responses recorded centrally, and the
+//! verification of the stored chain that `kwm-service admin audit verify` runs.
+//!
+//! When an entry cannot be written:
+//! - an action that changes state or hands out data (upload, withdrawal, export, token issue and
+//!   revocation, key rotation) fails with 503 (database unavailable) or 500 ([`append_required`]).
+//!   The action itself commits first, in the store's own transaction, and the entry is appended right
+//!   after it in the same request: a failed append therefore leaves a committed action without its
+//!   entry. The caller is told (the request fails), the error is logged, and verification finds the
+//!   gap for uploads and releases (every stored batch and every ledger release must have its entry).
+//!   An export appends before any data leaves; an issued token is revoked again when its entry fails.
+//! - a refusal (a bad signature, a forbidden call, a batch conflict) stands as answered; the failed
+//!   append is logged as an error ([`append_best_effort`]): a refusal changed nothing.
+//!
+//! Deleting the newest entries cannot be seen from a hash chain alone. Verification therefore also
+//! checks that every batch and release still stored has its entry, and can compare the head with one
+//! recorded outside the database before (`--anchor FILE`).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use kwm_schemas::api::AuditRecord;
+use kwm_schemas::problem::ProblemType;
+use kwm_schemas::{AgbCode, Role};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::audit::{digest_of, verify_chain, AuditAction, AuditEntry, ChainError, NewAuditEntry};
+use crate::auth::{token_hash, Caller};
+use crate::error::ApiError;
+use crate::ingest::now_micros;
+use crate::publish::Actor;
+use crate::startup::AppState;
+use crate::store::{Store, StoreError};
+
+/// Entries read per page when the whole chain is loaded.
+pub const PAGE: u32 = 1000;
+
+/// Marks a response whose refusal the handler has already recorded, so that the central `forbidden`
+/// entry is not written twice.
+#[derive(Debug, Clone, Copy)]
+pub struct AlreadyAudited;
+
+/// The actor of an API call: its role and token id (never the token).
+pub fn api_actor(caller: &Caller) -> Actor {
+    Actor {
+        role: caller.role.as_str().into(),
+        id: format!("token {}", caller.token_id),
+    }
+}
+
+/// The actor of an operator command: `admin`, `cli USER`.
+pub fn operator() -> Actor {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| "unknown".into());
+    Actor {
+        role: Role::Admin.as_str().into(),
+        id: format!("cli {user}"),
+    }
+}
+
+/// The subject of an upload, replay or refusal of one batch; verification looks for it.
+pub fn batch_subject(batch_id: Uuid) -> String {
+    format!("batch {batch_id}")
+}
+
+/// An entry at the current time.
+pub fn entry<T: Serialize>(
+    actor: &Actor,
+    action: AuditAction,
+    subject: impl Into<String>,
+    provider: Option<AgbCode>,
+    details: &T,
+) -> NewAuditEntry {
+    NewAuditEntry {
+        at: now_micros(),
+        actor_role: actor.role.clone(),
+        actor_id: actor.id.clone(),
+        action,
+        subject: subject.into(),
+        provider,
+        details_digest: digest_of(details),
+    }
+}
+
+/// Appends the entry of an action that changed state or hands out data: if it cannot be written the
+/// request fails (503 when the database is unavailable, else 500).
+pub async fn append_required(
+    store: &dyn Store,
+    entry: NewAuditEntry,
+) -> Result<AuditEntry, ApiError> {
+    store.append_audit(&entry).await.map_err(|e| {
+        tracing::error!(
+            action = entry.action.as_str(),
+            error = %e,
+            "the audit entry could not be written; the request fails"
+        );
+        ApiError::from(e)
+    })
+}
+
+/// Appends the entry of a refusal: the refusal stands either way; a failure is logged as an error.
+pub async fn append_best_effort(store: &dyn Store, entry: NewAuditEntry) {
+    if let Err(e) = store.append_audit(&entry).await {
+        tracing::error!(
+            action = entry.action.as_str(),
+            error = %e,
+            "the audit entry of a refusal could not be written"
+        );
+    }
+}
+
+/// An entry as the API shows it.
+pub fn to_record(e: &AuditEntry) -> AuditRecord {
+    AuditRecord {
+        seq: e.seq,
+        at: e.entry.at,
+        actor_role: e.entry.actor_role.clone(),
+        actor_id: e.entry.actor_id.clone(),
+        action: e.entry.action.as_str().into(),
+        subject: e.entry.subject.clone(),
+        provider: e.entry.provider,
+        details_digest: hex::encode(e.entry.details_digest),
+        prev_hash: hex::encode(e.prev_hash),
+        hash: hex::encode(e.hash),
+    }
+}
+
+/// Middleware: records every `forbidden` answer of the role and scope checks (the extractors and the
+/// handlers alike) as a `forbidden` entry naming the caller's token id and the route template (never
+/// the concrete path, which may hold a pseudonym). The token is looked up again only on this rare path.
+pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| token_hash(t.trim()));
+    let res = next.run(req).await;
+    if res.extensions().get::<ProblemType>() != Some(&ProblemType::Forbidden)
+        || res.extensions().get::<AlreadyAudited>().is_some()
+    {
+        return res;
+    }
+    let Some(hash) = presented else {
+        return res;
+    };
+    let token = match state.store.get_token(&hash).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return res,
+        Err(e) => {
+            tracing::error!(error = %e, "the audit entry of a forbidden call could not be written");
+            return res;
+        }
+    };
+    let actor = Actor {
+        role: token.role.as_str().into(),
+        id: format!("token {}", token.id),
+    };
+    let provider = match token.role {
+        Role::Provider => token.scope.as_deref().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    let subject = format!("{method} {route}");
+    let e = entry(
+        &actor,
+        AuditAction::Forbidden,
+        subject.clone(),
+        provider,
+        &subject,
+    );
+    append_best_effort(state.store.as_ref(), e).await;
+    res
+}
+
+/// Every stored entry, oldest first, read in pages.
+pub async fn load_chain(store: &dyn Store) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut all: Vec<AuditEntry> = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let page = store.list_audit(after, PAGE, None).await?;
+        let full = page.len() == PAGE as usize;
+        match page.last() {
+            Some(last) => after = last.seq,
+            None => break,
+        }
+        all.extend(page);
+        if !full {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// A head recorded outside the database: the newest entry's sequence number and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: [u8; 32],
+}
+
+impl Anchor {
+    /// `SEQ HASH` (hash in hex), as [`Anchor::write`] leaves it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split_whitespace();
+        let seq = parts.next()?.parse().ok()?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(parts.next()?, &mut hash).ok()?;
+        parts.next().is_none().then_some(Self { seq, hash })
+    }
+
+    /// Reads an anchor file; `None` when it does not exist yet.
+    pub fn read(path: &Path) -> anyhow::Result<Option<Self>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map(Some).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is not an audit anchor (`SEQ HASH` as `admin audit verify --anchor` writes it)",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, format!("{} {}\n", self.seq, hex::encode(self.hash)))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
+}
+
+/// Why verification failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A stored entry was changed, deleted, inserted or reordered.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// An entry that the anchor recorded is gone or different.
+    #[error(
+        "entry {seq}: the recorded head is {}; entries were deleted or rewritten after it was recorded",
+        if *.found { "different" } else { "missing" }
+    )]
+    Anchor { seq: i64, found: bool },
+    /// A stored batch has no upload entry: entries were deleted at the end of the chain (or the
+    /// upload's entry could not be written).
+    #[error(
+        "batch {batch_id} of provider {provider} has no upload entry after entry {head}: entries were \
+         deleted from the end of the chain, or the upload's entry could not be written"
+    )]
+    MissingUpload {
+        provider: AgbCode,
+        batch_id: Uuid,
+        head: i64,
+    },
+    /// A release of the ledger has no release entry.
+    #[error(
+        "release {release} has no release entry after entry {head}: entries were deleted from the end \
+         of the chain, or the release's entry could not be written"
+    )]
+    MissingRelease { release: Uuid, head: i64 },
+}
+
+impl VerifyError {
+    /// The entry named: the first broken one, or the head after which entries are missing.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Self::Chain(e) => e.seq(),
+            Self::Anchor { seq, .. } => *seq,
+            Self::MissingUpload { head, .. } | Self::MissingRelease { head, .. } => *head + 1,
+        }
+    }
+}
+
+/// The outcome of verifying the stored chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Entries read.
+    pub entries: usize,
+    /// The newest entry.
+    pub head: Option<Anchor>,
+    pub result: Result<(), VerifyError>,
+}
+
+/// Loads the whole chain and checks it: the hash chain (`crate::audit::verify_chain`), the head
+/// recorded in `anchor` if given, and that every stored batch and every ledger release has its entry
+/// (which a deletion of the newest entries would remove).
+pub async fn verify(store: &dyn Store, anchor: Option<Anchor>) -> Result<Verification, StoreError> {
+    let chain = load_chain(store).await?;
+    let head = chain.last().map(|e| Anchor {
+        seq: e.seq,
+        hash: e.hash,
+    });
+    let result = check(store, &chain, anchor).await?;
+    Ok(Verification {
+        entries: chain.len(),
+        head,
+        result,
+    })
+}
+
+async fn check(
+    store: &dyn Store,
+    chain: &[AuditEntry],
+    anchor: Option<Anchor>,
+) -> Result<Result<(), VerifyError>, StoreError> {
+    if let Err(e) = verify_chain(chain) {
+        return Ok(Err(e.into()));
+    }
+    if let Some(a) = anchor {
+        // The chain verified, so entry `seq` sits at index `seq - 1`.
+        let found = usize::try_from(a.seq - 1).ok().and_then(|i| chain.get(i));
+        match found {
+            Some(e) if e.hash == a.hash => {}
+            other => {
+                return Ok(Err(VerifyError::Anchor {
+                    seq: a.seq,
+                    found: other.is_some(),
+                }))
+            }
+        }
+    }
+    let head = chain.last().map_or(0, |e| e.seq);
+    let mut uploads: HashSet<(AgbCode, &str)> = HashSet::new();
+    let mut releases: HashSet<&str> = HashSet::new();
+    for e in chain {
+        match e.entry.action {
+            AuditAction::Upload => {
+                if let Some(p) = e.entry.provider {
+                    uploads.insert((p, e.entry.subject.as_str()));
+                }
+            }
+            AuditAction::Release => {
+                if let Some(id) = e
+                    .entry
+                    .subject
+                    .strip_prefix("release ")
+                    .and_then(|s| s.split_whitespace().next())
+                {
+                    releases.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+    for p in store.list_providers().await? {
+        for b in store.list_batches(p.agb).await? {
+            if !uploads.contains(&(p.agb, batch_subject(b.batch_id).as_str())) {
+                return Ok(Err(VerifyError::MissingUpload {
+                    provider: p.agb,
+                    batch_id: b.batch_id,
+                    head,
+                }));
+            }
+        }
+    }
+    for r in store.list_releases(None, None).await? {
+        if !releases.contains(r.id.to_string().as_str()) {
+            return Ok(Err(VerifyError::MissingRelease {
+                release: r.id,
+                head,
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Issues a token the way the operator's commands do: stored as a hash, recorded as `token-issued`,
+/// and revoked again if the entry cannot be written (a token nobody can account for must not work).
+pub async fn issue_token(
+    store: &dyn Store,
+    actor: &Actor,
+    role: Role,
+    scope: Option<&str>,
+    label: &str,
+) -> anyhow::Result<(i64, zeroize::Zeroizing<String>)> {
+    let (id, token) = crate::auth::issue_token(store, role, scope, label).await?;
+    let provider = match role {
+        Role::Provider => scope.and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    let details =
+        serde_json::json!({ "id": id, "role": role.as_str(), "scope": scope, "label": label });
+    let e = entry(
+        actor,
+        AuditAction::TokenIssued,
+        format!("token {id} ({role})"),
+        provider,
+        &details,
+    );
+    if let Err(err) = store.append_audit(&e).await {
+        let revoked = store.revoke_token(id, now_micros()).await;
+        anyhow::bail!(
+            "the audit entry of token {id} could not be written ({err}); the token was {}",
+            if revoked.is_ok() {
+                "revoked again and is not shown"
+            } else {
+                "NOT revoked: revoke it with `admin token revoke`"
+            }
+        );
+    }
+    Ok((id, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_round_trip() {
+        let a = Anchor {
+            seq: 42,
+            hash: [7u8; 32],
+        };
+        let text = format!("{} {}\n", a.seq, hex::encode(a.hash));
+        assert_eq!(Anchor::parse(&text), Some(a));
+        assert_eq!(Anchor::parse("42"), None);
+        assert_eq!(Anchor::parse("x 00"), None);
+        assert_eq!(Anchor::parse(&format!("{text} extra")), None);
+    }
+
+    #[test]
+    fn actors_never_carry_a_token() {
+        let caller = Caller {
+            token_id: 9,
+            role: Role::Provider,
+            scope: Some("12345678".into()),
+        };
+        let a = api_actor(&caller);
+        assert_eq!((a.role.as_str(), a.id.as_str()), ("provider", "token 9"));
+        assert_eq!(operator().role, "admin");
+        assert!(operator().id.starts_with("cli "));
+    }
+}

@@ -1,0 +1,234 @@
+//! What a provider may do with the data held for it: withdraw a batch (`DELETE /v1/batches/{batch_id}`)
+//! or one trajectory (`DELETE /v1/trajectories/{trajectory}`), and export its stored records
+//! (`GET /v1/export`). Each is recorded in the audit chain before the answer goes out.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use kwm_schemas::api::{WithdrawalKind, WithdrawalReceipt};
+use kwm_schemas::problem::ProblemType;
+use kwm_schemas::{AgbCode, Pseudonym, Role, WireRecord};
+use ring::digest::{Context, SHA256};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::{json, schema_of, Endpoint, Method, Reply};
+use crate::audit::AuditAction;
+use crate::audit_trail::{api_actor, append_required, batch_subject, entry};
+use crate::auth::ProviderToken;
+use crate::error::{ApiError, AppJson};
+use crate::ingest::now_micros;
+use crate::startup::AppState;
+use crate::store::{StoreError, Withdrawn};
+
+/// Media type of the export: one JSON `WireRecord` per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Header of the export naming the number of records, so a client can check it read them all.
+pub const EXPORT_COUNT_HEADER: &str = "kwm-record-count";
+
+fn record_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schema_of::<WireRecord>(g)
+}
+
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint {
+            method: Method::Delete,
+            path: "/v1/batches/{batch_id}",
+            operation_id: "withdrawBatch",
+            summary:
+                "Withdraw one of the calling provider's batches: the rows it last wrote and its \
+                      receipt are removed; later releases no longer count them",
+            roles: &[Role::Provider],
+            request: None,
+            query: &[],
+            replies: vec![json(
+                200,
+                "withdrawn; what was removed",
+                schema_of::<WithdrawalReceipt>,
+            )],
+            problems: &[
+                ProblemType::BadRequest,
+                ProblemType::NotFound,
+                ProblemType::Unavailable,
+            ],
+            handler: || delete(withdraw_batch),
+        },
+        Endpoint {
+            method: Method::Delete,
+            path: "/v1/trajectories/{trajectory}",
+            operation_id: "withdrawTrajectory",
+            summary:
+                "Withdraw one of the calling provider's trajectories, named by its trajectory \
+                      pseudonym (64 hex digits, as `kwm withdraw --trajectory` computes it)",
+            roles: &[Role::Provider],
+            request: None,
+            query: &[],
+            replies: vec![json(
+                200,
+                "withdrawn; what was removed",
+                schema_of::<WithdrawalReceipt>,
+            )],
+            problems: &[
+                ProblemType::BadRequest,
+                ProblemType::NotFound,
+                ProblemType::Unavailable,
+            ],
+            handler: || delete(withdraw_trajectory),
+        },
+        Endpoint {
+            method: Method::Get,
+            path: "/v1/export",
+            operation_id: "exportRecords",
+            summary: "The calling provider's stored records, one JSON record per line (client \
+                      pseudonyms as stored: the service's second stage)",
+            roles: &[Role::Provider],
+            request: None,
+            query: &[],
+            replies: vec![Reply {
+                status: 200,
+                description: "the records, one per line",
+                body: Some(record_schema),
+                media_type: NDJSON,
+            }],
+            problems: &[ProblemType::Unavailable],
+            handler: || get(export),
+        },
+    ]
+}
+
+fn receipt(
+    provider: AgbCode,
+    withdrawn: WithdrawalKind,
+    batch_id: Option<Uuid>,
+    w: Withdrawn,
+) -> WithdrawalReceipt {
+    WithdrawalReceipt {
+        provider,
+        withdrawn,
+        batch_id,
+        trajectories_removed: w.trajectories,
+        batches_removed: w.batches,
+        withdrawn_at: now_micros(),
+        audit_seq: 0,
+    }
+}
+
+#[instrument(skip_all, fields(provider, batch_id = %batch_id))]
+async fn withdraw_batch(
+    State(state): State<AppState>,
+    ProviderToken { agb, caller }: ProviderToken,
+    Path(batch_id): Path<String>,
+) -> Result<AppJson<WithdrawalReceipt>, ApiError> {
+    tracing::Span::current().record("provider", agb.as_str());
+    let id: Uuid = batch_id
+        .parse()
+        .map_err(|_| ApiError::new(ProblemType::BadRequest, "a batch id is a UUID"))?;
+    // Another provider's batch is simply not found: its existence is not disclosed.
+    let w = match state.store.withdraw_batch(agb, id).await {
+        Ok(w) => w,
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::not_found(format!("you have no batch {id}")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut r = receipt(agb, WithdrawalKind::Batch, Some(id), w);
+    let e = entry(
+        &api_actor(&caller),
+        AuditAction::Withdraw,
+        batch_subject(id),
+        Some(agb),
+        &r,
+    );
+    r.audit_seq = append_required(state.store.as_ref(), e).await?.seq;
+    tracing::info!(
+        trajectories = r.trajectories_removed,
+        batches = r.batches_removed,
+        "batch withdrawn"
+    );
+    Ok(AppJson(r))
+}
+
+#[instrument(skip_all, fields(provider))]
+async fn withdraw_trajectory(
+    State(state): State<AppState>,
+    ProviderToken { agb, caller }: ProviderToken,
+    Path(trajectory): Path<String>,
+) -> Result<AppJson<WithdrawalReceipt>, ApiError> {
+    tracing::Span::current().record("provider", agb.as_str());
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(trajectory.as_bytes(), &mut bytes).map_err(|_| {
+        ApiError::new(
+            ProblemType::BadRequest,
+            "a trajectory is named by its trajectory pseudonym, 64 hex digits",
+        )
+    })?;
+    let pseudonym = Pseudonym(bytes);
+    let w = match state.store.withdraw_trajectory(agb, &pseudonym).await {
+        Ok(w) => w,
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::not_found(
+                "you have no stored trajectory with this pseudonym",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut r = receipt(agb, WithdrawalKind::Trajectory, None, w);
+    // The subject names no pseudonym; the digest binds the receipt to the trajectory, so that the
+    // provider can prove later which one it was.
+    let details = serde_json::json!({ "receipt": &r, "trajectory": hex::encode(bytes) });
+    let e = entry(
+        &api_actor(&caller),
+        AuditAction::Withdraw,
+        "trajectory",
+        Some(agb),
+        &details,
+    );
+    r.audit_seq = append_required(state.store.as_ref(), e).await?.seq;
+    tracing::info!(
+        trajectories = r.trajectories_removed,
+        batches = r.batches_removed,
+        "trajectory withdrawn"
+    );
+    Ok(AppJson(r))
+}
+
+#[instrument(skip_all, fields(provider))]
+async fn export(
+    State(state): State<AppState>,
+    ProviderToken { agb, caller }: ProviderToken,
+) -> Result<Response, ApiError> {
+    tracing::Span::current().record("provider", agb.as_str());
+    let records = state.store.list_trajectories(agb).await?;
+    let mut body = Vec::with_capacity(records.len() * 420);
+    for r in &records {
+        serde_json::to_writer(&mut body, r)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a record: {e}")))?;
+        body.push(b'\n');
+    }
+    let mut digest = Context::new(&SHA256);
+    digest.update(&body);
+    let details = serde_json::json!({
+        "records": records.len(),
+        "sha256": hex::encode(digest.finish()),
+    });
+    // Nothing leaves before the export is on the record.
+    let e = entry(
+        &api_actor(&caller),
+        AuditAction::Export,
+        format!("export of {} records", records.len()),
+        Some(agb),
+        &details,
+    );
+    append_required(state.store.as_ref(), e).await?;
+    tracing::info!(records = records.len(), "records exported");
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    if let Ok(v) = HeaderValue::from_str(&records.len().to_string()) {
+        res.headers_mut().insert(EXPORT_COUNT_HEADER, v);
+    }
+    Ok(res)
+}

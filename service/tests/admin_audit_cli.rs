@@ -1,0 +1,77 @@
+//! The `kwm-service admin` audit and token commands as an operator runs them: the real binary on a
+//! SQLite data dir, with the database tampered with in between.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kwm_service(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kwm-service"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        // No kwm-service.toml of the working directory, no KWM__ settings of the caller.
+        .current_dir(data_dir)
+        .env_remove("KWM_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn verify_passes_an_untouched_chain_and_names_a_changed_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path();
+    for scope in ["GM0748", "GM0777", "GM0785"] {
+        let out = kwm_service(
+            data,
+            &[
+                "admin",
+                "token",
+                "issue",
+                "--role",
+                "municipality",
+                "--scope",
+                scope,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = kwm_service(data, &["admin", "audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("audit chain intact: 3 entries"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = kwm_service(data, &["admin", "token", "revoke", "--id", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kwm_service(data, &["admin", "token", "list"]);
+    let list = text(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(!list.contains("kwm_"), "never a token: {list}");
+    let listed = kwm_service(data, &["admin", "audit", "list"]);
+    let entries = text(&listed.stdout);
+    assert!(entries.contains("token-revoked"), "{entries}");
+
+    // An intruder with access to the database file changes one entry.
+    let db = format!("sqlite://{}", data.join("kwm.sqlite3").display());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&db).await.expect("db");
+        sqlx::query("UPDATE audit_log SET actor_id = 'someone else' WHERE seq = 2")
+            .execute(&pool)
+            .await
+            .expect("tampered");
+        pool.close().await;
+    });
+    let out = kwm_service(data, &["admin", "audit", "verify"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("audit chain broken: entry 2"), "{err}");
+}
