@@ -220,6 +220,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs a command line (program name first) in this thread, as the binary would, without touching the
+/// process's logging: the end-to-end tests drive `kwm withdraw` and `kwm export` through it. Must not be
+/// called from inside an async runtime (the commands start their own).
+pub fn run_from<I, T>(args: I) -> Result<(), CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| CliError::usage(e.to_string()))?;
+    run(cli)
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KWM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -321,3 +321,83 @@ async fn an_export_holds_exactly_the_providers_own_rows_on_postgres() {
         export(app).await;
     }
 }
+
+/// `kwm ...` in a thread of its own (the command starts its own runtime), as a provider runs it.
+async fn kwm(args: Vec<String>) -> Result<(), kwm_sdk::cli::CliError> {
+    let mut argv = vec!["kwm".to_string()];
+    argv.extend(args);
+    let t = std::thread::spawn(move || kwm_sdk::cli::run_from(argv));
+    tokio::task::spawn_blocking(move || t.join().expect("kwm ran"))
+        .await
+        .expect("joined")
+}
+
+#[tokio::test]
+async fn the_kwm_commands_withdraw_and_export() {
+    let app = spawn_app().await;
+    let (dir, out) = synth_exports(1, 300, 33);
+    let export = &out.providers[0];
+    let regional = RegionalKey::generate().expect("regional key");
+    let p = app.register_provider(export.agb).await;
+    let mut o = upload_options(&app, &p, &export.path, &regional);
+    o.batch_size = 100;
+    upload_file(&o).await.expect("upload");
+    let keys_dir = p.keys_dir.path().display().to_string();
+    let conn = |mut args: Vec<String>| {
+        args.extend([
+            "--service".to_string(),
+            app.base_url.clone(),
+            "--token".to_string(),
+            p.token.clone(),
+        ]);
+        args
+    };
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+
+    let file = dir.path().join("stored.csv");
+    let file_arg = file.display().to_string();
+    kwm(conn(s(&["export", "--out", &file_arg])))
+        .await
+        .expect("kwm export");
+    let text = std::fs::read_to_string(&file).expect("written");
+    assert_eq!(text.lines().count() as u64, export.rows + 1);
+
+    // A trajectory by its number: pseudonymised with the keys, never sent as is.
+    let number = trajectory_numbers(&export.path)[0].clone();
+    let err = kwm(conn(s(&["withdraw", "--trajectory", &number])))
+        .await
+        .expect_err("the keys are needed");
+    assert_eq!(err.code, 2, "{}", err.message);
+    kwm(conn(s(&[
+        "withdraw",
+        "--trajectory",
+        &number,
+        "--keys",
+        &keys_dir,
+    ])))
+    .await
+    .expect("kwm withdraw --trajectory");
+    assert_eq!(app.stored_rows(Some(p.agb)).await, export.rows - 1);
+
+    let batch = p.client.list_batches().await.expect("batches").batches[0].clone();
+    kwm(conn(s(&[
+        "withdraw",
+        "--batch",
+        &batch.batch_id.to_string(),
+    ])))
+    .await
+    .expect("kwm withdraw --batch");
+    let left = p.client.list_batches().await.expect("batches").batches;
+    assert!(left.iter().all(|b| b.batch_id != batch.batch_id));
+    let err = kwm(conn(s(&[
+        "withdraw",
+        "--batch",
+        &batch.batch_id.to_string(),
+    ])))
+    .await
+    .expect_err("gone");
+    assert_eq!(err.code, 1);
+    assert!(err.message.contains("not-found"), "{}", err.message);
+    let pseudonym = custody::trajectory_pseudonym(&p.load_keys(), &number).expect("valid");
+    app.assert_logs_free_of(&[hex(pseudonym.as_bytes())]);
+}
