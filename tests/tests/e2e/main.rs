@@ -2,6 +2,7 @@
 //! SDK. One binary, modules by theme.
 
 mod api;
+mod authz;
 mod audit;
 mod custody;
 mod hardening;
