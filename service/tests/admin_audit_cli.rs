@@ -2,6 +2,8 @@
 //! SQLite data dir, with the database tampered with in between.
 
 use std::path::Path;
+
+use base64::Engine;
 use std::process::{Command, Output};
 
 fn kwm_service(data_dir: &Path, args: &[&str]) -> Output {
@@ -74,4 +76,52 @@ fn verify_passes_an_untouched_chain_and_names_a_changed_entry() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("audit chain broken: entry 2"), "{err}");
+}
+
+#[test]
+fn registration_and_key_rotation_are_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path();
+    // Any 32 bytes stand in for the provider's Ed25519 public key here.
+    let public = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    std::fs::write(data.join("signing.pub"), public).expect("written");
+    let out = kwm_service(
+        data,
+        &[
+            "admin",
+            "provider",
+            "add",
+            "--agb",
+            "12345678",
+            "--name",
+            "Voorbeeld",
+            "--signing-key",
+            "signing.pub",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kwm_service(data, &["admin", "keys", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kwm_service(data, &["admin", "audit", "list"]);
+    let list = text(&out.stdout);
+    let actions: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(3).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        actions,
+        ["provider-registered", "token-issued", "key-rotated"],
+        "{list}"
+    );
+    assert!(
+        list.lines().nth(1).is_some_and(|l| l.contains("12345678")),
+        "{list}"
+    );
+    let out = kwm_service(data, &["admin", "audit", "verify"]);
+    assert!(
+        text(&out.stdout).contains("audit chain intact: 3 entries"),
+        "{}",
+        text(&out.stderr)
+    );
 }

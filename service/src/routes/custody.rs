@@ -135,6 +135,7 @@ async fn withdraw_batch(
         Err(e) => return Err(e.into()),
     };
     let mut r = receipt(agb, WithdrawalKind::Batch, Some(id), w);
+    // The digest covers the receipt with `audit_seq` 0: the sequence number exists only once appended.
     let e = entry(
         &api_actor(&caller),
         AuditAction::Withdraw,
