@@ -92,12 +92,14 @@ pub fn entry<T: Serialize>(
 }
 
 /// Appends the entry of an action that changed state or hands out data: if it cannot be written the
-/// request fails (503 when the database is unavailable, else 500).
+/// request fails (503 when the database is unavailable, else 500), counted in
+/// `kwm_audit_append_failures_total`.
 pub async fn append_required(
-    store: &dyn Store,
+    state: &AppState,
     entry: NewAuditEntry,
 ) -> Result<AuditEntry, ApiError> {
-    store.append_audit(&entry).await.map_err(|e| {
+    state.store.append_audit(&entry).await.map_err(|e| {
+        state.metrics.observe_audit_failure(true);
         tracing::error!(
             action = entry.action.as_str(),
             error = %e,
@@ -107,9 +109,11 @@ pub async fn append_required(
     })
 }
 
-/// Appends the entry of a refusal: the refusal stands either way; a failure is logged as an error.
-pub async fn append_best_effort(store: &dyn Store, entry: NewAuditEntry) {
-    if let Err(e) = store.append_audit(&entry).await {
+/// Appends the entry of a refusal: the refusal stands either way; a failure is logged as an error and
+/// counted.
+pub async fn append_best_effort(state: &AppState, entry: NewAuditEntry) {
+    if let Err(e) = state.store.append_audit(&entry).await {
+        state.metrics.observe_audit_failure(false);
         tracing::error!(
             action = entry.action.as_str(),
             error = %e,
@@ -163,6 +167,7 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
         Ok(Some(t)) => t,
         Ok(None) => return res,
         Err(e) => {
+            state.metrics.observe_audit_failure(false);
             tracing::error!(error = %e, "the audit entry of a forbidden call could not be written");
             return res;
         }
@@ -183,7 +188,7 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
         provider,
         &subject,
     );
-    append_best_effort(state.store.as_ref(), e).await;
+    append_best_effort(&state, e).await;
     res
 }
 

@@ -36,6 +36,7 @@ pub struct Metrics {
     epsilon_remaining: GaugeVec,
     db_connections: prometheus::IntGaugeVec,
     in_flight: IntGauge,
+    audit_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +135,18 @@ impl Metrics {
             "HTTP requests being answered now",
         ))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let audit_failures = IntCounterVec::new(
+            Opts::new(
+                "audit_append_failures_total",
+                "Audit entries that could not be written, by what happened to the request: failed \
+                 (an action that needs its entry) or answered (a refusal that stood); alert on any",
+            ),
+            &["request"],
+        )?;
+        registry.register(Box::new(audit_failures.clone()))?;
+        for r in ["failed", "answered"] {
+            audit_failures.with_label_values(&[r]);
+        }
         for t in ProblemType::ALL {
             rejections.with_label_values(&[t.slug()]);
         }
@@ -151,7 +164,14 @@ impl Metrics {
             epsilon_remaining,
             db_connections,
             in_flight,
+            audit_failures,
         })
+    }
+
+    /// An audit entry could not be written; `request_failed` when the request failed because of it.
+    pub fn observe_audit_failure(&self, request_failed: bool) {
+        let label = if request_failed { "failed" } else { "answered" };
+        self.audit_failures.with_label_values(&[label]).inc();
     }
 
     /// Reads the pool's connections now; called on every scrape.

@@ -96,7 +96,7 @@ async fn post_batch(
     let (status, receipt) = match outcome {
         Ok(PutBatch::Stored(r)) => {
             let e = entry(&actor, AuditAction::Upload, subject, Some(provider.agb), &r);
-            append_required(state.store.as_ref(), e).await?;
+            append_required(&state, e).await?;
             (StatusCode::CREATED, r)
         }
         Ok(PutBatch::Replayed(r)) => {
@@ -107,7 +107,7 @@ async fn post_batch(
                 Some(provider.agb),
                 &r,
             );
-            append_required(state.store.as_ref(), e).await?;
+            append_required(&state, e).await?;
             (StatusCode::OK, r)
         }
         // Refusals that matter for security: someone else's key, someone else's batch, or a batch id
@@ -125,7 +125,7 @@ async fn post_batch(
                 Some(provider.agb),
                 &header,
             );
-            append_best_effort(state.store.as_ref(), e).await;
+            append_best_effort(&state, e).await;
             let mut res = err.into_response();
             res.extensions_mut().insert(AlreadyAudited);
             return Ok(res);

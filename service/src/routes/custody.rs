@@ -143,7 +143,7 @@ async fn withdraw_batch(
         Some(agb),
         &r,
     );
-    r.audit_seq = append_required(state.store.as_ref(), e).await?.seq;
+    r.audit_seq = append_required(&state, e).await?.seq;
     tracing::info!(
         trajectories = r.trajectories_removed,
         batches = r.batches_removed,
@@ -187,7 +187,7 @@ async fn withdraw_trajectory(
         Some(agb),
         &details,
     );
-    r.audit_seq = append_required(state.store.as_ref(), e).await?.seq;
+    r.audit_seq = append_required(&state, e).await?.seq;
     tracing::info!(
         trajectories = r.trajectories_removed,
         batches = r.batches_removed,
@@ -223,7 +223,7 @@ async fn export(
         Some(agb),
         &details,
     );
-    append_required(state.store.as_ref(), e).await?;
+    append_required(&state, e).await?;
     tracing::info!(records = records.len(), "records exported");
     let mut res = (StatusCode::OK, body).into_response();
     res.headers_mut()

@@ -410,3 +410,91 @@ async fn refused_uploads_are_recorded() {
     );
     assert_eq!(e.provider, Some(p.agb));
 }
+
+/// Makes every insert into the audit chain fail, as a full disk or a broken table would.
+async fn break_audit_writes(db: &RawDb) {
+    match db {
+        RawDb::Sqlite(_) => {
+            db.execute(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log \
+                 BEGIN SELECT RAISE(ABORT, 'audit writes disabled by the test'); END",
+            )
+            .await;
+        }
+        RawDb::Postgres(_) => {
+            db.execute(
+                "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'audit writes disabled by the test'; END $$",
+            )
+            .await;
+            db.execute(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log \
+                 FOR EACH ROW EXECUTE FUNCTION no_audit()",
+            )
+            .await;
+        }
+    }
+}
+
+fn failures(app: &TestApp, request: &str) -> String {
+    let metrics = app.state.metrics.render();
+    let prefix = format!("kwm_audit_append_failures_total{{request=\"{request}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
+        .to_string()
+}
+
+async fn audit_write_failures(app: TestApp) {
+    let (_dir, out) = synth_exports(1, 80, 26);
+    let regional = RegionalKey::generate().expect("regional key");
+    let export = &out.providers[0];
+    let p = app.register_provider(export.agb).await;
+    let db = RawDb::open(&app).await;
+    break_audit_writes(&db).await;
+
+    // An upload whose entry cannot be written fails (retryably), though its rows are committed.
+    let err = upload_file(&upload_options(&app, &p, &export.path, &regional))
+        .await
+        .expect_err("the upload fails without its audit entry");
+    assert!(err.to_string().contains("internal"), "{err}");
+    assert_eq!(app.stored_rows(Some(p.agb)).await, export.rows);
+    assert_eq!(failures(&app, "failed"), "1");
+    // ... and verification names the batch that has no entry.
+    match verified(&app).await {
+        Err(VerifyError::MissingUpload { provider, .. }) => assert_eq!(provider, p.agb),
+        other => panic!("the unrecorded upload is found: {other:?}"),
+    }
+
+    // An export hands out nothing without its entry.
+    let res = get(&app, &p.token, "/v1/export").await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = res.text().await.expect("body");
+    assert!(!body.contains("\"trajectory\""), "{body}");
+    assert_eq!(failures(&app, "failed"), "2");
+
+    // A refusal stands as answered; the failed entry is counted.
+    let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
+    assert_eq!(
+        get(&app, &muni, "/v1/audit").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(failures(&app, "answered"), "1");
+    assert!(load_chain(app.state.store.as_ref())
+        .await
+        .expect("chain")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn without_its_audit_entry_an_action_fails_on_sqlite() {
+    audit_write_failures(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn without_its_audit_entry_an_action_fails_on_postgres() {
+    if let Some(app) = spawn_app_on(Backend::Postgres).await {
+        audit_write_failures(app).await;
+    }
+}
