@@ -49,8 +49,8 @@ struct RawResponse {
     body: Vec<u8>,
 }
 
-/// An HTTP/1.1 request written by hand, so that a test can hold its body back: the head and the first
-/// `sent` bytes of `body` go out now, the rest when the test says.
+/// An HTTP/1.1 request written by hand, so that a test can hold its body back: the head (announcing
+/// `body_len` bytes) and `first_part` go out now, the rest when the test writes it.
 async fn begin_request(
     base_url: &str,
     method: &str,

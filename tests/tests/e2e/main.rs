@@ -2,8 +2,8 @@
 //! SDK. One binary, modules by theme.
 
 mod api;
-mod authz;
 mod audit;
+mod authz;
 mod custody;
 mod hardening;
 mod helpers;
