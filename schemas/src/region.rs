@@ -136,6 +136,23 @@ impl Epsilon {
     pub fn denominator(self) -> u64 {
         self.den
     }
+
+    /// Epsilon in whole nano-units, the integer the budget ledger adds and compares. `None` when it
+    /// is not a whole number of nano-units (a decimal of more than nine places, or a third) or too big.
+    pub fn to_nanos(self) -> Option<i64> {
+        let scaled = u128::from(self.num) * 1_000_000_000;
+        let den = u128::from(self.den);
+        if scaled % den != 0 {
+            return None;
+        }
+        i64::try_from(scaled / den).ok()
+    }
+
+    /// The epsilon of a whole number of nano-units; `None` for zero or less.
+    pub fn from_nanos(nanos: i64) -> Option<Self> {
+        let num = u64::try_from(nanos).ok()?;
+        Self::new(num, 1_000_000_000).ok()
+    }
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -362,6 +379,22 @@ mod tests {
         assert_eq!(
             "0.125".parse::<Epsilon>().expect("valid").to_string(),
             "0.125"
+        );
+    }
+
+    #[test]
+    fn epsilon_nanos_round_trip_exactly() {
+        let e: Epsilon = "0.5".parse().expect("valid");
+        assert_eq!(e.to_nanos(), Some(500_000_000));
+        assert_eq!(Epsilon::from_nanos(500_000_000), Some(e));
+        let tiny: Epsilon = "0.000000001".parse().expect("valid");
+        assert_eq!(tiny.to_nanos(), Some(1));
+        assert_eq!(Epsilon::new(1, 3).expect("valid").to_nanos(), None);
+        assert_eq!(Epsilon::from_nanos(0), None);
+        assert_eq!(Epsilon::from_nanos(-5), None);
+        assert_eq!(
+            Epsilon::from_nanos(4_500_000_000).map(|e| e.to_string()),
+            Some("4.5".into())
         );
     }
 

@@ -2,6 +2,7 @@
 //! before it, so that changing, deleting or reordering any stored entry breaks the chain from there on.
 //! Entries hold who, what and a digest of the details: never a record value, pseudonym or token.
 
+use kwm_schemas::AgbCode;
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -78,6 +79,8 @@ pub struct NewAuditEntry {
     pub action: AuditAction,
     /// What the action was about: a batch id, a release id, a provider's AGB code.
     pub subject: String,
+    /// The provider whose data the action touched, if any: the provider's own audit view filters on it.
+    pub provider: Option<AgbCode>,
     /// SHA-256 of the details (e.g. a receipt), so that they can be proven later without being stored here.
     pub details_digest: [u8; 32],
 }
@@ -105,6 +108,7 @@ pub fn entry_hash(seq: i64, e: &NewAuditEntry, prev_hash: &[u8; 32]) -> [u8; 32]
         e.actor_id.as_bytes(),
         e.action.as_str().as_bytes(),
         e.subject.as_bytes(),
+        e.provider.as_ref().map_or("", |p| p.as_str()).as_bytes(),
         &e.details_digest[..],
     ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
@@ -199,6 +203,7 @@ mod tests {
                     actor_id: "12345678".into(),
                     action: AuditAction::Upload,
                     subject: format!("batch-{i}"),
+                    provider: None,
                     details_digest: [i as u8; 32],
                 },
             ));

@@ -12,17 +12,24 @@ use kwm_schemas::codes::{
     TScore,
 };
 use kwm_schemas::envelope::KeyId;
+use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
-use kwm_service::store::{NewBatch, NewToken, Provider, PutBatch, Store, StoreError};
+use kwm_service::audit::{verify_chain, AuditAction, AuditEntry, NewAuditEntry};
+use kwm_service::store::{
+    NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, Store, StoreError,
+    StoredRelease, Withdrawn,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 type TestResult = anyhow::Result<()>;
 
 /// Generates, for each named test function `async fn name(store: Arc<dyn Store>) -> TestResult`, one
-/// test per backend: `sqlite::name` and `postgres::name`.
+/// test per backend: `sqlite::name` and `postgres::name`; and for each function after `pairs:`,
+/// `async fn name(a: Arc<dyn Store>, b: Arc<dyn Store>) -> TestResult`, the same with two stores
+/// (two pools, as two service instances have) on one database.
 macro_rules! conformance_tests {
-    ($($name:ident),+ $(,)?) => {
+    ($($name:ident),+ $(,)? ; pairs: $($pair:ident),+ $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,6 +37,15 @@ macro_rules! conformance_tests {
                     let db = kwm_tests::TempSqlite::new();
                     let store = kwm_service::store::connect(db.url()).await?;
                     super::$name(store).await
+                }
+            )+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $pair() -> super::TestResult {
+                    let db = kwm_tests::TempSqlite::new();
+                    let a = kwm_service::store::connect(db.url()).await?;
+                    let b = kwm_service::store::connect(db.url()).await?;
+                    super::$pair(a, b).await
                 }
             )+
         }
@@ -42,6 +58,17 @@ macro_rules! conformance_tests {
                     };
                     let store = kwm_service::store::connect(db.url()).await?;
                     super::$name(store).await
+                }
+            )+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $pair() -> super::TestResult {
+                    let Some(db) = kwm_tests::EphemeralPostgres::create().await else {
+                        return Ok(());
+                    };
+                    let a = kwm_service::store::connect(db.url()).await?;
+                    let b = kwm_service::store::connect(db.url()).await?;
+                    super::$pair(a, b).await
                 }
             )+
         }
@@ -63,6 +90,26 @@ conformance_tests!(
     concurrent_uploads_with_other_content_conflict,
     every_field_round_trips,
     a_large_batch_is_stored_completely,
+    trajectories_between_are_those_overlapping_the_months,
+    trajectories_between_are_ordered_by_provider_and_pseudonym,
+    the_data_version_changes_with_the_data_only,
+    a_release_is_stored_once_per_data_version,
+    releases_are_found_and_listed,
+    a_release_body_round_trips,
+    partitions_are_charged_exactly_up_to_the_cap,
+    a_release_over_any_partition_cap_charges_nothing,
+    an_inexact_or_oversized_epsilon_is_refused,
+    the_audit_chain_verifies_and_pages,
+    the_audit_log_filters_by_provider,
+    withdrawing_a_batch_removes_its_rows_and_receipt,
+    withdrawing_a_trajectory_removes_a_batch_left_empty,
+    a_token_is_revoked_once,
+    tokens_are_listed_oldest_first_without_hashes;
+    pairs:
+    concurrent_releases_on_two_instances_never_pass_the_cap,
+    concurrent_releases_of_one_data_version_store_once,
+    concurrent_releases_on_other_partitions_get_distinct_versions,
+    concurrent_audit_appends_on_two_instances_keep_one_chain,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -694,7 +741,19 @@ async fn every_field_round_trips(store: Arc<dyn Store>) -> TestResult {
             .await?,
     )?;
     assert_eq!(r.stored as usize, rs.len());
-    assert_eq!(store.list_trajectories(provider_a()).await?, sorted(rs));
+    assert_eq!(
+        store.list_trajectories(provider_a()).await?,
+        sorted(rs.clone())
+    );
+    // The release engine's read decodes every field the same.
+    let between: Vec<(AgbCode, WireRecord)> =
+        sorted(rs).into_iter().map(|r| (provider_a(), r)).collect();
+    assert_eq!(
+        store
+            .list_trajectories_between(month("1900-01"), month("2999-12"))
+            .await?,
+        between
+    );
     Ok(())
 }
 
@@ -709,6 +768,912 @@ async fn a_large_batch_is_stored_completely(store: Arc<dyn Store>) -> TestResult
     assert_eq!((r.record_count, r.stored), (20_000, 20_000));
     assert_eq!(store.count_trajectories(Some(provider_a())).await?, 20_000);
     assert_eq!(store.list_trajectories(provider_a()).await?, sorted(rs));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Release inputs, data version
+
+/// A record of `provider`'s trajectory `i` that runs from `start` to `end` (running when `None`).
+fn spanning(i: u32, start: &str, end: Option<&str>) -> WireRecord {
+    let mut r = full_record(i);
+    r.start_month = month(start);
+    r.end_month = end.map(month);
+    if end.is_none() {
+        r.end_reason = None;
+    }
+    r
+}
+
+async fn trajectories_between_are_those_overlapping_the_months(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    register(store.as_ref(), provider_b()).await?;
+    // The range is 2025-01 ..= 2025-03.
+    let (from, to) = (month("2025-01"), month("2025-03"));
+    let inside = vec![
+        spanning(1, "2025-02", Some("2025-02")),
+        spanning(2, "2024-06", Some("2025-01")), // ends on the first month
+        spanning(3, "2025-03", None),            // starts on the last month, running
+        spanning(4, "2023-01", None),            // running since long ago
+        spanning(5, "2024-12", Some("2025-06")), // spans the whole range
+        spanning(6, "2025-03", Some("2025-04")),
+    ];
+    let outside = vec![
+        spanning(7, "2025-04", None),            // starts after `to`
+        spanning(8, "2025-04", Some("2025-05")), // starts after `to`
+        spanning(9, "2024-01", Some("2024-12")), // ended before `from`
+        spanning(10, "2020-01", Some("2020-02")),
+    ];
+    let mut a_records = inside.clone();
+    a_records.extend(outside.clone());
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), a_records))
+            .await?,
+    )?;
+    // Provider B has the same trajectory pseudonyms for 1..=3 (other rows), and one of its own.
+    let mut b_records: Vec<WireRecord> = inside[..3]
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.client = pseudonym(0xCB, 1);
+            r
+        })
+        .collect();
+    b_records.push(spanning(20, "2025-01", None));
+    b_records.push(spanning(21, "2025-04", None));
+    stored(
+        store
+            .put_batch(&batch(provider_b(), Uuid::new_v4(), b_records.clone()))
+            .await?,
+    )?;
+
+    let mut expected: Vec<(AgbCode, WireRecord)> = sorted(inside)
+        .into_iter()
+        .map(|r| (provider_a(), r))
+        .collect();
+    expected.extend(
+        sorted(b_records[..4].to_vec())
+            .into_iter()
+            .map(|r| (provider_b(), r)),
+    );
+    assert_eq!(store.list_trajectories_between(from, to).await?, expected);
+
+    // One month; and a range nothing overlaps.
+    let one: Vec<Pseudonym> = store
+        .list_trajectories_between(month("2025-04"), month("2025-04"))
+        .await?
+        .into_iter()
+        .filter(|(p, _)| *p == provider_a())
+        .map(|(_, r)| r.trajectory)
+        .collect();
+    let mut want: Vec<Pseudonym> = [3, 4, 5, 6, 7, 8]
+        .iter()
+        .map(|&i| full_record(i).trajectory)
+        .collect();
+    want.sort();
+    assert_eq!(one, want);
+    assert_eq!(
+        store
+            .list_trajectories_between(month("2019-01"), month("2019-12"))
+            .await?,
+        vec![]
+    );
+    Ok(())
+}
+
+async fn trajectories_between_are_ordered_by_provider_and_pseudonym(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let providers = [agb("30000000"), provider_b(), provider_a()];
+    let mut expected = Vec::new();
+    for (k, p) in providers.into_iter().enumerate() {
+        register(store.as_ref(), p).await?;
+        // Pseudonyms in no particular order, as HMAC outputs are; and a few that agree on their
+        // first bytes and differ only at the end.
+        let mut rs: Vec<WireRecord> = (0..6_000u32)
+            .map(|i| {
+                let mut r = full_record(i);
+                let seed = format!("{k}-{i}");
+                let digest = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
+                r.trajectory = Pseudonym::from_slice(digest.as_ref()).expect("32 bytes");
+                r
+            })
+            .collect();
+        for (j, last) in [9u8, 3, 200, 0].into_iter().enumerate() {
+            let mut r = full_record(5_000 + j as u32);
+            let mut b = [0x5A; 32];
+            b[31] = last;
+            r.trajectory = Pseudonym(b);
+            rs.push(r);
+        }
+        for part in rs.chunks(1_100) {
+            stored(
+                store
+                    .put_batch(&batch(p, Uuid::new_v4(), part.to_vec()))
+                    .await?,
+            )?;
+        }
+        expected.extend(rs.into_iter().map(|r| (p, r)));
+    }
+    expected.sort_by_key(|(p, r)| (*p, r.trajectory));
+    assert_eq!(
+        store
+            .list_trajectories_between(month("2020-01"), month("2024-12"))
+            .await?,
+        expected
+    );
+    Ok(())
+}
+
+async fn the_data_version_changes_with_the_data_only(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    let mut seen = Vec::new();
+    let v0 = store.data_version().await?;
+    seen.push(v0.clone());
+
+    let b1 = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    stored(store.put_batch(&b1).await?)?;
+    let v1 = store.data_version().await?;
+    ensure!(v1 != v0, "a stored batch changes the data version");
+    seen.push(v1.clone());
+
+    // A replay and a batch of only unchanged rows change nothing a release could see.
+    replayed(store.put_batch(&b1).await?)?;
+    assert_eq!(store.data_version().await?, v1, "after a replay");
+    let same = stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..10)))
+            .await?,
+    )?;
+    assert_eq!(same.unchanged, 10);
+    assert_eq!(store.data_version().await?, v1, "after an unchanged batch");
+    // A failed withdrawal neither.
+    let err = store
+        .withdraw_batch(provider_a(), Uuid::new_v4())
+        .await
+        .expect_err("no such batch");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+    assert_eq!(store.data_version().await?, v1, "after a failed withdrawal");
+
+    // A correction does, even received at an earlier time.
+    let mut corrected = full_record(3);
+    corrected.satisfaction = Some(Satisfaction::new(1).expect("valid"));
+    let mut b = batch(provider_a(), Uuid::new_v4(), vec![corrected]);
+    b.received_at = b1.received_at - time::Duration::hours(1);
+    let r = stored(store.put_batch(&b).await?)?;
+    assert_eq!(r.corrected, 1);
+    let v2 = store.data_version().await?;
+    seen.push(v2.clone());
+
+    // Every withdrawal does.
+    store
+        .withdraw_trajectory(provider_a(), &full_record(5).trajectory)
+        .await?;
+    seen.push(store.data_version().await?);
+    store.withdraw_batch(provider_a(), b.batch_id).await?;
+    seen.push(store.data_version().await?);
+    // Storing the withdrawn trajectory again: as many batches as after the correction, and yet
+    // another version.
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), vec![full_record(5)]))
+            .await?,
+    )?;
+    seen.push(store.data_version().await?);
+
+    let distinct: HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "versions repeat: {seen:?}");
+    ensure!(
+        seen.iter().all(|v| !v.is_empty() && v.len() <= 64),
+        "short strings: {seen:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Releases and budget
+
+fn eps(s: &str) -> Epsilon {
+    s.parse().expect("a valid epsilon")
+}
+
+fn new_release(
+    scope: &str,
+    period: &str,
+    data_version: &str,
+    epsilon: &str,
+    cap: &str,
+    partitions: &[&str],
+) -> NewRelease {
+    NewRelease {
+        id: Uuid::new_v4(),
+        scope: scope.into(),
+        period: period.into(),
+        data_version: data_version.into(),
+        epsilon: eps(epsilon),
+        partitions: partitions.iter().map(|p| p.to_string()).collect(),
+        cap: eps(cap),
+        created_at: now(),
+        body: serde_json::json!({ "scope": scope, "period": period, "data_version": data_version }),
+    }
+}
+
+fn stored_release(outcome: PutRelease) -> anyhow::Result<StoredRelease> {
+    match outcome {
+        PutRelease::Stored(r) => Ok(r),
+        other => anyhow::bail!("expected Stored, got {other:?}"),
+    }
+}
+
+fn existing_release(outcome: PutRelease) -> anyhow::Result<StoredRelease> {
+    match outcome {
+        PutRelease::Existing(r) => Ok(r),
+        other => anyhow::bail!("expected Existing, got {other:?}"),
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+const Q1: &str = "GM0748/2025-Q1";
+const Q2: &str = "GM0748/2025-Q2";
+
+async fn a_release_is_stored_once_per_data_version(store: Arc<dyn Store>) -> TestResult {
+    let mut first = new_release("GM0748", "2025-H1", "dv-1", "0.5", "10", &[Q2, Q1]);
+    // Finer than the stores keep: the stored release carries the stored precision.
+    first.created_at = first.created_at.replace_nanosecond(987_654_321)?;
+    let r1 = stored_release(store.put_release(&first).await?)?;
+    assert_eq!(
+        r1,
+        StoredRelease {
+            id: first.id,
+            scope: "GM0748".into(),
+            period: "2025-H1".into(),
+            version: 1,
+            data_version: "dv-1".into(),
+            epsilon: eps("0.5"),
+            created_at: first.created_at.replace_nanosecond(987_654_000)?,
+            body: first.body.clone(),
+        }
+    );
+    assert_eq!(store.get_release(first.id).await?, Some(r1.clone()));
+
+    // The same data version again, under another id: the first release, and nothing charged.
+    let again = new_release("GM0748", "2025-H1", "dv-1", "0.5", "10", &[Q1, Q2]);
+    assert_eq!(existing_release(store.put_release(&again).await?)?, r1);
+    assert_eq!(store.get_release(again.id).await?, None);
+    assert_eq!(
+        store.budget_spent(&strings(&[Q1, Q2])).await?,
+        vec![Some(eps("0.5")), Some(eps("0.5"))]
+    );
+
+    // New data: version 2, charged again.
+    let second = new_release("GM0748", "2025-H1", "dv-2", "0.5", "10", &[Q1, Q2]);
+    let r2 = stored_release(store.put_release(&second).await?)?;
+    assert_eq!((r2.version, r2.id), (2, second.id));
+    assert_eq!(
+        store
+            .budget_spent(&strings(&[Q2, "GM0001/2025-Q1", Q1]))
+            .await?,
+        vec![Some(eps("1")), None, Some(eps("1"))],
+        "in the order asked, None for a partition never charged"
+    );
+
+    // Versions count per (scope, period).
+    let other = new_release("region", "2025-H1", "dv-2", "0.5", "10", &[Q1]);
+    assert_eq!(stored_release(store.put_release(&other).await?)?.version, 1);
+    let other = new_release("GM0748", "2025", "dv-2", "0.5", "10", &[Q1]);
+    assert_eq!(stored_release(store.put_release(&other).await?)?.version, 1);
+    assert_eq!(
+        store.list_budget().await?,
+        vec![(Q1.to_string(), eps("2")), (Q2.to_string(), eps("1"))]
+    );
+    Ok(())
+}
+
+async fn releases_are_found_and_listed(store: Arc<dyn Store>) -> TestResult {
+    assert_eq!(store.get_latest_release("GM0748", "2025-Q1").await?, None);
+    assert_eq!(store.list_releases(None, None).await?, vec![]);
+    let t0 = now();
+    let mut all = Vec::new();
+    for (i, (scope, period)) in [
+        ("GM0748", "2025-Q1"),
+        ("GM0748", "2025-Q1"),
+        ("GM0748", "2025-Q2"),
+        ("region", "2025-Q1"),
+        ("GM0748", "2025-Q1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = new_release(scope, period, &format!("dv-{i}"), "0.1", "10", &[Q1]);
+        r.created_at = t0 + time::Duration::seconds(i as i64);
+        all.push(stored_release(store.put_release(&r).await?)?);
+    }
+    let versions: Vec<u32> = all.iter().map(|r| r.version).collect();
+    assert_eq!(versions, vec![1, 2, 1, 1, 3]);
+
+    let latest = store.get_latest_release("GM0748", "2025-Q1").await?;
+    assert_eq!(latest, Some(all[4].clone()));
+    assert_eq!(
+        store.get_latest_release("region", "2025-Q1").await?,
+        Some(all[3].clone())
+    );
+    assert_eq!(store.get_latest_release("region", "2025-Q2").await?, None);
+    assert_eq!(store.get_release(Uuid::new_v4()).await?, None);
+
+    let newest_first: Vec<StoredRelease> = all.iter().rev().cloned().collect();
+    assert_eq!(store.list_releases(None, None).await?, newest_first);
+    let pick =
+        |idx: &[usize]| -> Vec<StoredRelease> { idx.iter().map(|&i| all[i].clone()).collect() };
+    assert_eq!(
+        store.list_releases(Some("GM0748"), None).await?,
+        pick(&[4, 2, 1, 0])
+    );
+    assert_eq!(
+        store.list_releases(None, Some("2025-Q1")).await?,
+        pick(&[4, 3, 1, 0])
+    );
+    assert_eq!(
+        store.list_releases(Some("GM0748"), Some("2025-Q2")).await?,
+        pick(&[2])
+    );
+    assert_eq!(store.list_releases(Some("GM0999"), None).await?, vec![]);
+    Ok(())
+}
+
+async fn a_release_body_round_trips(store: Arc<dyn Store>) -> TestResult {
+    let mut r = new_release("GM0748", "2025-Q1", "dv", "0.25", "10", &[Q1]);
+    r.body = serde_json::json!({
+        "release_id": r.id.to_string(),
+        "tables": [
+            {
+                "id": "3.1",
+                "cells": [
+                    { "count": 120, "mean": 7.25, "ci95": [6.5, 8.0], "suppressed": null },
+                    { "count": 0, "mean": null, "reason": "k", "pct": 0.1 },
+                    { "count": -5, "mean": 1e-7, "big": 9007199254740993u64, "neg": -1.5e10 }
+                ]
+            }
+        ],
+        "text": "Zoë's \"quoted\" text, tab\t, newline\n, NUL \u{0} and 🧒",
+        "empty": {},
+        "list": [],
+        "flag": true,
+        "zebra": 1, "apple": 2
+    });
+    let stored = stored_release(store.put_release(&r).await?)?;
+    assert_eq!(stored.body, r.body);
+    let read = store.get_release(r.id).await?.context("stored")?;
+    assert_eq!(read.body, r.body);
+    assert_eq!(read, stored);
+    Ok(())
+}
+
+async fn partitions_are_charged_exactly_up_to_the_cap(store: Arc<dyn Store>) -> TestResult {
+    // 0.1 is no exact binary fraction: ten of them make exactly 1 in nano-units.
+    for i in 0..10 {
+        let r = new_release("GM0748", "2025-Q1", &format!("dv-{i}"), "0.1", "1", &[Q1]);
+        stored_release(store.put_release(&r).await?)?;
+    }
+    assert_eq!(
+        store.budget_spent(&strings(&[Q1])).await?,
+        vec![Some(eps("1"))]
+    );
+    let over = new_release("GM0748", "2025-Q1", "dv-10", "0.1", "1", &[Q1]);
+    assert_eq!(
+        store.put_release(&over).await?,
+        PutRelease::BudgetExhausted {
+            partition: Q1.into(),
+            spent: eps("1"),
+            cap: eps("1"),
+        }
+    );
+
+    // Cap 1, epsilon 0.5: two succeed, the third is refused.
+    for i in 0..2 {
+        let r = new_release("GM0748", "2025-Q2", &format!("dv-{i}"), "0.5", "1", &[Q2]);
+        assert_eq!(stored_release(store.put_release(&r).await?)?.version, i + 1);
+    }
+    let third = new_release("GM0748", "2025-Q2", "dv-2", "0.5", "1", &[Q2]);
+    assert!(matches!(
+        store.put_release(&third).await?,
+        PutRelease::BudgetExhausted { ref partition, spent, .. } if partition == Q2 && spent == eps("1")
+    ));
+    assert_eq!(store.get_release(third.id).await?, None);
+    // A published release is still answered for its own data version.
+    let asked_again = new_release("GM0748", "2025-Q2", "dv-1", "0.5", "1", &[Q2]);
+    assert_eq!(
+        existing_release(store.put_release(&asked_again).await?)?.version,
+        2
+    );
+    assert_eq!(
+        store.list_budget().await?,
+        vec![(Q1.to_string(), eps("1")), (Q2.to_string(), eps("1"))]
+    );
+    Ok(())
+}
+
+async fn a_release_over_any_partition_cap_charges_nothing(store: Arc<dyn Store>) -> TestResult {
+    let q3 = "GM0748/2025-Q3";
+    // Q2 nearly spent.
+    let r = new_release("GM0748", "2025-Q2", "dv-0", "0.75", "1", &[Q2]);
+    stored_release(store.put_release(&r).await?)?;
+
+    // A half-year release reading Q1 (fresh), Q2 (spent) and Q3 (fresh): refused, naming Q2, and
+    // Q1 (charged before Q2 in sorted order) is not charged after all.
+    let half = new_release("GM0748", "2025-H1", "dv-0", "0.5", "1", &[q3, Q2, Q1, Q2]);
+    assert_eq!(
+        store.put_release(&half).await?,
+        PutRelease::BudgetExhausted {
+            partition: Q2.into(),
+            spent: eps("0.75"),
+            cap: eps("1"),
+        }
+    );
+    assert_eq!(
+        store.budget_spent(&strings(&[Q1, Q2, q3])).await?,
+        vec![None, Some(eps("0.75")), None]
+    );
+    assert_eq!(
+        store.list_budget().await?,
+        vec![(Q2.to_string(), eps("0.75"))]
+    );
+    assert_eq!(store.get_release(half.id).await?, None);
+    assert_eq!(store.get_latest_release("GM0748", "2025-H1").await?, None);
+    assert_eq!(store.list_releases(None, None).await?.len(), 1);
+
+    // Partitions named twice are charged once.
+    let twice = new_release("GM0748", "2025-Q1", "dv-0", "0.5", "1", &[Q1, Q1]);
+    stored_release(store.put_release(&twice).await?)?;
+    assert_eq!(
+        store.budget_spent(&strings(&[Q1])).await?,
+        vec![Some(eps("0.5"))]
+    );
+    Ok(())
+}
+
+async fn an_inexact_or_oversized_epsilon_is_refused(store: Arc<dyn Store>) -> TestResult {
+    let mut third = new_release("GM0748", "2025-Q1", "dv", "1", "10", &[Q1]);
+    third.epsilon = Epsilon::new(1, 3)?;
+    let err = store
+        .put_release(&third)
+        .await
+        .expect_err("not exact in nano-units");
+    assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
+    let mut cap = new_release("GM0748", "2025-Q1", "dv", "1", "10", &[Q1]);
+    cap.cap = Epsilon::new(10, 7)?;
+    let err = store.put_release(&cap).await.expect_err("cap not exact");
+    assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
+    let over = new_release("GM0748", "2025-Q1", "dv", "2", "1", &[Q1]);
+    let err = store
+        .put_release(&over)
+        .await
+        .expect_err("epsilon over the cap");
+    assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
+    assert_eq!(store.list_budget().await?, vec![]);
+    assert_eq!(store.list_releases(None, None).await?, vec![]);
+    Ok(())
+}
+
+async fn concurrent_releases_on_two_instances_never_pass_the_cap(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    // Cap 5, epsilon 0.25: room for exactly 20 of 40 releases with distinct data versions, all
+    // reading the same partitions (named in varying order), half through each instance.
+    let partitions = [Q1, Q2, "GM0748/2025-Q3"];
+    let tasks: Vec<_> = (0..40usize)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let mut named = partitions.to_vec();
+            named.rotate_left(i % 3);
+            let r = new_release("GM0748", "2025", &format!("dv-{i}"), "0.25", "5", &named);
+            tokio::spawn(async move { store.put_release(&r).await })
+        })
+        .collect();
+    let (mut stored, mut refused) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await?? {
+            PutRelease::Stored(r) => stored.push(r),
+            PutRelease::BudgetExhausted { spent, cap, .. } => {
+                assert_eq!((spent, cap), (eps("5"), eps("5")));
+                refused += 1;
+            }
+            PutRelease::Existing(r) => anyhow::bail!("distinct data versions, got Existing {r:?}"),
+        }
+    }
+    assert_eq!((stored.len(), refused), (20, 20));
+    let mut versions: Vec<u32> = stored.iter().map(|r| r.version).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=20).collect::<Vec<u32>>());
+    for store in [&a, &b] {
+        assert_eq!(
+            store.budget_spent(&strings(&partitions)).await?,
+            vec![Some(eps("5")); 3]
+        );
+        assert_eq!(store.list_releases(None, None).await?.len(), 20);
+    }
+    Ok(())
+}
+
+async fn concurrent_releases_of_one_data_version_store_once(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    let tasks: Vec<_> = (0..12usize)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let r = new_release("GM0748", "2025-Q1", "dv-same", "0.5", "1", &[Q1, Q2]);
+            tokio::spawn(async move { store.put_release(&r).await })
+        })
+        .collect();
+    let (mut stored, mut existing) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await?? {
+            PutRelease::Stored(r) => stored.push(r),
+            PutRelease::Existing(r) => existing.push(r),
+            other => anyhow::bail!("expected Stored or Existing, got {other:?}"),
+        }
+    }
+    assert_eq!((stored.len(), existing.len()), (1, 11));
+    let winner = stored.remove(0);
+    assert_eq!(winner.version, 1);
+    ensure!(
+        existing.iter().all(|r| *r == winner),
+        "every loser gets the winner"
+    );
+    assert_eq!(
+        a.budget_spent(&strings(&[Q1, Q2])).await?,
+        vec![Some(eps("0.5")); 2],
+        "charged once"
+    );
+    Ok(())
+}
+
+async fn concurrent_releases_on_other_partitions_get_distinct_versions(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    // Nothing shared to lock on but (scope, period) itself.
+    let tasks: Vec<_> = (0..16usize)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let partition = format!("GM{:04}/2025-Q1", 100 + i);
+            let r = new_release(
+                "region",
+                "2025-Q1",
+                &format!("dv-{i}"),
+                "1",
+                "1",
+                &[&partition],
+            );
+            tokio::spawn(async move { store.put_release(&r).await })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(stored_release(t.await??)?.version);
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=16).collect::<Vec<u32>>());
+    assert_eq!(b.list_budget().await?.len(), 16);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Audit
+
+fn audit_entry(i: u32, provider: Option<AgbCode>) -> NewAuditEntry {
+    NewAuditEntry {
+        // Finer than the stores keep: what comes back carries the stored precision.
+        at: OffsetDateTime::now_utc(),
+        actor_role: "provider".into(),
+        actor_id: provider.map_or("system".into(), |p| p.to_string()),
+        action: [
+            AuditAction::Upload,
+            AuditAction::Release,
+            AuditAction::Withdraw,
+        ][(i % 3) as usize],
+        subject: format!("subject-{i}"),
+        provider,
+        details_digest: [i as u8; 32],
+    }
+}
+
+async fn the_audit_chain_verifies_and_pages(store: Arc<dyn Store>) -> TestResult {
+    assert_eq!(store.list_audit(0, 100, None).await?, vec![]);
+    let mut appended: Vec<AuditEntry> = Vec::new();
+    for i in 0..25 {
+        let e = audit_entry(i, [None, Some(provider_a())][(i % 2) as usize]);
+        let stored = store.append_audit(&e).await?;
+        assert_eq!(stored.seq, i64::from(i) + 1);
+        assert_eq!(
+            stored.entry.at,
+            e.at.replace_nanosecond(e.at.nanosecond() / 1000 * 1000)?
+        );
+        assert_eq!(
+            NewAuditEntry {
+                at: e.at,
+                ..stored.entry.clone()
+            },
+            e
+        );
+        appended.push(stored);
+    }
+    let all = store.list_audit(0, 1000, None).await?;
+    assert_eq!(all, appended);
+    assert_eq!(verify_chain(&all), Ok(25));
+
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.list_audit(after, 10, None).await?;
+        if page.is_empty() {
+            break;
+        }
+        ensure!(page.len() <= 10);
+        after = page.last().map_or(after, |e| e.seq);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(store.list_audit(25, 10, None).await?, vec![]);
+    assert_eq!(store.list_audit(20, 10, None).await?, all[20..].to_vec());
+    assert_eq!(store.list_audit(0, 0, None).await?, vec![]);
+    Ok(())
+}
+
+async fn the_audit_log_filters_by_provider(store: Arc<dyn Store>) -> TestResult {
+    let whose = [None, Some(provider_a()), Some(provider_b())];
+    let mut appended = Vec::new();
+    for i in 0..30 {
+        appended.push(
+            store
+                .append_audit(&audit_entry(i, whose[(i % 3) as usize]))
+                .await?,
+        );
+    }
+    for p in [provider_a(), provider_b()] {
+        let expected: Vec<AuditEntry> = appended
+            .iter()
+            .filter(|e| e.entry.provider == Some(p))
+            .cloned()
+            .collect();
+        assert_eq!(expected.len(), 10);
+        assert_eq!(store.list_audit(0, 100, Some(p)).await?, expected);
+        // Paging by sequence number within the provider's entries.
+        let first = store.list_audit(0, 4, Some(p)).await?;
+        assert_eq!(first, expected[..4].to_vec());
+        let rest = store.list_audit(first[3].seq, 100, Some(p)).await?;
+        assert_eq!(rest, expected[4..].to_vec());
+    }
+    assert_eq!(
+        store.list_audit(0, 100, Some(agb("11111111"))).await?,
+        vec![]
+    );
+    assert_eq!(verify_chain(&store.list_audit(0, 100, None).await?), Ok(30));
+    Ok(())
+}
+
+async fn concurrent_audit_appends_on_two_instances_keep_one_chain(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    let tasks: Vec<_> = (0..60u32)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move { store.append_audit(&audit_entry(i, None)).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await??.seq);
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=60).collect::<Vec<i64>>());
+    let all = b.list_audit(0, 1000, None).await?;
+    assert_eq!(verify_chain(&all), Ok(60));
+    let subjects: HashSet<String> = all.iter().map(|e| e.entry.subject.clone()).collect();
+    assert_eq!(subjects.len(), 60, "every entry once");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Withdrawals
+
+async fn withdrawing_a_batch_removes_its_rows_and_receipt(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    register(store.as_ref(), provider_b()).await?;
+    let b1 = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    stored(store.put_batch(&b1).await?)?;
+    // A later batch corrects 0..3 and adds 10..12: those rows are the later batch's.
+    let mut second: Vec<WireRecord> = records(0..3)
+        .into_iter()
+        .map(|mut r| {
+            r.satisfaction = Some(Satisfaction::new(10).expect("valid"));
+            r
+        })
+        .collect();
+    second.extend(records(10..12));
+    let b2 = batch(provider_a(), Uuid::new_v4(), second.clone());
+    let r2 = stored(store.put_batch(&b2).await?)?;
+    assert_eq!((r2.stored, r2.corrected), (2, 3));
+    // Provider B's rows with the same pseudonyms, under the same batch id, are B's.
+    let bb = batch(provider_b(), b1.batch_id, records(0..4));
+    stored(store.put_batch(&bb).await?)?;
+
+    // B cannot withdraw A's batch (B has no batch of that id).
+    let err = store
+        .withdraw_batch(provider_b(), b2.batch_id)
+        .await
+        .expect_err("another provider's batch");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+    assert_eq!(store.count_trajectories(Some(provider_a())).await?, 12);
+
+    let w = store.withdraw_batch(provider_a(), b1.batch_id).await?;
+    assert_eq!(
+        w,
+        Withdrawn {
+            trajectories: 7,
+            batches: 1
+        }
+    );
+    assert_eq!(store.get_batch(provider_a(), b1.batch_id).await?, None);
+    assert_eq!(store.list_batches(provider_a()).await?, vec![r2]);
+    assert_eq!(store.list_trajectories(provider_a()).await?, sorted(second));
+    // B's batch of the same id and its rows stay.
+    ensure!(store.get_batch(provider_b(), b1.batch_id).await?.is_some());
+    assert_eq!(
+        store.list_trajectories(provider_b()).await?,
+        sorted(records(0..4))
+    );
+
+    let err = store
+        .withdraw_batch(provider_a(), b1.batch_id)
+        .await
+        .expect_err("withdrawn already");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+
+    // A batch whose rows were all corrected since: only its receipt goes.
+    let w = store.withdraw_batch(provider_b(), b1.batch_id).await?;
+    assert_eq!(
+        w,
+        Withdrawn {
+            trajectories: 4,
+            batches: 1
+        }
+    );
+    assert_eq!(store.count_trajectories(Some(provider_b())).await?, 0);
+
+    // The ids are free again: the provider may upload under them afresh.
+    let again = stored(store.put_batch(&b1).await?)?;
+    assert_eq!((again.stored, again.corrected, again.unchanged), (7, 3, 0));
+    Ok(())
+}
+
+async fn withdrawing_a_trajectory_removes_a_batch_left_empty(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    register(store.as_ref(), provider_b()).await?;
+    let b1 = batch(provider_a(), Uuid::new_v4(), records(0..2));
+    let r1 = stored(store.put_batch(&b1).await?)?;
+    let t0 = full_record(0).trajectory;
+    let t1 = full_record(1).trajectory;
+
+    let err = store
+        .withdraw_trajectory(provider_b(), &t0)
+        .await
+        .expect_err("not B's trajectory");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+    let err = store
+        .withdraw_trajectory(provider_a(), &pseudonym(0x11, 1))
+        .await
+        .expect_err("no such trajectory");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+
+    let w = store.withdraw_trajectory(provider_a(), &t0).await?;
+    assert_eq!(
+        w,
+        Withdrawn {
+            trajectories: 1,
+            batches: 0
+        }
+    );
+    assert_eq!(store.list_batches(provider_a()).await?, vec![r1]);
+    assert_eq!(
+        store.list_trajectories(provider_a()).await?,
+        vec![full_record(1)]
+    );
+    let err = store
+        .withdraw_trajectory(provider_a(), &t0)
+        .await
+        .expect_err("withdrawn already");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+
+    let w = store.withdraw_trajectory(provider_a(), &t1).await?;
+    assert_eq!(
+        w,
+        Withdrawn {
+            trajectories: 1,
+            batches: 1
+        }
+    );
+    assert_eq!(store.list_batches(provider_a()).await?, vec![]);
+    assert_eq!(store.count_trajectories(None).await?, 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tokens
+
+fn token(hash: u8, role: Role, created_at: OffsetDateTime) -> NewToken {
+    NewToken {
+        token_hash: [hash; 32],
+        role,
+        scope: (role == Role::Provider).then(|| provider_a().to_string()),
+        label: format!("token {hash}"),
+        created_at,
+    }
+}
+
+async fn a_token_is_revoked_once(store: Arc<dyn Store>) -> TestResult {
+    let t = token(1, Role::Provider, now());
+    let id = store.put_token(&t).await?;
+    let other = store.put_token(&token(2, Role::Admin, now())).await?;
+    let first = now().replace_nanosecond(123_456_789)?;
+    store.revoke_token(id, first).await?;
+    let got = store.get_token(&t.token_hash).await?.context("found")?;
+    assert_eq!(got.revoked_at, Some(first.replace_nanosecond(123_456_000)?));
+    // Revoking again keeps the first time.
+    store
+        .revoke_token(id, first + time::Duration::hours(1))
+        .await?;
+    let got = store.get_token(&t.token_hash).await?.context("found")?;
+    assert_eq!(got.revoked_at, Some(first.replace_nanosecond(123_456_000)?));
+    // The other token is untouched.
+    let untouched = store.get_token(&[2; 32]).await?.context("found")?;
+    assert_eq!((untouched.id, untouched.revoked_at), (other, None));
+    let err = store
+        .revoke_token(other + 1000, now())
+        .await
+        .expect_err("no such token");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+    Ok(())
+}
+
+async fn tokens_are_listed_oldest_first_without_hashes(store: Arc<dyn Store>) -> TestResult {
+    assert_eq!(store.list_tokens().await?, vec![]);
+    let t0 = now();
+    // Created out of insertion order: the list follows the creation time.
+    let specs = [
+        (1u8, Role::Provider, 2i64),
+        (2, Role::Admin, 0),
+        (3, Role::Municipality, 1),
+    ];
+    let mut ids = Vec::new();
+    for (hash, role, offset) in specs {
+        let t = token(hash, role, t0 + time::Duration::seconds(offset));
+        ids.push((offset, store.put_token(&t).await?, t));
+    }
+    store
+        .revoke_token(ids[0].1, t0 + time::Duration::seconds(5))
+        .await?;
+    ids.sort_by_key(|(offset, _, _)| *offset);
+    let listed = store.list_tokens().await?;
+    assert_eq!(listed.len(), 3);
+    for ((_, id, t), got) in ids.iter().zip(&listed) {
+        assert_eq!(
+            (got.id, got.role, &got.scope, &got.label, got.created_at),
+            (*id, t.role, &t.scope, &t.label, t.created_at)
+        );
+        // The same record `get_token` finds by hash.
+        assert_eq!(Some(got), store.get_token(&t.token_hash).await?.as_ref());
+    }
+    assert_eq!(listed[2].revoked_at, Some(t0 + time::Duration::seconds(5)));
+    ensure!(listed[..2].iter().all(|t| t.revoked_at.is_none()));
     Ok(())
 }
 

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kwm_schemas::api::BatchReceipt;
 use kwm_schemas::envelope::KeyId;
-use kwm_schemas::{AgbCode, Role, WireRecord};
+use kwm_schemas::region::Epsilon;
+use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::audit::{AuditEntry, NewAuditEntry};
 
 pub mod postgres;
 pub mod sqlite;
@@ -82,6 +85,67 @@ pub enum PutBatch {
     Replayed(BatchReceipt),
 }
 
+/// A release as the ledger keeps it: the engine's figures (`body`, the JSON of
+/// `kwm_schemas::release::Release` with the ledger's fields filled in) and what the ledger needs to
+/// find it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRelease {
+    pub id: Uuid,
+    /// `region` or a CBS code (`GM0748`).
+    pub scope: String,
+    /// `2025`, `2025-H1`, `2025-Q3`.
+    pub period: String,
+    /// 1 for the first release of (scope, period), then 2, 3, ...
+    pub version: u32,
+    /// The data version the release was computed from ([`Store::data_version`]).
+    pub data_version: String,
+    pub epsilon: Epsilon,
+    pub created_at: OffsetDateTime,
+    pub body: serde_json::Value,
+}
+
+/// A release to be frozen in the ledger by [`Store::put_release`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRelease {
+    pub id: Uuid,
+    pub scope: String,
+    pub period: String,
+    pub data_version: String,
+    /// Charged to every partition in `partitions`.
+    pub epsilon: Epsilon,
+    /// Budget partitions the release reads, such as `GM0748/2025-Q1`.
+    pub partitions: Vec<String>,
+    /// Lifetime cap of every partition.
+    pub cap: Epsilon,
+    pub created_at: OffsetDateTime,
+    pub body: serde_json::Value,
+}
+
+/// The outcome of [`Store::put_release`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutRelease {
+    /// Stored now with this version, and every partition charged, in one transaction.
+    Stored(StoredRelease),
+    /// A release of the same (scope, period, data_version) was stored first (by another request or
+    /// another instance): that one, and nothing was charged.
+    Existing(StoredRelease),
+    /// Storing it would take `partition` past its cap: nothing was stored or charged.
+    BudgetExhausted {
+        partition: String,
+        spent: Epsilon,
+        cap: Epsilon,
+    },
+}
+
+/// What one provider's withdrawal removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Withdrawn {
+    /// Trajectory rows deleted.
+    pub trajectories: u64,
+    /// Batch receipts deleted (a batch whose rows are all gone no longer exists).
+    pub batches: u64,
+}
+
 /// Connections of a store's pool at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -138,6 +202,127 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn count_trajectories(&self, provider: Option<AgbCode>) -> Result<u64, StoreError>;
     /// The provider's own stored trajectories (stage-2 client pseudonyms), ordered by trajectory pseudonym.
     async fn list_trajectories(&self, provider: AgbCode) -> Result<Vec<WireRecord>, StoreError>;
+
+    /// Every stored trajectory (of every provider) whose months overlap `from..=to`: started on or
+    /// before `to` and not ended before `from`. Ordered by provider, then trajectory pseudonym, so that
+    /// the release engine sees the same input in the same order on both backends.
+    async fn list_trajectories_between(
+        &self,
+        from: Month,
+        to: Month,
+    ) -> Result<Vec<(AgbCode, WireRecord)>, StoreError>;
+
+    /// A short string that changes whenever stored data change in a way a release could see: a batch
+    /// that stored or corrected rows, or a withdrawal. Cheap: called on every release request.
+    async fn data_version(&self) -> Result<String, StoreError>;
+
+    /// Freezes a release and charges its epsilon to each of its partitions, in one transaction:
+    /// partitions are charged in sorted order (no deadlock between two instances), spend is kept in
+    /// exact integer units (nano-epsilon), and no partition ever passes `cap`, however many requests
+    /// race on however many instances. Unique on (scope, period, data_version): the loser of a race
+    /// gets `Existing`. `version` is one more than the newest of (scope, period).
+    async fn put_release(&self, release: &NewRelease) -> Result<PutRelease, StoreError>;
+    async fn get_release(&self, id: Uuid) -> Result<Option<StoredRelease>, StoreError>;
+    /// The newest version of (scope, period).
+    async fn get_latest_release(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<StoredRelease>, StoreError>;
+    /// Releases, newest first, optionally of one scope and/or one period (no bodies are needed by
+    /// callers of a listing, but they are returned whole for simplicity).
+    async fn list_releases(
+        &self,
+        scope: Option<&str>,
+        period: Option<&str>,
+    ) -> Result<Vec<StoredRelease>, StoreError>;
+    /// Epsilon spent so far on each of `partitions` (`None`: never charged), in the order asked.
+    async fn budget_spent(&self, partitions: &[String])
+        -> Result<Vec<Option<Epsilon>>, StoreError>;
+    /// Every charged partition with its spend, sorted by partition.
+    async fn list_budget(&self) -> Result<Vec<(String, Epsilon)>, StoreError>;
+
+    /// Appends an entry to the audit chain: the store takes the newest entry's sequence number and
+    /// hash and appends the chained entry (`crate::audit::chain_next`) in one transaction, serialised
+    /// so that two instances never fork the chain.
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StoreError>;
+    /// Audit entries with `seq > after`, oldest first, at most `limit`; only the entries about
+    /// `provider`'s data (`NewAuditEntry::provider`) when given.
+    async fn list_audit(
+        &self,
+        after: i64,
+        limit: u32,
+        provider: Option<AgbCode>,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Removes one of the provider's batches: every trajectory row the batch last wrote and the batch
+    /// receipt, in one transaction. Rows the batch wrote that a later batch corrected belong to that
+    /// later batch and stay. `NotFound` if the provider has no such batch.
+    async fn withdraw_batch(
+        &self,
+        provider: AgbCode,
+        batch_id: Uuid,
+    ) -> Result<Withdrawn, StoreError>;
+    /// Removes one of the provider's trajectories (by its stage-1 trajectory pseudonym); a batch left
+    /// without rows is removed too. `NotFound` if the provider has no such trajectory.
+    async fn withdraw_trajectory(
+        &self,
+        provider: AgbCode,
+        trajectory: &Pseudonym,
+    ) -> Result<Withdrawn, StoreError>;
+
+    /// Marks a token revoked at `at`. `NotFound` if no such token; revoking twice keeps the first time.
+    async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError>;
+    /// Every token (never the hash), oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+}
+
+/// Rows of one provider whose trajectory pseudonyms start with the same byte.
+type Bucket = Vec<(AgbCode, WireRecord)>;
+
+/// Puts rows in the order [`Store::list_trajectories_between`] promises (provider, then trajectory
+/// pseudonym) as they arrive, for both backends: in the database, the sort of millions of wide rows
+/// spills to disk (PostgreSQL at a default `work_mem`) or reads the table in key order, one random
+/// page at a time (SQLite). Millions of 150-byte records are slow to sort in one piece
+/// (every move a cache miss): rows go into a bucket per provider and first byte of the pseudonym
+/// (pseudonyms are uniformly random), and each bucket, a few thousand rows, is sorted on its own.
+#[derive(Debug, Default)]
+pub(crate) struct SortBuckets {
+    /// Per provider, 256 buckets.
+    providers: Vec<(AgbCode, Vec<Bucket>)>,
+    /// The provider of the last row: rows come in runs of one provider.
+    last: usize,
+    len: usize,
+}
+
+impl SortBuckets {
+    pub(crate) fn push(&mut self, row: (AgbCode, WireRecord)) {
+        if self.providers.get(self.last).is_none_or(|p| p.0 != row.0) {
+            self.last = match self.providers.iter().position(|p| p.0 == row.0) {
+                Some(i) => i,
+                None => {
+                    self.providers
+                        .push((row.0, (0..256).map(|_| Vec::new()).collect()));
+                    self.providers.len() - 1
+                }
+            };
+        }
+        let bucket = usize::from(row.1.trajectory.as_bytes()[0]);
+        self.providers[self.last].1[bucket].push(row);
+        self.len += 1;
+    }
+
+    pub(crate) fn into_sorted(mut self) -> Vec<(AgbCode, WireRecord)> {
+        self.providers.sort_unstable_by_key(|p| p.0);
+        let mut out = Vec::with_capacity(self.len);
+        for (_, buckets) in self.providers {
+            for mut bucket in buckets {
+                bucket.sort_unstable_by_key(|r| r.1.trajectory);
+                out.append(&mut bucket);
+            }
+        }
+        out
+    }
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`, and runs the

@@ -12,17 +12,23 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use kwm_schemas::api::BatchReceipt;
 use kwm_schemas::codes::{
     AgeBand, EndReason, GoalCount, Intensity, ProductCategory, Satisfaction, TScore,
 };
+use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{NewBatch, NewToken, Provider, PutBatch, Store, StoreError, TokenRecord};
+use super::{
+    NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, SortBuckets, Store, StoreError,
+    StoredRelease, TokenRecord, Withdrawn,
+};
+use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
 /// The embedded migrations of this backend.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -200,6 +206,165 @@ impl PgStore {
     }
 }
 
+/// How often [`Store::put_release`] starts over when a release of another data version took the
+/// version number it was about to use. A safety net: the advisory lock on (scope, period) that every
+/// attempt takes first makes this impossible as long as every writer takes it.
+const RELEASE_ATTEMPTS: usize = 5;
+
+impl PgStore {
+    /// One attempt of [`Store::put_release`]: `None` when another release took the version number
+    /// (nothing was written; try again).
+    async fn try_put_release(
+        &self,
+        release: &StoredRelease,
+        partitions: &[String],
+        epsilon: i64,
+        cap: i64,
+        cap_epsilon: Epsilon,
+        body: &str,
+    ) -> Result<Option<PutRelease>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Releases of one (scope, period) take turns, on every replica, until commit: the check
+        // below then sees the release a concurrent request just stored, and no version number is
+        // taken twice. This lock first, then the partitions (sorted): always in this order.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!(
+                "kwm-release\u{1f}{}\u{1f}{}",
+                release.scope, release.period
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if let Some(existing) = self.find_release(&mut *tx, release).await? {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(Some(PutRelease::Existing(existing)));
+        }
+
+        // Sorted: two transactions lock shared partitions in the same order and never deadlock. The
+        // conditional update waits for a concurrent charge of the partition, then re-checks the cap
+        // against the committed spend (READ COMMITTED): no partition ever passes its cap.
+        for partition in partitions {
+            sqlx::query(
+                "INSERT INTO budget (partition, spent_nanos) VALUES ($1, 0) \
+                 ON CONFLICT (partition) DO NOTHING",
+            )
+            .bind(partition)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            // `cap - epsilon` is at least 0 (checked before), and no sum can overflow.
+            let charged: Option<i64> = sqlx::query_scalar(
+                "UPDATE budget SET spent_nanos = spent_nanos + $2 \
+                 WHERE partition = $1 AND spent_nanos <= $3 RETURNING spent_nanos",
+            )
+            .bind(partition)
+            .bind(epsilon)
+            .bind(cap - epsilon)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if charged.is_none() {
+                let spent: i64 =
+                    sqlx::query_scalar("SELECT spent_nanos FROM budget WHERE partition = $1")
+                        .bind(partition)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                tx.rollback().await.map_err(db_err)?;
+                // The budget may be gone because a release of this very data version took it
+                // while this one waited: that release is the answer.
+                if let Some(existing) = self.find_release(&self.pool, release).await? {
+                    return Ok(Some(PutRelease::Existing(existing)));
+                }
+                return Ok(Some(PutRelease::BudgetExhausted {
+                    partition: partition.clone(),
+                    spent: spent_epsilon(spent)?.ok_or_else(|| corrupt("budget.spent_nanos"))?,
+                    cap: cap_epsilon,
+                }));
+            }
+        }
+
+        let version: i32 = sqlx::query_scalar(
+            "SELECT coalesce(max(version), 0) + 1 FROM releases WHERE scope = $1 AND period = $2",
+        )
+        .bind(&release.scope)
+        .bind(&release.period)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let id = release.id.hyphenated().to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO releases (id, scope, period, version, data_version, epsilon_nanos, \
+             created_at, body) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::timestamptz, $8::json)",
+        )
+        .bind(&id)
+        .bind(&release.scope)
+        .bind(&release.period)
+        .bind(version)
+        .bind(&release.data_version)
+        .bind(epsilon)
+        .bind(format_ts(release.created_at)?)
+        .bind(body)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            let Some(constraint) = unique_violation(&e) else {
+                return Err(db_err(e));
+            };
+            // Another transaction committed a release of (scope, period) first: of this data
+            // version (the answer), or of another that took the version number (start over).
+            tx.rollback().await.map_err(db_err)?;
+            if let Some(existing) = self.find_release(&self.pool, release).await? {
+                return Ok(Some(PutRelease::Existing(existing)));
+            }
+            return match constraint.as_str() {
+                "releases_pkey" => {
+                    Err(StoreError::Conflict(format!("release {id} exists already")))
+                }
+                _ => Ok(None),
+            };
+        }
+        sqlx::query(
+            "INSERT INTO release_partitions (release_id, partition) \
+             SELECT $1::uuid, p FROM unnest($2::text[]) AS p",
+        )
+        .bind(&id)
+        .bind(partitions)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+
+        Ok(Some(PutRelease::Stored(StoredRelease {
+            version: u32::try_from(version).map_err(|_| corrupt("releases.version"))?,
+            ..release.clone()
+        })))
+    }
+
+    /// The stored release of the same (scope, period, data version) as `release`, if any.
+    async fn find_release<'e, E>(
+        &self,
+        executor: E,
+        release: &StoredRelease,
+    ) -> Result<Option<StoredRelease>, StoreError>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        sqlx::query(&format!(
+            "SELECT {} FROM releases WHERE scope = $1 AND period = $2 AND data_version = $3",
+            *SELECT_RELEASE_COLUMNS
+        ))
+        .bind(&release.scope)
+        .bind(&release.period)
+        .bind(&release.data_version)
+        .fetch_optional(executor)
+        .await
+        .map_err(db_err)?
+        .map(|r| release_from_row(&r))
+        .transpose()
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -280,7 +445,7 @@ impl Store for PgStore {
     }
 
     async fn get_token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let Some(r) = sqlx::query(&format!(
+        sqlx::query(&format!(
             "SELECT id, role, scope, label, {}, {} FROM tokens WHERE token_hash = $1",
             ts_column("created_at"),
             ts_column("revoked_at")
@@ -289,19 +454,8 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?
-        else {
-            return Ok(None);
-        };
-        let role: String = r.try_get("role").map_err(db_err)?;
-        let revoked_at: Option<String> = r.try_get("revoked_at").map_err(db_err)?;
-        Ok(Some(TokenRecord {
-            id: r.try_get("id").map_err(db_err)?,
-            role: Role::from_str(&role).map_err(|_| corrupt("tokens.role"))?,
-            scope: r.try_get("scope").map_err(db_err)?,
-            label: r.try_get("label").map_err(db_err)?,
-            created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
-            revoked_at: revoked_at.as_deref().map(parse_ts).transpose()?,
-        }))
+        .map(|r| token_from_row(&r))
+        .transpose()
     }
 
     async fn put_batch(&self, batch: &NewBatch) -> Result<PutBatch, StoreError> {
@@ -471,6 +625,368 @@ impl Store for PgStore {
             .iter()
             .map(record_from_row)
             .collect()
+    }
+
+    async fn list_trajectories_between(
+        &self,
+        from: Month,
+        to: Month,
+    ) -> Result<Vec<(AgbCode, WireRecord)>, StoreError> {
+        // Binary COPY out: PostgreSQL sends each row as one small message that is decoded straight
+        // into records, at several times the rate of decoding result rows one column at a time. The
+        // months are integers the types produced, so they can be written into the statement (COPY
+        // takes no parameters). The rows are sorted here, not by PostgreSQL (see `SortBuckets`).
+        let sql = format!(
+            "COPY (SELECT {fields} FROM trajectories \
+             WHERE start_month <= {to} AND (end_month IS NULL OR end_month >= {from})) \
+             TO STDOUT (FORMAT binary)",
+            fields = *SELECT_BETWEEN_FIELDS,
+            from = from.as_yyyymm(),
+            to = to.as_yyyymm(),
+        );
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let mut out = SortBuckets::default();
+        let decoded = async {
+            let mut stream = conn.copy_out_raw(&sql).await.map_err(db_err)?;
+            let mut decoder = CopyOutDecoder::default();
+            while let Some(chunk) = stream.try_next().await.map_err(db_err)? {
+                decoder.feed(&chunk, &mut out)?;
+            }
+            decoder.finish()
+        }
+        .await;
+        if decoded.is_err() {
+            // The copy may not have been read to its end: the connection cannot be reused.
+            conn.close_on_drop();
+        }
+        decoded?;
+        Ok(out.into_sorted())
+    }
+
+    async fn data_version(&self) -> Result<String, StoreError> {
+        let r = sqlx::query(
+            "SELECT count(*) AS batches, \
+             coalesce((extract(epoch FROM max(received_at)) * 1000000)::bigint, 0) AS latest, \
+             (SELECT coalesce(max(id), 0) FROM withdrawals) AS withdrawals \
+             FROM batches WHERE stored + corrected > 0",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let batches: i64 = r.try_get("batches").map_err(db_err)?;
+        let latest: i64 = r.try_get("latest").map_err(db_err)?;
+        let withdrawals: i64 = r.try_get("withdrawals").map_err(db_err)?;
+        Ok(format!("{batches}.{withdrawals}.{latest}"))
+    }
+
+    async fn put_release(&self, release: &NewRelease) -> Result<PutRelease, StoreError> {
+        let (epsilon, cap) = release_nanos(release)?;
+        let mut partitions = release.partitions.clone();
+        partitions.sort();
+        partitions.dedup();
+        let body = serde_json::to_string(&release.body)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("serialising a release: {e}")))?;
+        let stored = StoredRelease {
+            id: release.id,
+            scope: release.scope.clone(),
+            period: release.period.clone(),
+            version: 0,
+            data_version: release.data_version.clone(),
+            epsilon: release.epsilon,
+            created_at: truncate_to_micros(release.created_at),
+            body: release.body.clone(),
+        };
+        for _ in 0..RELEASE_ATTEMPTS {
+            let attempt = self
+                .try_put_release(&stored, &partitions, epsilon, cap, release.cap, &body)
+                .await?;
+            if let Some(outcome) = attempt {
+                return Ok(outcome);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "releases of {} {} kept taking the next version number; try again",
+            release.scope, release.period
+        )))
+    }
+
+    async fn get_release(&self, id: Uuid) -> Result<Option<StoredRelease>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {} FROM releases WHERE id = $1::uuid",
+            *SELECT_RELEASE_COLUMNS
+        ))
+        .bind(id.hyphenated().to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| release_from_row(&r))
+        .transpose()
+    }
+
+    async fn get_latest_release(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<StoredRelease>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {} FROM releases WHERE scope = $1 AND period = $2 \
+             ORDER BY version DESC LIMIT 1",
+            *SELECT_RELEASE_COLUMNS
+        ))
+        .bind(scope)
+        .bind(period)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| release_from_row(&r))
+        .transpose()
+    }
+
+    async fn list_releases(
+        &self,
+        scope: Option<&str>,
+        period: Option<&str>,
+    ) -> Result<Vec<StoredRelease>, StoreError> {
+        // A small table: one statement with optional filters is good enough.
+        sqlx::query(&format!(
+            "SELECT {} FROM releases \
+             WHERE ($1::text IS NULL OR scope = $1) AND ($2::text IS NULL OR period = $2) \
+             ORDER BY created_at DESC, seq DESC",
+            *SELECT_RELEASE_COLUMNS
+        ))
+        .bind(scope)
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(release_from_row)
+        .collect()
+    }
+
+    async fn budget_spent(
+        &self,
+        partitions: &[String],
+    ) -> Result<Vec<Option<Epsilon>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition, spent_nanos FROM budget WHERE partition = ANY($1::text[])",
+        )
+        .bind(partitions)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut spent = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let partition: String = r.try_get("partition").map_err(db_err)?;
+            spent.insert(
+                partition,
+                spent_epsilon(r.try_get("spent_nanos").map_err(db_err)?)?,
+            );
+        }
+        Ok(partitions
+            .iter()
+            .map(|p| spent.get(p).copied().flatten())
+            .collect())
+    }
+
+    async fn list_budget(&self) -> Result<Vec<(String, Epsilon)>, StoreError> {
+        // Byte order, as SQLite sorts, whatever the database's collation.
+        let rows = sqlx::query(
+            "SELECT partition, spent_nanos FROM budget ORDER BY partition COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(spent) = spent_epsilon(r.try_get("spent_nanos").map_err(db_err)?)? {
+                out.push((r.try_get("partition").map_err(db_err)?, spent));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StoreError> {
+        let entry = NewAuditEntry {
+            at: truncate_to_micros(entry.at),
+            ..entry.clone()
+        };
+        let at = format_ts(entry.at)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // One appender at a time, on every replica; readers of the log are not blocked.
+        sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .map(|r| -> Result<(i64, [u8; 32]), StoreError> {
+                Ok((
+                    r.try_get("seq").map_err(db_err)?,
+                    hash32(&r, "hash", "audit_log.hash")?,
+                ))
+            })
+            .transpose()?;
+        let chained = crate::audit::chain_next(last, entry);
+        let e = &chained.entry;
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor_role, actor_id, action, subject, provider, \
+             details_digest, prev_hash, hash) \
+             VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(chained.seq)
+        .bind(&at)
+        .bind(&e.actor_role)
+        .bind(&e.actor_id)
+        .bind(e.action.as_str())
+        .bind(&e.subject)
+        .bind(e.provider.as_ref().map(|p| p.as_str()))
+        .bind(&e.details_digest[..])
+        .bind(&chained.prev_hash[..])
+        .bind(&chained.hash[..])
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(chained)
+    }
+
+    async fn list_audit(
+        &self,
+        after: i64,
+        limit: u32,
+        provider: Option<AgbCode>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        // Two statements rather than `$1 IS NULL OR ...`, which would keep a generic plan off the index.
+        let rows = match provider {
+            Some(p) => sqlx::query(&format!(
+                "SELECT {} FROM audit_log WHERE provider = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                *SELECT_AUDIT_COLUMNS
+            ))
+            .bind(p.as_str())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?,
+            None => sqlx::query(&format!(
+                "SELECT {} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                *SELECT_AUDIT_COLUMNS
+            ))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?,
+        };
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn withdraw_batch(
+        &self,
+        provider: AgbCode,
+        batch_id: Uuid,
+    ) -> Result<Withdrawn, StoreError> {
+        let batch_id = batch_id.hyphenated().to_string();
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // The receipt first: a concurrent withdrawal of the same batch waits here, then finds none.
+        let batches =
+            sqlx::query("DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid")
+                .bind(provider.as_str())
+                .bind(&batch_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+        if batches == 0 {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::NotFound);
+        }
+        // Rows a later batch corrected carry that batch's id and stay.
+        let trajectories =
+            sqlx::query("DELETE FROM trajectories WHERE provider = $1 AND batch_id = $2::uuid")
+                .bind(provider.as_str())
+                .bind(&batch_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+        let withdrawn = Withdrawn {
+            trajectories,
+            batches,
+        };
+        record_withdrawal(&mut tx, provider, withdrawn).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(withdrawn)
+    }
+
+    async fn withdraw_trajectory(
+        &self,
+        provider: AgbCode,
+        trajectory: &Pseudonym,
+    ) -> Result<Withdrawn, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let batch_id: Option<String> = sqlx::query_scalar(
+            "DELETE FROM trajectories WHERE provider = $1 AND trajectory = $2 \
+             RETURNING batch_id::text",
+        )
+        .bind(provider.as_str())
+        .bind(&trajectory.as_bytes()[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(batch_id) = batch_id else {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::NotFound);
+        };
+        let batches = sqlx::query(
+            "DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid AND NOT EXISTS \
+             (SELECT 1 FROM trajectories WHERE provider = $1 AND batch_id = $2::uuid)",
+        )
+        .bind(provider.as_str())
+        .bind(&batch_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        let withdrawn = Withdrawn {
+            trajectories: 1,
+            batches,
+        };
+        record_withdrawal(&mut tx, provider, withdrawn).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(withdrawn)
+    }
+
+    async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = coalesce(revoked_at, $2::timestamptz) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(format_ts(at)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT id, role, scope, label, {}, {} FROM tokens ORDER BY created_at, id",
+            ts_column("created_at"),
+            ts_column("revoked_at")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(token_from_row)
+        .collect()
     }
 }
 
@@ -713,4 +1229,394 @@ fn record_from_row(r: &PgRow) -> Result<WireRecord, StoreError> {
         goals_agreed: small(r, "goals_agreed", GoalCount::new)?,
         goals_achieved: small(r, "goals_achieved", GoalCount::new)?,
     })
+}
+
+/// What [`Store::list_trajectories_between`] copies out, field by field. The eight nullable small
+/// integers travel packed into one bigint, a byte each in [`PACKED_COLUMNS`] order, [`PACKED_NULL`] for
+/// NULL (every stored value is at most 100): PostgreSQL's cost of a binary COPY is mostly per field,
+/// and this saves it about a quarter.
+const BETWEEN_FIELDS: [&str; 12] = [
+    "provider",
+    "trajectory",
+    "client",
+    "municipality",
+    "target_group",
+    "age_band",
+    "respondent",
+    "carry_on_without_help",
+    "instrument",
+    "start_month",
+    "end_month",
+    "packed",
+];
+
+/// The columns packed into the last of [`BETWEEN_FIELDS`], most significant byte first.
+const PACKED_COLUMNS: [&str; 8] = [
+    "intensity",
+    "product_category",
+    "end_reason",
+    "satisfaction",
+    "problem_t_pre",
+    "problem_t_post",
+    "goals_agreed",
+    "goals_achieved",
+];
+
+/// A NULL in the packed columns.
+const PACKED_NULL: u8 = 255;
+
+/// The select list of [`BETWEEN_FIELDS`].
+static SELECT_BETWEEN_FIELDS: LazyLock<String> = LazyLock::new(|| {
+    let packed: Vec<String> = PACKED_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "(coalesce({c}, {PACKED_NULL})::bigint << {})",
+                8 * (PACKED_COLUMNS.len() - 1 - i)
+            )
+        })
+        .collect();
+    let plain = &BETWEEN_FIELDS[..BETWEEN_FIELDS.len() - 1];
+    format!("{}, {} AS packed", plain.join(", "), packed.join(" | "))
+});
+
+/// Decodes the binary `COPY` output of [`SELECT_BETWEEN_FIELDS`] into records, whatever the chunking
+/// of the stream (PostgreSQL sends a row per message, the header with the first).
+#[derive(Debug, Default)]
+struct CopyOutDecoder {
+    /// The bytes of an incomplete row (or header) carried over to the next chunk.
+    pending: Vec<u8>,
+    header_done: bool,
+    trailer_seen: bool,
+    /// The last provider decoded, so that its text is parsed once per run of rows.
+    provider: Option<([u8; 8], AgbCode)>,
+}
+
+/// The binary COPY signature, flags and header-extension length PostgreSQL writes.
+const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+impl CopyOutDecoder {
+    fn feed(&mut self, chunk: &[u8], out: &mut SortBuckets) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            let used = self.decode(chunk, out)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(chunk);
+            let used = self.decode(&pending, out)?;
+            pending.drain(..used);
+            self.pending = pending;
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), StoreError> {
+        if self.trailer_seen && self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Other(anyhow::anyhow!(
+                "the COPY output of trajectories ended early"
+            )))
+        }
+    }
+
+    /// Decodes every complete row at the start of `buf`; returns the bytes used.
+    fn decode(&mut self, buf: &[u8], out: &mut SortBuckets) -> Result<usize, StoreError> {
+        let mut used = 0;
+        if !self.header_done {
+            if buf.len() < 19 {
+                return Ok(0);
+            }
+            if &buf[..11] != COPY_SIGNATURE {
+                return Err(corrupt("the COPY header"));
+            }
+            let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as usize;
+            if buf.len() < 19 + ext {
+                return Ok(0);
+            }
+            used = 19 + ext;
+            self.header_done = true;
+        }
+        while !self.trailer_seen {
+            let mut row = CopyRow {
+                buf: &buf[used..],
+                at: 0,
+            };
+            match self.decode_row(&mut row, out)? {
+                RowOutcome::Incomplete => break,
+                RowOutcome::Trailer => self.trailer_seen = true,
+                RowOutcome::Row => {}
+            }
+            used += row.at;
+        }
+        if self.trailer_seen && used < buf.len() {
+            return Err(corrupt("the COPY output after its trailer"));
+        }
+        Ok(used)
+    }
+
+    /// Decodes one row onto `out`.
+    fn decode_row(
+        &mut self,
+        row: &mut CopyRow<'_>,
+        out: &mut SortBuckets,
+    ) -> Result<RowOutcome, StoreError> {
+        let Some(count) = row.take(2) else {
+            return Ok(RowOutcome::Incomplete);
+        };
+        let count = i16::from_be_bytes([count[0], count[1]]);
+        if count == -1 {
+            return Ok(RowOutcome::Trailer);
+        }
+        if count != BETWEEN_FIELDS.len() as i16 {
+            return Err(corrupt("the COPY output (field count)"));
+        }
+        // Every field is found before any is decoded: an incomplete row is decided first.
+        let mut f: [Option<&[u8]>; BETWEEN_FIELDS.len()] = [None; BETWEEN_FIELDS.len()];
+        for slot in &mut f {
+            match row.field() {
+                Some(v) => *slot = v,
+                None => return Ok(RowOutcome::Incomplete),
+            }
+        }
+        let required = |i: usize| f[i].ok_or_else(|| corrupt(BETWEEN_FIELDS[i]));
+
+        let digits =
+            <[u8; 8]>::try_from(required(0)?).map_err(|_| corrupt("trajectories.provider"))?;
+        let agb = match self.provider {
+            Some((last, agb)) if last == digits => agb,
+            _ => {
+                let agb: AgbCode = std::str::from_utf8(&digits)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| corrupt("trajectories.provider"))?;
+                self.provider = Some((digits, agb));
+                agb
+            }
+        };
+        let pseudonym =
+            |i: usize| Pseudonym::from_slice(required(i)?).map_err(|_| corrupt(BETWEEN_FIELDS[i]));
+        let text = |i: usize| -> Result<Option<&str>, StoreError> {
+            f[i].map(|b| std::str::from_utf8(b).map_err(|_| corrupt(BETWEEN_FIELDS[i])))
+                .transpose()
+        };
+        fn parsed<T: FromStr>(v: Option<&str>, column: &str) -> Result<Option<T>, StoreError> {
+            v.map(|s| s.parse().map_err(|_| corrupt(column)))
+                .transpose()
+        }
+        let month = |i: usize| -> Result<Option<Month>, StoreError> {
+            f[i].map(|b| {
+                <[u8; 4]>::try_from(b)
+                    .ok()
+                    .and_then(|b| u32::try_from(i32::from_be_bytes(b)).ok())
+                    .and_then(|v| Month::from_yyyymm(v).ok())
+                    .ok_or_else(|| corrupt(BETWEEN_FIELDS[i]))
+            })
+            .transpose()
+        };
+        let packed =
+            <[u8; 8]>::try_from(required(11)?).map_err(|_| corrupt("the packed columns"))?;
+        fn small<T>(
+            byte: u8,
+            column: &str,
+            make: impl FnOnce(u8) -> Result<T, kwm_schemas::ParseError>,
+        ) -> Result<Option<T>, StoreError> {
+            match byte {
+                PACKED_NULL => Ok(None),
+                v => make(v).map(Some).map_err(|_| corrupt(column)),
+            }
+        }
+        let name = |i: usize| PACKED_COLUMNS[i];
+        out.push((
+            agb,
+            WireRecord {
+                trajectory: pseudonym(1)?,
+                client: pseudonym(2)?,
+                municipality: parsed(text(3)?, BETWEEN_FIELDS[3])?
+                    .ok_or_else(|| corrupt(BETWEEN_FIELDS[3]))?,
+                target_group: parsed(text(4)?, BETWEEN_FIELDS[4])?
+                    .ok_or_else(|| corrupt(BETWEEN_FIELDS[4]))?,
+                age_band: parsed::<AgeBand>(text(5)?, BETWEEN_FIELDS[5])?
+                    .ok_or_else(|| corrupt(BETWEEN_FIELDS[5]))?,
+                respondent: parsed(text(6)?, BETWEEN_FIELDS[6])?,
+                carry_on_without_help: parsed(text(7)?, BETWEEN_FIELDS[7])?,
+                instrument: parsed(text(8)?, BETWEEN_FIELDS[8])?,
+                start_month: month(9)?.ok_or_else(|| corrupt(BETWEEN_FIELDS[9]))?,
+                end_month: month(10)?,
+                intensity: small(packed[0], name(0), Intensity::new)?,
+                product_category: small(packed[1], name(1), ProductCategory::new)?,
+                end_reason: small(packed[2], name(2), EndReason::new)?,
+                satisfaction: small(packed[3], name(3), Satisfaction::new)?,
+                problem_t_pre: small(packed[4], name(4), TScore::new)?,
+                problem_t_post: small(packed[5], name(5), TScore::new)?,
+                goals_agreed: small(packed[6], name(6), GoalCount::new)?,
+                goals_achieved: small(packed[7], name(7), GoalCount::new)?,
+            },
+        ));
+        Ok(RowOutcome::Row)
+    }
+}
+
+enum RowOutcome {
+    Incomplete,
+    Trailer,
+    Row,
+}
+
+/// A cursor over one row of binary COPY data.
+struct CopyRow<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> CopyRow<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.buf.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(bytes)
+    }
+
+    /// `None`: the row goes on in a later chunk; `Some(None)`: a NULL.
+    fn field(&mut self) -> Option<Option<&'a [u8]>> {
+        let len = self.take(4)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        match usize::try_from(len) {
+            Ok(n) => self.take(n).map(Some),
+            Err(_) => Some(None),
+        }
+    }
+}
+
+/// The release's epsilon and cap in nano-units, and a cap that one release can ever fit under.
+fn release_nanos(release: &NewRelease) -> Result<(i64, i64), StoreError> {
+    let nanos = |e: Epsilon, what: &str| {
+        e.to_nanos().ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!(
+                "the {what} {e} is not a whole number of nano-epsilon: the budget ledger cannot \
+                 keep it exactly"
+            ))
+        })
+    };
+    let epsilon = nanos(release.epsilon, "release epsilon")?;
+    let cap = nanos(release.cap, "partition cap")?;
+    if epsilon > cap {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "the release epsilon {} exceeds the partition cap {}: no release can ever be charged",
+            release.epsilon,
+            release.cap
+        )));
+    }
+    Ok((epsilon, cap))
+}
+
+/// A partition's stored spend: `None` for nothing spent.
+fn spent_epsilon(nanos: i64) -> Result<Option<Epsilon>, StoreError> {
+    match nanos {
+        0 => Ok(None),
+        n => Epsilon::from_nanos(n)
+            .map(Some)
+            .ok_or_else(|| corrupt("budget.spent_nanos")),
+    }
+}
+
+/// The constraint a unique violation (SQLSTATE 23505) names, if the error is one.
+fn unique_violation(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
+            Some(d.constraint().unwrap_or_default().to_owned())
+        }
+        _ => None,
+    }
+}
+
+static SELECT_RELEASE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "id::text AS id, scope, period, version, data_version, epsilon_nanos, {}, body::text AS body",
+        ts_column("created_at")
+    )
+});
+
+fn release_from_row(r: &PgRow) -> Result<StoredRelease, StoreError> {
+    let id: &str = r.try_get("id").map_err(db_err)?;
+    let version: i32 = r.try_get("version").map_err(db_err)?;
+    let epsilon: i64 = r.try_get("epsilon_nanos").map_err(db_err)?;
+    let body: &str = r.try_get("body").map_err(db_err)?;
+    Ok(StoredRelease {
+        id: Uuid::parse_str(id).map_err(|_| corrupt("releases.id"))?,
+        scope: r.try_get("scope").map_err(db_err)?,
+        period: r.try_get("period").map_err(db_err)?,
+        version: u32::try_from(version).map_err(|_| corrupt("releases.version"))?,
+        data_version: r.try_get("data_version").map_err(db_err)?,
+        epsilon: Epsilon::from_nanos(epsilon).ok_or_else(|| corrupt("releases.epsilon_nanos"))?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+        body: serde_json::from_str(body).map_err(|_| corrupt("releases.body"))?,
+    })
+}
+
+static SELECT_AUDIT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "seq, {}, actor_role, actor_id, action, subject, provider, details_digest, prev_hash, hash",
+        ts_column("at")
+    )
+});
+
+fn hash32(r: &PgRow, column: &str, what: &str) -> Result<[u8; 32], StoreError> {
+    let b: &[u8] = r.try_get(column).map_err(db_err)?;
+    <[u8; 32]>::try_from(b).map_err(|_| corrupt(what))
+}
+
+fn audit_from_row(r: &PgRow) -> Result<AuditEntry, StoreError> {
+    let action: &str = r.try_get("action").map_err(db_err)?;
+    let provider: Option<&str> = r.try_get("provider").map_err(db_err)?;
+    Ok(AuditEntry {
+        seq: r.try_get("seq").map_err(db_err)?,
+        entry: NewAuditEntry {
+            at: parse_ts(r.try_get("at").map_err(db_err)?)?,
+            actor_role: r.try_get("actor_role").map_err(db_err)?,
+            actor_id: r.try_get("actor_id").map_err(db_err)?,
+            action: AuditAction::parse(action).ok_or_else(|| corrupt("audit_log.action"))?,
+            subject: r.try_get("subject").map_err(db_err)?,
+            provider: provider
+                .map(|p| p.parse().map_err(|_| corrupt("audit_log.provider")))
+                .transpose()?,
+            details_digest: hash32(r, "details_digest", "audit_log.details_digest")?,
+        },
+        prev_hash: hash32(r, "prev_hash", "audit_log.prev_hash")?,
+        hash: hash32(r, "hash", "audit_log.hash")?,
+    })
+}
+
+fn token_from_row(r: &PgRow) -> Result<TokenRecord, StoreError> {
+    let role: String = r.try_get("role").map_err(db_err)?;
+    let revoked_at: Option<String> = r.try_get("revoked_at").map_err(db_err)?;
+    Ok(TokenRecord {
+        id: r.try_get("id").map_err(db_err)?,
+        role: Role::from_str(&role).map_err(|_| corrupt("tokens.role"))?,
+        scope: r.try_get("scope").map_err(db_err)?,
+        label: r.try_get("label").map_err(db_err)?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+        revoked_at: revoked_at.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+/// Records a withdrawal in its transaction: the data version counts these rows.
+async fn record_withdrawal(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    provider: AgbCode,
+    withdrawn: Withdrawn,
+) -> Result<(), StoreError> {
+    let count = |n: u64| i64::try_from(n).map_err(|_| corrupt("a withdrawal count"));
+    sqlx::query(
+        "INSERT INTO withdrawals (provider, at, trajectories, batches) \
+         VALUES ($1, $2::timestamptz, $3, $4)",
+    )
+    .bind(provider.as_str())
+    .bind(format_ts(OffsetDateTime::now_utc())?)
+    .bind(count(withdrawn.trajectories)?)
+    .bind(count(withdrawn.batches)?)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
