@@ -188,11 +188,21 @@ pub async fn get_or_publish(
         .map(partition_key)
         .collect();
 
-    let latest = state.store.get_latest_release(&key, &period_key).await?;
+    // The common case, cheaply: the frozen release is current (two small queries, figures from memory).
+    let head = state
+        .store
+        .get_latest_release_head(&key, &period_key)
+        .await?;
     let data_version = state.store.data_version().await?;
-    if let Some(s) = &latest {
-        if s.data_version == data_version {
-            return served(state, s, false, None);
+    if let Some((id, v)) = &head {
+        if *v == data_version {
+            if let Some(release) = state.releases.get(state.store.as_ref(), *id).await? {
+                return Ok(Served {
+                    release,
+                    published_now: false,
+                    newer_data_withheld: None,
+                });
+            }
         }
     }
     // One computation at a time in this instance; another request may have published meanwhile.

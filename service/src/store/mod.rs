@@ -229,6 +229,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         scope: &str,
         period: &str,
     ) -> Result<Option<StoredRelease>, StoreError>;
+    /// The id and data version of the newest version of (scope, period), without its figures: what a
+    /// release request needs to decide whether the frozen release is still current.
+    async fn get_latest_release_head(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<(Uuid, String)>, StoreError>;
     /// Releases, newest first, optionally of one scope and/or one period (no bodies are needed by
     /// callers of a listing, but they are returned whole for simplicity).
     async fn list_releases(

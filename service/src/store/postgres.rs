@@ -742,6 +742,27 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn get_latest_release_head(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<(Uuid, String)>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT id::text, data_version FROM releases WHERE scope = $1 AND period = $2 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(scope)
+        .bind(period)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|(id, v)| {
+            let id = Uuid::parse_str(&id).map_err(|_| corrupt("releases.id"))?;
+            Ok((id, v))
+        })
+        .transpose()
+    }
+
     async fn list_releases(
         &self,
         scope: Option<&str>,

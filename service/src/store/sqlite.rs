@@ -795,6 +795,28 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn get_latest_release_head(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<(Uuid, String)>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT id, data_version FROM releases WHERE scope = ?1 AND period = ?2 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(scope)
+        .bind(period)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|(id, v)| {
+            let id = Uuid::parse_str(&id)
+                .map_err(|e| StoreError::Other(anyhow::anyhow!("release id {id:?}: {e}")))?;
+            Ok((id, v))
+        })
+        .transpose()
+    }
+
     async fn list_releases(
         &self,
         scope: Option<&str>,
