@@ -324,6 +324,22 @@ impl RegionConfig {
         if p.count_rounding < 1 {
             return Err("policy.count_rounding must be at least 1".into());
         }
+        // The ledger adds budgets as whole nano-epsilon; Epsilon parses at most nine decimals, so
+        // this holds for every value written in a region file.
+        match (
+            p.epsilon_per_release.to_nanos(),
+            p.partition_epsilon_cap.to_nanos(),
+        ) {
+            (Some(e), Some(cap)) if e <= cap => {}
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "policy.epsilon_per_release ({}) is above policy.partition_epsilon_cap ({}): \
+                     no release could ever be published",
+                    p.epsilon_per_release, p.partition_epsilon_cap
+                ))
+            }
+            _ => return Err("policy epsilons must have at most nine decimals".into()),
+        }
         if self.ingest.max_batch_records < 1 || self.ingest.max_batch_bytes < 1024 {
             return Err("ingest limits are too small".into());
         }
@@ -396,6 +412,16 @@ mod tests {
             Epsilon::from_nanos(4_500_000_000).map(|e| e.to_string()),
             Some("4.5".into())
         );
+    }
+
+    #[test]
+    fn a_release_epsilon_above_the_cap_is_refused() {
+        let text = WBW_TOML.replace(
+            "partition_epsilon_cap = \"4\"",
+            "partition_epsilon_cap = \"0.25\"",
+        );
+        let err = RegionConfig::from_toml_str(&text, "x.toml").expect_err("must fail");
+        assert!(err.to_string().contains("partition_epsilon_cap"), "{err}");
     }
 
     #[test]
