@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::audit::{digest_of, AuditAction, NewAuditEntry};
+use crate::audit_trail::append_required;
 use crate::error::ApiError;
+use crate::ingest::now_micros;
 use crate::noise::OsNoise;
 use crate::release::{partitions, PeriodTables, ReleaseError, ReleaseInput};
 use crate::startup::AppState;
@@ -250,9 +252,11 @@ pub async fn get_or_publish(
                     state.metrics.set_budget(p, e, cap);
                 }
             }
-            state
-                .store
-                .append_audit(&NewAuditEntry {
+            // Frozen and charged already: if the entry cannot be written the request fails, and
+            // `admin audit verify` names the release without its entry.
+            append_required(
+                state,
+                NewAuditEntry {
                     at: created_at,
                     actor_role: actor.role.clone(),
                     actor_id: actor.id.clone(),
@@ -260,8 +264,9 @@ pub async fn get_or_publish(
                     subject: format!("release {} ({key} {} v{})", s.id, s.period, s.version),
                     provider: None,
                     details_digest: digest_of(&s.body),
-                })
-                .await?;
+                },
+            )
+            .await?;
             tracing::info!(
                 release = %s.id,
                 scope = %key,
@@ -454,10 +459,4 @@ fn engine_error(e: ReleaseError) -> ApiError {
         ReleaseError::UnknownMunicipality { .. } => ApiError::not_found(e.to_string()),
         other => ApiError::Internal(anyhow::Error::new(other).context("computing a release")),
     }
-}
-
-fn now_micros() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now)
 }

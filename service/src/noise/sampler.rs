@@ -160,6 +160,9 @@ mod tests {
     //! Distribution tests on a seeded ChaCha20 stream: deterministic, so they cannot flake. Every bound is
     //! wide enough (alpha = 0.001 for chi-square, 5 standard errors elsewhere) that a correct sampler
     //! passes for almost every seed, and narrow enough that an off-by-one in the algorithm fails.
+    //!
+    //! The `f64` below is the statistics of the tests (expected frequencies, chi-square, moments),
+    //! computed from the public scale: the sampler itself, above, uses integers only.
 
     use super::*;
     use crate::noise::{pmf, variance};

@@ -17,6 +17,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{json, schema_of, Endpoint, Method, QueryParam, Reply, SchemaFn};
+use crate::audit_trail::api_actor;
 use crate::auth::{Caller, ProviderCaller};
 use crate::error::{ApiError, AppJson};
 use crate::publish::{get_or_publish, Actor, LedgerScope, Served};
@@ -141,13 +142,6 @@ fn parse_period(text: &str) -> Result<Period, ApiError> {
         .map_err(|e: kwm_schemas::ParseError| bad_request(format!("period {text:?}: {e}")))
 }
 
-fn actor(caller: &Caller) -> Actor {
-    Actor {
-        role: caller.role.as_str().into(),
-        id: format!("token {}", caller.token_id),
-    }
-}
-
 /// A JSON body serialised before (a frozen release).
 fn json_bytes(body: axum::body::Bytes) -> Response {
     (
@@ -215,8 +209,13 @@ async fn get_releases(
     let scope = scope.ok_or_else(|| {
         bad_request("with a period, name the scope too: scope=GM0748 or scope=region")
     })?;
-    let served =
-        get_or_publish(&state, LedgerScope::Release(scope), period, &actor(&caller)).await?;
+    let served = get_or_publish(
+        &state,
+        LedgerScope::Release(scope),
+        period,
+        &api_actor(&caller),
+    )
+    .await?;
     let res = json_bytes(served.release.json.clone());
     Ok(with_withheld(res, &served))
 }
