@@ -146,6 +146,15 @@ pub struct Withdrawn {
     pub batches: u64,
 }
 
+/// Where [`Store::trajectory_changes`] delivers what changed: first every removed key, then every
+/// current row of the batches committed since the mark.
+pub trait ChangeSink: Send {
+    /// A trajectory of `provider` was withdrawn (its stage-1 trajectory pseudonym).
+    fn removed(&mut self, provider: AgbCode, trajectory: &Pseudonym);
+    /// The row as stored now (client: the stage-2 pseudonym).
+    fn upsert(&mut self, provider: AgbCode, record: WireRecord);
+}
+
 /// Connections of a store's pool at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -211,6 +220,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         from: Month,
         to: Month,
     ) -> Result<Vec<(AgbCode, WireRecord)>, StoreError>;
+
+    /// What changed in the trajectories since `since` (a mark this method returned before; 0: nothing
+    /// yet), for the release engine's in-memory index. Reads one consistent snapshot that contains
+    /// every change up to the returned mark and no part of a later one: removals since the mark go to
+    /// `sink.removed` first (none when `since` is 0), then every row currently stored by a batch
+    /// committed after the mark (every row when `since` is 0) to `sink.upsert`. Replaying the calls in
+    /// that order on a copy taken at `since` gives the stored table at the returned mark. Marks only
+    /// grow; with no change since `since` it returns `since` without a snapshot.
+    async fn trajectory_changes(
+        &self,
+        since: i64,
+        sink: &mut dyn ChangeSink,
+    ) -> Result<i64, StoreError>;
 
     /// A short string that changes whenever stored data change in a way a release could see: a batch
     /// that stored or corrected rows, or a withdrawal. Cheap: called on every release request.

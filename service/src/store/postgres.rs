@@ -6,6 +6,11 @@
 //! records as arrays for `unnest` measured slightly slower than COPY here). Idempotency
 //! rests on the primary key of `batches`: the batch row is inserted first, so a second transaction with
 //! the same batch id waits for the first and then finds its receipt.
+//!
+//! The change feed of `trajectories` (`trajectory_changes`, read by [`Store::trajectory_changes`])
+//! numbers changes by an identity column, whose values are taken at insert and may commit out of
+//! order. An advisory lock orders them: every writer of `trajectories` holds it shared until commit,
+//! and the reader takes it exclusively for the moment it fixes its snapshot (see [`CHANGE_FEED_LOCK`]).
 
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -19,19 +24,33 @@ use kwm_schemas::codes::{
 };
 use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, SortBuckets, Store, StoreError,
-    StoredRelease, TokenRecord, Withdrawn,
+    ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, SortBuckets, Store,
+    StoreError, StoredRelease, TokenRecord, Withdrawn,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
 /// The embedded migrations of this backend.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The advisory lock (key pair: class, object) that orders the change feed. A number of
+/// `trajectory_changes` is taken at insert, not at commit, so a reader could see number 12 committed
+/// while 11 is still in flight and then never read 11. Every transaction that writes `trajectories` or
+/// the feed takes this lock shared as its first statement (writers do not wait for each other); the
+/// reader takes it exclusively, so that no writer is in flight, fixes its snapshot and lets go. The
+/// two-int4 form is a key space of its own: never the same lock as the bigint
+/// `hashtextextended(...)` locks of the releases. (The identity's sequence keeps the default cache of
+/// 1: a session never holds back numbers it takes later.)
+const CHANGE_FEED_LOCK: (i32, i32) = (0x4B57_4D43, 1); // "KWMC", the trajectory change feed
+
+/// The newest change of the change feed, 0 before the first.
+const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
 
 /// The record columns of `trajectories` with their types, in COPY order.
 const RECORD_COLUMNS: [(&str, &str); 18] = [
@@ -179,13 +198,14 @@ impl PgStore {
         provider: AgbCode,
         records: &[WireRecord],
     ) -> Result<(), StoreError> {
+        let batch_id = Uuid::new_v4().hyphenated().to_string();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        enter_change_feed(&mut tx).await?;
         sqlx::query(&format!(
             "ALTER TABLE trajectories ALTER COLUMN provider SET DEFAULT '{}', \
-             ALTER COLUMN batch_id SET DEFAULT '{}'::uuid, ALTER COLUMN revision SET DEFAULT 1, \
+             ALTER COLUMN batch_id SET DEFAULT '{batch_id}'::uuid, ALTER COLUMN revision SET DEFAULT 1, \
              ALTER COLUMN updated_at SET DEFAULT now()",
             provider.as_str(),
-            Uuid::new_v4().hyphenated()
         ))
         .execute(&mut *tx)
         .await
@@ -202,6 +222,10 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         copy.finish().await.map_err(db_err)?;
+        // The rows carry the default batch id set above (no receipt in `batches` on this path).
+        if !records.is_empty() {
+            log_batch_change(&mut tx, provider.as_str(), &batch_id).await?;
+        }
         tx.commit().await.map_err(db_err)
     }
 }
@@ -471,6 +495,7 @@ impl Store for PgStore {
             })?;
 
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        enter_change_feed(&mut tx).await?;
 
         // Claims the batch id. A concurrent transaction with the same id waits here until this one
         // ends; then it finds the committed row (a replay) or, after a rollback, claims the id itself.
@@ -552,6 +577,9 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        if stored + corrected > 0 {
+            log_batch_change(&mut tx, provider, &batch_id).await?;
+        }
         tx.commit().await.map_err(db_err)?;
 
         Ok(PutBatch::Stored(BatchReceipt {
@@ -649,8 +677,9 @@ impl Store for PgStore {
         let decoded = async {
             let mut stream = conn.copy_out_raw(&sql).await.map_err(db_err)?;
             let mut decoder = CopyOutDecoder::default();
+            let mut push = |provider, record| out.push((provider, record));
             while let Some(chunk) = stream.try_next().await.map_err(db_err)? {
-                decoder.feed(&chunk, &mut out)?;
+                decoder.feed(&chunk, &mut push)?;
             }
             decoder.finish()
         }
@@ -661,6 +690,31 @@ impl Store for PgStore {
         }
         decoded?;
         Ok(out.into_sorted())
+    }
+
+    async fn trajectory_changes(
+        &self,
+        since: i64,
+        sink: &mut dyn ChangeSink,
+    ) -> Result<i64, StoreError> {
+        // Cheap first look, without the lock: nothing committed since the mark, nothing to read (a
+        // writer still in flight shows up in a later call).
+        let newest: i64 = sqlx::query_scalar(NEWEST_CHANGE)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        check_mark(since, newest)?;
+        if newest == since {
+            return Ok(since);
+        }
+        let mut conn = CloseUnlessClean {
+            conn: self.pool.acquire().await.map_err(db_err)?,
+            clean: false,
+        };
+        let mark = read_changes(&mut conn.conn, since, sink).await?;
+        // Only a read that ran to its end leaves the connection without lock and transaction.
+        conn.clean = true;
+        Ok(mark)
     }
 
     async fn data_version(&self) -> Result<String, StoreError> {
@@ -912,6 +966,7 @@ impl Store for PgStore {
     ) -> Result<Withdrawn, StoreError> {
         let batch_id = batch_id.hyphenated().to_string();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        enter_change_feed(&mut tx).await?;
         // The receipt first: a concurrent withdrawal of the same batch waits here, then finds none.
         let batches =
             sqlx::query("DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid")
@@ -925,15 +980,20 @@ impl Store for PgStore {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         }
-        // Rows a later batch corrected carry that batch's id and stay.
-        let trajectories =
-            sqlx::query("DELETE FROM trajectories WHERE provider = $1 AND batch_id = $2::uuid")
-                .bind(provider.as_str())
-                .bind(&batch_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
+        // Rows a later batch corrected carry that batch's id and stay. Each row deleted is a removal
+        // in the change feed: the count of those is the count of rows.
+        let trajectories = sqlx::query(
+            "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND batch_id = $2::uuid \
+             RETURNING provider, trajectory) \
+             INSERT INTO trajectory_changes (provider, trajectory) \
+             SELECT provider, trajectory FROM gone",
+        )
+        .bind(provider.as_str())
+        .bind(&batch_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
         let withdrawn = Withdrawn {
             trajectories,
             batches,
@@ -949,9 +1009,13 @@ impl Store for PgStore {
         trajectory: &Pseudonym,
     ) -> Result<Withdrawn, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        enter_change_feed(&mut tx).await?;
         let batch_id: Option<String> = sqlx::query_scalar(
-            "DELETE FROM trajectories WHERE provider = $1 AND trajectory = $2 \
-             RETURNING batch_id::text",
+            "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND trajectory = $2 \
+             RETURNING provider, trajectory, batch_id), \
+             logged AS (INSERT INTO trajectory_changes (provider, trajectory) \
+             SELECT provider, trajectory FROM gone) \
+             SELECT batch_id::text FROM gone",
         )
         .bind(provider.as_str())
         .bind(&trajectory.as_bytes()[..])
@@ -1302,8 +1366,9 @@ static SELECT_BETWEEN_FIELDS: LazyLock<String> = LazyLock::new(|| {
     format!("{}, {} AS packed", plain.join(", "), packed.join(" | "))
 });
 
-/// Decodes the binary `COPY` output of [`SELECT_BETWEEN_FIELDS`] into records, whatever the chunking
-/// of the stream (PostgreSQL sends a row per message, the header with the first).
+/// Decodes the binary `COPY` output of [`SELECT_BETWEEN_FIELDS`] into records, handed to a callback
+/// (sorting buckets, a change sink), whatever the chunking of the stream (PostgreSQL sends a row per
+/// message, the header with the first).
 #[derive(Debug, Default)]
 struct CopyOutDecoder {
     /// The bytes of an incomplete row (or header) carried over to the next chunk.
@@ -1318,7 +1383,11 @@ struct CopyOutDecoder {
 const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
 impl CopyOutDecoder {
-    fn feed(&mut self, chunk: &[u8], out: &mut SortBuckets) -> Result<(), StoreError> {
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        out: &mut impl FnMut(AgbCode, WireRecord),
+    ) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             let used = self.decode(chunk, out)?;
             self.pending.extend_from_slice(&chunk[used..]);
@@ -1343,7 +1412,11 @@ impl CopyOutDecoder {
     }
 
     /// Decodes every complete row at the start of `buf`; returns the bytes used.
-    fn decode(&mut self, buf: &[u8], out: &mut SortBuckets) -> Result<usize, StoreError> {
+    fn decode(
+        &mut self,
+        buf: &[u8],
+        out: &mut impl FnMut(AgbCode, WireRecord),
+    ) -> Result<usize, StoreError> {
         let mut used = 0;
         if !self.header_done {
             if buf.len() < 19 {
@@ -1381,7 +1454,7 @@ impl CopyOutDecoder {
     fn decode_row(
         &mut self,
         row: &mut CopyRow<'_>,
-        out: &mut SortBuckets,
+        out: &mut impl FnMut(AgbCode, WireRecord),
     ) -> Result<RowOutcome, StoreError> {
         let Some(count) = row.take(2) else {
             return Ok(RowOutcome::Incomplete);
@@ -1449,7 +1522,7 @@ impl CopyOutDecoder {
             }
         }
         let name = |i: usize| PACKED_COLUMNS[i];
-        out.push((
+        out(
             agb,
             WireRecord {
                 trajectory: pseudonym(1)?,
@@ -1474,7 +1547,7 @@ impl CopyOutDecoder {
                 goals_agreed: small(packed[6], name(6), GoalCount::new)?,
                 goals_achieved: small(packed[7], name(7), GoalCount::new)?,
             },
-        ));
+        );
         Ok(RowOutcome::Row)
     }
 }
@@ -1639,5 +1712,152 @@ async fn record_withdrawal(
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
+    Ok(())
+}
+
+/// Joins the change feed's order (see [`CHANGE_FEED_LOCK`]): the first statement of every transaction
+/// that writes `trajectories` or `trajectory_changes`, before it takes a change number or a row lock.
+async fn enter_change_feed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+        .bind(CHANGE_FEED_LOCK.0)
+        .bind(CHANGE_FEED_LOCK.1)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Tells the change feed, in the batch's transaction, that the batch stored or corrected rows.
+async fn log_batch_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    provider: &str,
+    batch_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO trajectory_changes (provider, batch_id) VALUES ($1, $2::uuid)")
+        .bind(provider)
+        .bind(batch_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// A pooled connection that is closed, not returned to the pool, unless `clean` was set: an error or
+/// a cancelled future may leave it holding the change feed's lock (which would stop every writer) or
+/// in a transaction or a COPY.
+struct CloseUnlessClean {
+    conn: PoolConnection<sqlx::Postgres>,
+    clean: bool,
+}
+
+impl Drop for CloseUnlessClean {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The body of [`Store::trajectory_changes`] after its cheap look, on one connection: wait until no
+/// writer is in flight, fix a snapshot and let the writers go on, then read the changes in `(since,
+/// mark]` from that snapshot. Returns the mark. Leaves the connection clean only when it returns Ok.
+async fn read_changes(
+    conn: &mut sqlx::PgConnection,
+    since: i64,
+    sink: &mut dyn ChangeSink,
+) -> Result<i64, StoreError> {
+    // Session-level and exclusive: waits for the writers in flight; new ones queue behind it.
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(CHANGE_FEED_LOCK.0)
+        .bind(CHANGE_FEED_LOCK.1)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    // The transaction's first statement takes its snapshot: every change up to the mark is
+    // committed in it, and every later change will have a greater number.
+    let mark: i64 = sqlx::query_scalar(NEWEST_CHANGE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1, $2)")
+        .bind(CHANGE_FEED_LOCK.0)
+        .bind(CHANGE_FEED_LOCK.1)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if !unlocked {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "the change feed's lock was not held by its reader"
+        )));
+    }
+    check_mark(since, mark)?;
+
+    if since > 0 {
+        let mut removed = sqlx::query(
+            "SELECT provider, trajectory FROM trajectory_changes \
+             WHERE seq > $1 AND seq <= $2 AND trajectory IS NOT NULL ORDER BY seq",
+        )
+        .bind(since)
+        .bind(mark)
+        .fetch(&mut *conn);
+        while let Some(r) = removed.try_next().await.map_err(db_err)? {
+            let provider: &str = r.try_get(0).map_err(db_err)?;
+            let provider = provider
+                .parse()
+                .map_err(|_| corrupt("trajectory_changes.provider"))?;
+            let trajectory: &[u8] = r.try_get(1).map_err(db_err)?;
+            let trajectory = Pseudonym::from_slice(trajectory)
+                .map_err(|_| corrupt("trajectory_changes.trajectory"))?;
+            sink.removed(provider, &trajectory);
+        }
+    }
+
+    // Binary COPY out, as `list_trajectories_between` reads (COPY takes no parameters: the bounds
+    // are integers). In the transaction: it sees the snapshot.
+    let sql = if since == 0 {
+        format!(
+            "COPY (SELECT {fields} FROM trajectories) TO STDOUT (FORMAT binary)",
+            fields = *SELECT_BETWEEN_FIELDS
+        )
+    } else {
+        // A batch id can come back after its batch was withdrawn: each batch is read once.
+        format!(
+            "COPY (SELECT {fields} FROM trajectories JOIN \
+             (SELECT DISTINCT provider, batch_id FROM trajectory_changes \
+              WHERE seq > {since} AND seq <= {mark} AND batch_id IS NOT NULL) AS changed \
+             USING (provider, batch_id)) TO STDOUT (FORMAT binary)",
+            fields = *SELECT_BETWEEN_FIELDS
+        )
+    };
+    {
+        let mut stream = conn.copy_out_raw(&sql).await.map_err(db_err)?;
+        let mut decoder = CopyOutDecoder::default();
+        let mut upsert = |provider, record| sink.upsert(provider, record);
+        while let Some(chunk) = stream.try_next().await.map_err(db_err)? {
+            decoder.feed(&chunk, &mut upsert)?;
+        }
+        decoder.finish()?;
+    }
+    sqlx::query("COMMIT")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(mark)
+}
+
+/// A mark handed back must be one this database gave out: change numbers are never reused, so a
+/// mark beyond the newest change comes from elsewhere.
+fn check_mark(since: i64, newest: i64) -> Result<(), StoreError> {
+    if since < 0 || since > newest {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "change mark {since} was not handed out by this database (newest change: {newest})"
+        )));
+    }
     Ok(())
 }

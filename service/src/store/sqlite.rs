@@ -26,8 +26,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, SortBuckets, Store, StoreError,
-    StoredRelease, TokenRecord, Withdrawn,
+    ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, SortBuckets, Store,
+    StoreError, StoredRelease, TokenRecord, Withdrawn,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -157,19 +157,40 @@ const ROWIDS_PER_CHUNK: i64 = 16_384;
 /// work: one value per few thousand rows instead of 19 per row reads 5M rows about five times faster.
 /// (Every text column is a code that never holds a comma or a line break: the CHECKs see to that.)
 static SELECT_TRAJECTORIES_BETWEEN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM trajectories \
+         WHERE rowid >= ?1 AND rowid < ?2 AND start_month <= ?4 \
+         AND (end_month IS NULL OR end_month >= ?3)",
+        *CONCAT_LINES
+    )
+});
+
+/// The lines of [`SELECT_TRAJECTORIES_BETWEEN`] for every row of one batch (`?1` provider, `?2`
+/// batch id), by the index on (provider, batch_id).
+static SELECT_TRAJECTORIES_OF_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM trajectories WHERE provider = ?1 AND batch_id = ?2",
+        *CONCAT_LINES
+    )
+});
+
+/// The rows of a query on `trajectories` as one text value, a line per row (see
+/// [`SELECT_TRAJECTORIES_BETWEEN`]).
+static CONCAT_LINES: LazyLock<String> = LazyLock::new(|| {
     let fields: Vec<String> = std::iter::once("provider".to_owned())
         .chain(RECORD_COLUMNS.iter().map(|c| match *c {
             "trajectory" | "client" => format!("hex({c})"),
             c => format!("coalesce({c}, '')"),
         }))
         .collect();
-    format!(
-        "SELECT group_concat({}, char(10)) FROM trajectories \
-         WHERE rowid >= ?1 AND rowid < ?2 AND start_month <= ?4 \
-         AND (end_month IS NULL OR end_month >= ?3)",
-        fields.join(" || ',' || ")
-    )
+    format!("group_concat({}, char(10))", fields.join(" || ',' || "))
 });
+
+/// The months (yyyymm) every stored trajectory overlaps: the bounds the table's CHECKs allow.
+const ALL_MONTHS: (i64, i64) = (190001, 299912);
+
+/// The newest change of the change feed, 0 before the first.
+const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
 
 const BATCH_COLUMNS: &str = "provider, batch_id, key_id, content_digest, record_count, stored, \
                              corrected, unchanged, received_at";
@@ -284,6 +305,9 @@ impl SqliteStore {
                 q = bind_record(q, provider, r, &batch_id, &now);
             }
             q.execute(&mut *tx).await.map_err(db_err)?;
+        }
+        if !records.is_empty() {
+            log_batch_change(&mut tx, provider, &batch_id).await?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -485,6 +509,9 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        if stored + corrected > 0 {
+            log_batch_change(&mut tx, provider, &batch_id).await?;
+        }
         tx.commit().await.map_err(db_err)?;
 
         Ok(PutBatch::Stored(BatchReceipt {
@@ -566,55 +593,92 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(AgbCode, WireRecord)>, StoreError> {
         // One read transaction: every chunk sees the same snapshot (WAL: writers go on meanwhile).
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT max(rowid) FROM trajectories")
+        let mut out = SortBuckets::default();
+        read_between(
+            &mut tx,
+            i64::from(from.as_yyyymm()),
+            i64::from(to.as_yyyymm()),
+            |provider, record| out.push((provider, record)),
+        )
+        .await?;
+        tx.rollback().await.map_err(db_err)?;
+        Ok(out.into_sorted())
+    }
+
+    async fn trajectory_changes(
+        &self,
+        since: i64,
+        sink: &mut dyn ChangeSink,
+    ) -> Result<i64, StoreError> {
+        // Cheap first look, outside a transaction: nothing new, nothing to read.
+        let newest: i64 = sqlx::query_scalar(NEWEST_CHANGE)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        check_mark(since, newest)?;
+        if newest == since {
+            return Ok(since);
+        }
+        // One read transaction, one snapshot: its first statement fixes it (WAL), and SQLite runs one
+        // write transaction at a time, so every change numbered up to the mark is in it and no part
+        // of a later one.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mark: i64 = sqlx::query_scalar(NEWEST_CHANGE)
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        let last = last.unwrap_or(-1);
-        let mut out = SortBuckets::default();
-        let mut provider: Option<(String, AgbCode)> = None;
-        // The text of the chunk before, parsed here while SQLite (on the driver's own thread)
-        // prepares the next one.
-        let mut previous: Option<String> = None;
-        let mut start: i64 = 0;
-        loop {
-            let end = start.saturating_add(ROWIDS_PER_CHUNK);
-            let next = async {
-                if start > last {
-                    return Ok(None);
-                }
-                sqlx::query_scalar::<_, Option<String>>(SELECT_TRAJECTORIES_BETWEEN.as_str())
-                    .bind(start)
-                    .bind(end)
-                    .bind(i64::from(from.as_yyyymm()))
-                    .bind(i64::from(to.as_yyyymm()))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map(Some)
-            };
-            let parse = async {
-                for line in previous
-                    .as_deref()
-                    .map(|t| t.split('\n'))
-                    .into_iter()
-                    .flatten()
-                {
-                    out.push(parse_between_line(line, &mut provider)?);
-                }
-                Ok::<(), StoreError>(())
-            };
-            // `next` first: it hands the statement to the driver's thread before `parse` runs.
-            let (next, parsed) = tokio::join!(next, parse);
-            parsed?;
-            match next.map_err(db_err)? {
-                // NULL: no row of the chunk overlaps the months.
-                Some(text) => previous = text,
-                None => break,
+        check_mark(since, mark)?;
+        if since == 0 {
+            read_between(&mut tx, ALL_MONTHS.0, ALL_MONTHS.1, |provider, record| {
+                sink.upsert(provider, record)
+            })
+            .await?;
+        } else {
+            let removed = sqlx::query(
+                "SELECT provider, trajectory FROM trajectory_changes \
+                 WHERE seq > ?1 AND seq <= ?2 AND trajectory IS NOT NULL ORDER BY seq",
+            )
+            .bind(since)
+            .bind(mark)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            for r in &removed {
+                let provider: &str = r.try_get(0).map_err(db_err)?;
+                let provider = provider
+                    .parse()
+                    .map_err(|_| corrupt("trajectory_changes.provider"))?;
+                sink.removed(provider, &pseudonym(r, 1, "trajectory_changes.trajectory")?);
             }
-            start = end;
+            // A batch id can come back after its batch was withdrawn: each batch is read once.
+            let batches: Vec<(String, String)> = sqlx::query_as(
+                "SELECT provider, batch_id FROM trajectory_changes \
+                 WHERE seq > ?1 AND seq <= ?2 AND batch_id IS NOT NULL \
+                 GROUP BY provider, batch_id ORDER BY min(seq)",
+            )
+            .bind(since)
+            .bind(mark)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let mut last = None;
+            for (provider, batch_id) in &batches {
+                let text: Option<String> =
+                    sqlx::query_scalar(SELECT_TRAJECTORIES_OF_BATCH.as_str())
+                        .bind(provider)
+                        .bind(batch_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                // NULL: the batch has no rows left.
+                for line in text.as_deref().map(|t| t.split('\n')).into_iter().flatten() {
+                    let (provider, record) = parse_between_line(line, &mut last)?;
+                    sink.upsert(provider, record);
+                }
+            }
         }
         tx.rollback().await.map_err(db_err)?;
-        Ok(out.into_sorted())
+        Ok(mark)
     }
 
     async fn data_version(&self) -> Result<String, StoreError> {
@@ -965,7 +1029,17 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
-        // The rows first: they reference the batch.
+        // The change feed first, from the rows about to go (a batch that does not exist logs none).
+        sqlx::query(
+            "INSERT INTO trajectory_changes (provider, trajectory) \
+             SELECT provider, trajectory FROM trajectories WHERE provider = ?1 AND batch_id = ?2",
+        )
+        .bind(provider.as_str())
+        .bind(&batch_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        // The rows before the receipt: they reference the batch.
         let trajectories =
             sqlx::query("DELETE FROM trajectories WHERE provider = ?1 AND batch_id = ?2")
                 .bind(provider.as_str())
@@ -1017,6 +1091,12 @@ impl Store for SqliteStore {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         };
+        sqlx::query("INSERT INTO trajectory_changes (provider, trajectory) VALUES (?1, ?2)")
+            .bind(provider.as_str())
+            .bind(&trajectory.as_bytes()[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let batches = sqlx::query(
             "DELETE FROM batches WHERE provider = ?1 AND batch_id = ?2 AND NOT EXISTS \
              (SELECT 1 FROM trajectories WHERE provider = ?1 AND batch_id = ?2)",
@@ -1468,5 +1548,89 @@ async fn record_withdrawal(
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
+    Ok(())
+}
+
+/// Tells the change feed, in the batch's transaction, that the batch stored or corrected rows.
+async fn log_batch_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    provider: &str,
+    batch_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO trajectory_changes (provider, batch_id) VALUES (?1, ?2)")
+        .bind(provider)
+        .bind(batch_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Reads every trajectory whose months overlap `from..=to` (yyyymm) in the transaction's snapshot
+/// into `push`, in rowid chunks of one text value each (see [`SELECT_TRAJECTORIES_BETWEEN`]).
+async fn read_between(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    from: i64,
+    to: i64,
+    mut push: impl FnMut(AgbCode, WireRecord) + Send,
+) -> Result<(), StoreError> {
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(rowid) FROM trajectories")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    let last = last.unwrap_or(-1);
+    let mut provider: Option<(String, AgbCode)> = None;
+    // The text of the chunk before, parsed here while SQLite (on the driver's own thread)
+    // prepares the next one.
+    let mut previous: Option<String> = None;
+    let mut start: i64 = 0;
+    loop {
+        let end = start.saturating_add(ROWIDS_PER_CHUNK);
+        let next = async {
+            if start > last {
+                return Ok(None);
+            }
+            sqlx::query_scalar::<_, Option<String>>(SELECT_TRAJECTORIES_BETWEEN.as_str())
+                .bind(start)
+                .bind(end)
+                .bind(from)
+                .bind(to)
+                .fetch_one(&mut **tx)
+                .await
+                .map(Some)
+        };
+        let parse = async {
+            for line in previous
+                .as_deref()
+                .map(|t| t.split('\n'))
+                .into_iter()
+                .flatten()
+            {
+                let (p, r) = parse_between_line(line, &mut provider)?;
+                push(p, r);
+            }
+            Ok::<(), StoreError>(())
+        };
+        // `next` first: it hands the statement to the driver's thread before `parse` runs.
+        let (next, parsed) = tokio::join!(next, parse);
+        parsed?;
+        match next.map_err(db_err)? {
+            // NULL: no row of the chunk overlaps the months.
+            Some(text) => previous = text,
+            None => break,
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// A mark handed back must be one this database gave out: change numbers are never reused, so a
+/// mark beyond the newest change comes from elsewhere.
+fn check_mark(since: i64, newest: i64) -> Result<(), StoreError> {
+    if since < 0 || since > newest {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "change mark {since} was not handed out by this database (newest change: {newest})"
+        )));
+    }
     Ok(())
 }

@@ -1,0 +1,23 @@
+-- The change feed of `trajectories`, for the release engine's in-memory index of the table: the index
+-- reads the whole table once, then only what changed since the last sequence number it saw
+-- (`Store::trajectory_changes`). Every writer of `trajectories` adds its rows here in the same
+-- transaction as its change:
+-- - a batch row (batch_id set) per stored batch that stored or corrected at least one row: the index
+--   reads that batch's current rows again;
+-- - a removal row (trajectory set) per trajectory row a withdrawal deleted.
+-- Sequence numbers are taken at insert time, not at commit: writers take a shared advisory lock first
+-- and the reader an exclusive one before it fixes its snapshot, so that no number below the reader's
+-- mark can still commit later (service/src/store/postgres.rs, `CHANGE_FEED_LOCK`).
+
+CREATE TABLE trajectory_changes (
+    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider   text NOT NULL,
+    batch_id   uuid,
+    trajectory bytea CHECK (octet_length(trajectory) = 32),
+    CONSTRAINT trajectory_changes_one_kind CHECK ((batch_id IS NULL) <> (trajectory IS NULL))
+);
+
+-- The current rows of a batch, for the change feed's reader (and for withdrawing a batch), without a
+-- scan of the whole table. Cheap to keep: the rows of one batch share the key, so a batch adds its
+-- entries at one place of the index.
+CREATE INDEX trajectories_by_batch ON trajectories (provider, batch_id);

@@ -1,0 +1,24 @@
+-- The change feed of `trajectories`, for the release engine's in-memory index of the table: the index
+-- reads the whole table once, then only what changed since the last sequence number it saw
+-- (`Store::trajectory_changes`). Every writer of `trajectories` adds its rows here in the same
+-- transaction as its change:
+-- - a batch row (batch_id set) per stored batch that stored or corrected at least one row: the index
+--   reads that batch's current rows again;
+-- - a removal row (trajectory set) per trajectory row a withdrawal deleted.
+-- SQLite serialises writers, so a committed sequence number is never below one still in flight.
+
+CREATE TABLE trajectory_changes (
+    -- AUTOINCREMENT: a sequence number is never reused, even after the highest row is deleted; a
+    -- reused number would hide a change from an index that saw the number before.
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider   TEXT NOT NULL,
+    -- Lower-case hyphenated UUID, as in `batches`.
+    batch_id   TEXT CHECK (length(batch_id) = 36),
+    trajectory BLOB CHECK (length(trajectory) = 32),
+    CONSTRAINT trajectory_changes_one_kind CHECK ((batch_id IS NULL) <> (trajectory IS NULL))
+) STRICT;
+
+-- The current rows of a batch, for the change feed's reader (and for withdrawing a batch), without a
+-- scan of the whole table. Cheap to keep: the rows of one batch share the key, so a batch adds its
+-- entries at one place of the index.
+CREATE INDEX trajectories_by_batch ON trajectories (provider, batch_id);
