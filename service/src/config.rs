@@ -34,6 +34,10 @@ pub struct Config {
     /// Set when clients reach the API over HTTPS only, through the TLS-terminating proxy in front of it
     /// (README, "TLS"): responses then carry `Strict-Transport-Security`.
     pub strict_transport_security: bool,
+    /// Seconds between background syncs of the release index with the store (0: sync only when a
+    /// release is computed). Every release syncs first anyway; this keeps a release after a large
+    /// upload from waiting for the catch-up.
+    pub release_index_sync_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +60,7 @@ impl Default for Config {
             rate_limit_per_second: 50,
             rate_limit_burst: 200,
             strict_transport_security: false,
+            release_index_sync_secs: 5,
         }
     }
 }
@@ -76,6 +81,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("strict_transport_security", &self.strict_transport_security)
+            .field("release_index_sync_secs", &self.release_index_sync_secs)
             .finish()
     }
 }

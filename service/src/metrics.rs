@@ -37,6 +37,8 @@ pub struct Metrics {
     db_connections: prometheus::IntGaugeVec,
     in_flight: IntGauge,
     audit_failures: IntCounterVec,
+    index_rows: IntGauge,
+    index_sync_failures: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -88,7 +90,7 @@ impl Metrics {
         let release_compute = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "release_compute_seconds",
-                "Time to load the rows and compute one release",
+                "Time to bring the release index up to date and compute one release",
             )
             .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
         )?;
@@ -144,6 +146,16 @@ impl Metrics {
             &["request"],
         )?;
         registry.register(Box::new(audit_failures.clone()))?;
+        let index_rows = IntGauge::with_opts(Opts::new(
+            "release_index_rows",
+            "Trajectories held by this instance's release index",
+        ))?;
+        registry.register(Box::new(index_rows.clone()))?;
+        let index_sync_failures = prometheus::IntCounter::with_opts(Opts::new(
+            "release_index_sync_failures_total",
+            "Background syncs of the release index that failed (a release syncs again itself)",
+        ))?;
+        registry.register(Box::new(index_sync_failures.clone()))?;
         for r in ["failed", "answered"] {
             audit_failures.with_label_values(&[r]);
         }
@@ -165,7 +177,18 @@ impl Metrics {
             db_connections,
             in_flight,
             audit_failures,
+            index_rows,
+            index_sync_failures,
         })
+    }
+
+    /// Rows the release index holds after a sync.
+    pub fn set_index_rows(&self, rows: usize) {
+        self.index_rows.set(i64::try_from(rows).unwrap_or(i64::MAX));
+    }
+
+    pub fn index_sync_failed(&self) {
+        self.index_sync_failures.inc();
     }
 
     /// An audit entry could not be written; `request_failed` when the request failed because of it.

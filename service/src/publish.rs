@@ -20,7 +20,7 @@ use crate::audit_trail::append_required;
 use crate::error::ApiError;
 use crate::ingest::now_micros;
 use crate::noise::OsNoise;
-use crate::release::{partitions, PeriodTables, ReleaseError, ReleaseInput};
+use crate::release::{partitions, IndexedInput, PeriodTables, ReleaseError};
 use crate::startup::AppState;
 use crate::store::{NewRelease, PutRelease, StoredRelease};
 
@@ -392,8 +392,8 @@ impl TablesCache {
     }
 }
 
-/// Releases `scope` from the period's tables, building them first (loading the period's rows and the
-/// months after it that herhaald beroep looks at) unless this data version's build is at hand. The
+/// Releases `scope` from the period's tables, building them first (from the release index, brought up
+/// to date with the store first) unless this data version's build is at hand. The
 /// engine runs on a blocking thread with fresh noise from the OS CSPRNG.
 async fn compute(
     state: &AppState,
@@ -416,23 +416,20 @@ async fn compute(
     let tables = match state.tables.get(&key) {
         Some(t) => t,
         None => {
-            let window = region.policy.herhaald_beroep_window_months;
-            let to = period.last_month().plus_months(window);
-            let rows = state
-                .store
-                .list_trajectories_between(period.first_month(), to)
-                .await?;
+            state.index.sync(state.store.as_ref()).await?;
+            let index = state.index.clone();
             let order_key = state.pseudonym_key.derive(ORDER_KEY_LABEL);
             let as_of = key.as_of;
             let built = tokio::task::spawn_blocking(move || {
-                let input = ReleaseInput {
+                let data = index.read();
+                let input = IndexedInput {
                     region: &region,
-                    rows: &rows,
+                    shards: data.shards(),
                     period,
                     as_of,
                     order_key: &order_key,
                 };
-                PeriodTables::build(&input)
+                PeriodTables::build_indexed(&input)
             })
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the tables panicked: {e}")))?

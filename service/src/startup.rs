@@ -39,6 +39,8 @@ pub struct AppState {
     pub releases: Arc<crate::publish::ReleaseCache>,
     /// The built tables of recent periods, shared by every scope of a period.
     pub tables: Arc<crate::publish::TablesCache>,
+    /// The stored trajectories in memory, in the engine's form, kept in step with the store.
+    pub index: Arc<crate::index::ReleaseIndex>,
 }
 
 /// What starting the service created or found, for the start-up message.
@@ -75,6 +77,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
     let store = store::connect(&config.database_url())
         .await
         .with_context(|| format!("opening database {}", config.database_url_redacted()))?;
+    let index = Arc::new(crate::index::ReleaseIndex::new(&region));
     let state = AppState {
         store,
         keyring: Arc::new(keyring),
@@ -88,6 +91,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
         publish_lock: Arc::new(tokio::sync::Mutex::new(())),
         releases: Arc::new(crate::publish::ReleaseCache::default()),
         tables: Arc::new(crate::publish::TablesCache::default()),
+        index,
     };
     Ok((
         state,
@@ -169,6 +173,21 @@ impl Application {
                 };
                 if let Err(e) = axum::serve(ml, router).with_graceful_shutdown(stop).await {
                     tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        if self.config.release_index_sync_secs > 0 {
+            let every = Duration::from_secs(self.config.release_index_sync_secs);
+            let sync = self.state.index.clone().keep_in_step(
+                self.state.store.clone(),
+                self.state.metrics.clone(),
+                every,
+            );
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = sync => {}
+                    _ = rx.wait_for(|v| *v) => {}
                 }
             });
         }

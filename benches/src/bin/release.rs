@@ -7,6 +7,10 @@
 //! distributions per target group), pseudonymised by the SDK and the service's second stage, written
 //! with the backend's raw bulk path (loading is not what is measured here).
 //!
+//! Releases compute from the service's release index (the stored rows in memory, kept in step with the
+//! store by its change feed); the bench times the index's full load, its catch-up after one more batch,
+//! and what reading the period's rows from the database alone would cost, apart.
+//!
 //! Run (release build; PostgreSQL from KWM_TEST_DATABASE_URL, a fresh database per run):
 //!   KWM_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo run --release -p kwm-benches --bin release -- --trajectories 5000000
@@ -43,6 +47,9 @@ struct Args {
     /// Requests for the stored release in all
     #[arg(long, default_value_t = 40_000)]
     requests: usize,
+    /// Records of the extra batch stored after the releases, to time the index's catch-up
+    #[arg(long, default_value_t = 5_000)]
+    extra_batch: usize,
     /// Offered load in requests per second over all clients (open loop); 0: each client sends its
     /// next request when the previous one is answered (closed loop)
     #[arg(long, default_value_t = 0.0)]
@@ -124,6 +131,16 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
+    // The release index: loaded once by a starting instance (here, after the bulk load), then kept in
+    // step by the change feed. Measured apart: a release computes from it.
+    let t0 = Instant::now();
+    let synced = state.index.sync(state.store.as_ref()).await?;
+    println!(
+        "the release index loaded {} rows in {:.1} s (once per instance start; then kept in step)",
+        synced.rows,
+        t0.elapsed().as_secs_f64()
+    );
+
     // (a) From scratch: nothing of 2025 is in the ledger yet.
     let period: Period = "2025".parse()?;
     let actor = Actor {
@@ -178,7 +195,8 @@ async fn main() -> anyhow::Result<()> {
         others.len(),
         t0.elapsed().as_secs_f64()
     );
-    // The same, split: loading the rows vs the engine.
+    // For comparison: what reading the period's rows from the database alone costs (what every
+    // build paid before the release index).
     let t0 = Instant::now();
     let rows = state
         .store
@@ -190,8 +208,36 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let load = t0.elapsed().as_secs_f64();
-    println!("    of which loading {} rows: {load:.2} s", rows.len());
+    println!(
+        "    for comparison, reading the period's {} rows from the database: {load:.2} s",
+        rows.len()
+    );
     drop(rows);
+    // Keeping the index in step: one more provider batch after all this, then the sync a release does.
+    let extra = out.providers.first().context("a provider")?;
+    let keys = ProviderKeys::generate()?;
+    let ctx = PrepareContext::new(
+        state.region.as_ref().clone(),
+        Pseudonymiser::new(&regional, &keys),
+    );
+    let batch: Vec<_> = prepare_file(&extra.path, &ctx)?
+        .records
+        .into_iter()
+        .take(args.extra_batch)
+        .map(|mut r| {
+            r.client = state.pseudonym_key.pseudonymise(&r.client);
+            r
+        })
+        .collect();
+    kwm_service::store::bulk_insert_raw(&url, extra.agb, &batch).await?;
+    let t0 = Instant::now();
+    let synced = state.index.sync(state.store.as_ref()).await?;
+    println!(
+        "    the sync after one more batch of {} records: {:.3} s ({} changes applied)",
+        batch.len(),
+        t0.elapsed().as_secs_f64(),
+        synced.changes
+    );
 
     // (b) The stored release under concurrent requests.
     let id = municipality_release.context("a municipality release")?;

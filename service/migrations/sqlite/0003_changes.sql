@@ -22,3 +22,8 @@ CREATE TABLE trajectory_changes (
 -- scan of the whole table. Cheap to keep: the rows of one batch share the key, so a batch adds its
 -- entries at one place of the index.
 CREATE INDEX trajectories_by_batch ON trajectories (provider, batch_id);
+
+-- Rows stored before this feed existed: one batch row per (provider, batch) they carry, so that an
+-- index loading from mark 0 finds them like any other.
+INSERT INTO trajectory_changes (provider, batch_id)
+SELECT DISTINCT provider, batch_id FROM trajectories ORDER BY provider, batch_id;

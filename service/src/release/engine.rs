@@ -6,8 +6,10 @@
 //! row, with L1 sensitivity at most the group's `sensitivity`. The policy's epsilon is split evenly over
 //! (noised rows a client can reach) x (groups). Total rows are sums of noised rows: post-processing.
 
-use std::collections::HashMap;
 use std::fmt;
+
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use kwm_schemas::criteria::{catalogue, Criterion, CriterionKind};
 use kwm_schemas::region::ReleasePolicy;
@@ -20,8 +22,9 @@ use kwm_schemas::{AgbCode, Code, Month, MunicipalityCode, Period};
 use super::bounding::{select, OrderKey};
 use super::figures::{self, Level, Released, Widths};
 use super::measures::{Deriver, EndClass, Measures, RepeatIndex};
+use super::rows::{Codebook, EngineRow, OUTSIDE};
 use super::suppress::{self, Facts, Rules, Shape};
-use super::{ReleaseError, ReleaseInput};
+use super::{IndexedInput, ReleaseError, ReleaseInput};
 use crate::noise::{NoiseSource, Scale};
 
 /// The true (or, after noise, noisy) integers of one row, one slot per noised value.
@@ -334,80 +337,89 @@ struct RowPlan {
     base: std::ops::Range<usize>,
 }
 
-impl PeriodTables {
-    /// One pass over the rows, bounding, aggregation and the suppression patterns. Cost: linear in the
-    /// rows, plus a sort of the trajectories active in the period and of the starts that can be repeats.
-    pub fn build(input: &ReleaseInput<'_>) -> Result<Self, ReleaseError> {
-        let region = input.region;
-        let policy = &region.policy;
-        let deriver = Deriver::new(region, input.period, input.as_of);
-        let repeat_final = deriver.repeat_final();
-        let window = deriver.window();
-        let (repeat_from, repeat_to) = deriver.repeat_start_range();
+/// What one worker gathers over the shards it takes; summed at the end (clients never span shards).
+struct Partial {
+    /// (municipality, target group, provider) -> bins of the kept trajectories.
+    cube: FxHashMap<(u16, u16, u32), Bins>,
+    distinct_muni: Vec<u64>,
+    distinct_provider: Vec<u64>,
+    distinct_all: Vec<u64>,
+}
 
-        let munis: Vec<MunicipalityCode> = region.municipalities.iter().map(|m| m.code).collect();
-        let muni_index: HashMap<MunicipalityCode, u16> = munis
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (*m, i as u16))
-            .collect();
-        let groups: Vec<(Code, String, String)> = region
-            .target_groups
-            .iter()
-            .map(|t| (t.code.clone(), t.label_nl.clone(), t.label_en.clone()))
-            .collect();
-        let group_index: HashMap<&str, u16> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.0.as_str(), i as u16))
-            .collect();
-        if input.rows.len() > u32::MAX as usize {
-            return Err(ReleaseError::TooManyRows(input.rows.len()));
+impl Partial {
+    fn new(m_n: usize, p_n: usize) -> Self {
+        let dn = Denominator::ALL.len();
+        Self {
+            cube: FxHashMap::default(),
+            distinct_muni: vec![0; m_n * dn],
+            distinct_provider: vec![0; p_n * dn],
+            distinct_all: vec![0; dn],
         }
+    }
 
-        // The one pass: provider codes, the starts that can make a repeat, the trajectories in care.
-        let mut providers: Vec<AgbCode> = Vec::new();
+    fn merge(mut self, other: Self) -> Self {
+        for (k, bins) in other.cube {
+            let into = self.cube.entry(k).or_insert([0; BINS]);
+            for b in 0..BINS {
+                into[b] += bins[b];
+            }
+        }
+        for (a, b) in [
+            (&mut self.distinct_muni, &other.distinct_muni),
+            (&mut self.distinct_provider, &other.distinct_provider),
+            (&mut self.distinct_all, &other.distinct_all),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        self
+    }
+}
+
+/// What every shard's pass shares.
+struct Pass {
+    deriver: Deriver,
+    repeat_final: bool,
+    window: i32,
+    repeat_range: (i32, i32),
+    provider_index: FxHashMap<AgbCode, u32>,
+    key: OrderKey,
+    max_rows: usize,
+    m_n: usize,
+}
+
+impl Pass {
+    /// One shard: its clients' trajectories in care, their measures (herhaald beroep from the shard's
+    /// own starts: a client's rows are all in one shard), bounding and aggregation.
+    fn shard(&self, rows: &[EngineRow], acc: &mut Partial) {
         let mut repeats = RepeatIndex::default();
-        let mut active: Vec<(u32, u16, u16)> = Vec::new();
-        for (i, (agb, rec)) in input.rows.iter().enumerate() {
-            // Rows come grouped by provider from the store, so this stays short before the dedup.
-            if providers.last() != Some(agb) {
-                providers.push(*agb);
+        let mut active: Vec<u32> = Vec::new();
+        let (from, to) = self.repeat_range;
+        for (i, row) in rows.iter().enumerate() {
+            if self.repeat_final && (from..=to).contains(&row.start) {
+                repeats.push(row.client, row.start, i as u32);
             }
-            let start = rec.start_month.index();
-            if repeat_final && (repeat_from..=repeat_to).contains(&start) {
-                repeats.push(rec.client.0, start, i as u32);
-            }
-            if deriver.active(rec) {
-                // Group keys come from the codebook only; a row outside it (impossible after ingest
-                // validation) is not counted anywhere rather than creating a key.
-                if let (Some(m), Some(t)) = (
-                    muni_index.get(&rec.municipality),
-                    group_index.get(rec.target_group.as_str()),
-                ) {
-                    active.push((i as u32, *m, *t));
-                }
+            // Group keys come from the codebook only; a row outside it (impossible after ingest
+            // validation) is not counted anywhere rather than creating a key.
+            if self.deriver.active(row) && row.muni != OUTSIDE && row.group != OUTSIDE {
+                active.push(i as u32);
             }
         }
-        providers.sort_unstable();
-        providers.dedup();
         repeats.finish();
-
         let mut trajs: Vec<Traj> = active
             .into_iter()
-            .map(|(row, muni, group)| {
-                let (agb, rec) = &input.rows[row as usize];
-                let measures = deriver.derive(rec, || {
-                    rec.end_month.is_some_and(|end| {
-                        repeats.has_repeat(&rec.client.0, row, end.index(), window)
-                    })
+            .map(|i| {
+                let row = &rows[i as usize];
+                let measures = self.deriver.derive(row, || {
+                    repeats.has_repeat(&row.client, i, row.end, self.window)
                 });
                 Traj {
-                    client: rec.client.0,
-                    row,
-                    muni,
-                    group,
-                    provider: providers.binary_search(agb).unwrap_or(0) as u32,
+                    client: row.client,
+                    row: i,
+                    muni: row.muni,
+                    group: row.group,
+                    provider: self.provider_index.get(&row.provider).copied().unwrap_or(0),
                     measures,
                 }
             })
@@ -415,21 +427,11 @@ impl PeriodTables {
         drop(repeats);
         trajs.sort_unstable_by(|a, b| a.client.cmp(&b.client).then(a.row.cmp(&b.row)));
 
-        let (m_n, t_n, p_n) = (munis.len(), groups.len(), providers.len());
-        let key = OrderKey::new(input.order_key);
-        let max_rows = usize::try_from(policy.max_cells_per_client)
-            .unwrap_or(usize::MAX)
-            .max(1);
-        let mut cube_index: HashMap<(u16, u16, u32), usize> = HashMap::new();
-        let mut cube: Vec<((u16, u16, u32), Bins)> = Vec::new();
         let dn = Denominator::ALL.len();
-        let mut distinct_muni = vec![0u64; m_n * dn];
-        let mut distinct_provider = vec![0u64; p_n * dn];
-        let mut distinct_all = vec![0u64; dn];
         let mut seen_munis: Vec<u16> = Vec::new();
         let mut seen_providers: Vec<u32> = Vec::new();
         for client in trajs.chunk_by(|a, b| a.client == b.client) {
-            let masks = bound(client, input, &key, max_rows);
+            let masks = bound(client, rows, &self.key, self.max_rows);
             // Distinct clients per municipality, per provider and in the region, for the k threshold of
             // the totals (a client in two target groups is one child).
             for d in Denominator::ALL {
@@ -446,29 +448,132 @@ impl PeriodTables {
                     }
                 }
                 if !seen_munis.is_empty() {
-                    distinct_all[d.index()] += 1;
+                    acc.distinct_all[d.index()] += 1;
                 }
                 for m in &seen_munis {
-                    distinct_muni[usize::from(*m) * dn + d.index()] += 1;
+                    acc.distinct_muni[usize::from(*m) * dn + d.index()] += 1;
                 }
                 for p in &seen_providers {
-                    distinct_provider[*p as usize * dn + d.index()] += 1;
+                    acc.distinct_provider[*p as usize * dn + d.index()] += 1;
                 }
             }
             for (t, mask) in client.iter().zip(&masks) {
                 if *mask == 0 {
                     continue;
                 }
-                let k = (t.muni, t.group, t.provider);
-                let at = *cube_index.entry(k).or_insert_with(|| {
-                    cube.push((k, [0; BINS]));
-                    cube.len() - 1
-                });
-                add_bins(&mut cube[at].1, &t.measures, *mask);
+                let bins = acc
+                    .cube
+                    .entry((t.muni, t.group, t.provider))
+                    .or_insert([0; BINS]);
+                add_bins(bins, &t.measures, *mask);
             }
         }
-        drop(trajs);
+        debug_assert!(self.m_n * dn == acc.distinct_muni.len());
+    }
+}
+
+impl PeriodTables {
+    /// The tables of wire records (one provider each), as the store lists them: resolves them against
+    /// the region's codebook and builds as [`PeriodTables::build_indexed`] does.
+    pub fn build(input: &ReleaseInput<'_>) -> Result<Self, ReleaseError> {
+        if input.rows.len() > u32::MAX as usize {
+            return Err(ReleaseError::TooManyRows(input.rows.len()));
+        }
+        let codebook = Codebook::new(input.region);
+        let shard: Vec<EngineRow> = input
+            .rows
+            .iter()
+            .map(|(agb, rec)| EngineRow::new(&codebook, *agb, rec))
+            .collect();
+        Self::build_indexed(&IndexedInput {
+            region: input.region,
+            shards: std::slice::from_ref(&shard),
+            period: input.period,
+            as_of: input.as_of,
+            order_key: input.order_key,
+        })
+    }
+
+    /// One pass over the rows, bounding, aggregation and the suppression patterns. The shards are
+    /// taken in parallel; a client's rows must all be in one shard. Cost: linear in the rows, plus a
+    /// sort per shard of its trajectories in care and of its starts that can be repeats.
+    pub fn build_indexed(input: &IndexedInput<'_>) -> Result<Self, ReleaseError> {
+        let region = input.region;
+        let policy = &region.policy;
+        let deriver = Deriver::new(region, input.period, input.as_of);
+        let repeat_final = deriver.repeat_final();
+        let window = deriver.window();
+        let repeat_range = deriver.repeat_start_range();
+        if let Some(big) = input.shards.iter().find(|s| s.len() > u32::MAX as usize) {
+            return Err(ReleaseError::TooManyRows(big.len()));
+        }
+
+        let munis: Vec<MunicipalityCode> = region.municipalities.iter().map(|m| m.code).collect();
+        let groups: Vec<(Code, String, String)> = region
+            .target_groups
+            .iter()
+            .map(|t| (t.code.clone(), t.label_nl.clone(), t.label_en.clone()))
+            .collect();
+
+        // The providers of every row the period reads, in AGB order.
+        let mut providers: Vec<AgbCode> = input
+            .shards
+            .par_iter()
+            .fold(FxHashSet::default, |mut set, shard| {
+                let mut last = None;
+                for row in shard.iter().filter(|r| deriver.reads(r)) {
+                    if last != Some(row.provider) {
+                        set.insert(row.provider);
+                        last = Some(row.provider);
+                    }
+                }
+                set
+            })
+            .reduce(FxHashSet::default, |mut a, b| {
+                a.extend(b);
+                a
+            })
+            .into_iter()
+            .collect();
+        providers.sort_unstable();
+
+        let (m_n, t_n, p_n) = (munis.len(), groups.len(), providers.len());
+        let pass = Pass {
+            deriver,
+            repeat_final,
+            window,
+            repeat_range,
+            provider_index: providers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (*p, i as u32))
+                .collect(),
+            key: OrderKey::new(input.order_key),
+            max_rows: usize::try_from(policy.max_cells_per_client)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            m_n,
+        };
+        let partial = input
+            .shards
+            .par_iter()
+            .fold(
+                || Partial::new(m_n, p_n),
+                |mut acc, shard| {
+                    pass.shard(shard, &mut acc);
+                    acc
+                },
+            )
+            .reduce(|| Partial::new(m_n, p_n), Partial::merge);
+        let Partial {
+            cube,
+            distinct_muni,
+            distinct_provider,
+            distinct_all,
+        } = partial;
+        let mut cube: Vec<((u16, u16, u32), Bins)> = cube.into_iter().collect();
         cube.sort_unstable_by_key(|(k, _)| *k);
+        let dn = Denominator::ALL.len();
 
         let per_provider = policy.per_provider_reporting;
         let shape = Shape {
@@ -740,7 +845,7 @@ pub(super) fn partitions_of(
 /// the row (a tie of two HMACs does not happen, but the order must be total).
 type Rank = (bool, [u8; 32], u32);
 
-fn bound(client: &[Traj], input: &ReleaseInput<'_>, key: &OrderKey, max_rows: usize) -> Vec<u8> {
+fn bound(client: &[Traj], rows: &[EngineRow], key: &OrderKey, max_rows: usize) -> Vec<u8> {
     let all = |t: &Traj| {
         (0..DOMAINS)
             .filter(|d| eligible(&t.measures, *d))
@@ -765,9 +870,8 @@ fn bound(client: &[Traj], input: &ReleaseInput<'_>, key: &OrderKey, max_rows: us
             .iter()
             .map(|i| {
                 let t = &client[*i];
-                let rank = *ranks[*i].get_or_insert_with(|| {
-                    key.rank(&t.client, &input.rows[t.row as usize].1.trajectory.0)
-                });
+                let rank = *ranks[*i]
+                    .get_or_insert_with(|| key.rank(&t.client, &rows[t.row as usize].trajectory));
                 let administrative =
                     d == D_ENDED && t.measures.ended == Some(EndClass::Administrative);
                 (t.group, (administrative, rank, t.row))
@@ -1114,13 +1218,11 @@ mod tests {
                     ("12345678".parse().expect("valid"), rec)
                 })
                 .collect();
-            let input = ReleaseInput {
-                region: &region,
-                rows: &rows,
-                period: "2025".parse().expect("valid"),
-                as_of: "2026-12".parse().expect("valid"),
-                order_key: &key,
-            };
+            let codebook = Codebook::new(&region);
+            let rows: Vec<EngineRow> = rows
+                .iter()
+                .map(|(agb, rec)| EngineRow::new(&codebook, *agb, rec))
+                .collect();
             let client: Vec<Traj> = items
                 .iter()
                 .enumerate()
@@ -1133,7 +1235,7 @@ mod tests {
                     measures: *measures,
                 })
                 .collect();
-            let masks = bound(&client, &input, &OrderKey::new(&key), max_rows);
+            let masks = bound(&client, &rows, &OrderKey::new(&key), max_rows);
             for d in 0..DOMAINS {
                 let kept: Vec<&Traj> = client
                     .iter()
@@ -1157,7 +1259,7 @@ mod tests {
                 eligible_groups.dedup();
                 prop_assert_eq!(n, eligible_groups.len().min(max_rows), "dropped more than needed");
             }
-            prop_assert_eq!(bound(&client, &input, &OrderKey::new(&key), max_rows), masks);
+            prop_assert_eq!(bound(&client, &rows, &OrderKey::new(&key), max_rows), masks);
         }
     }
 }

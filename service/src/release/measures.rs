@@ -4,10 +4,10 @@
 //! The outcome criteria describe trajectories that ended in the period. Herhaald beroep looks across
 //! providers and municipalities by the stored client pseudonym, through [`RepeatIndex`].
 
-use std::collections::HashMap;
+use kwm_schemas::codes::EndReason;
+use kwm_schemas::{Month, Period, RegionConfig};
 
-use kwm_schemas::codes::{CarryOn, EndReason};
-use kwm_schemas::{Month, Period, RegionConfig, WireRecord};
+use super::rows::EngineRow;
 
 /// How a trajectory ended, as the end histogram counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub(crate) enum EndClass {
 impl EndClass {
     /// An ended trajectory without a reason cannot pass ingest; should one appear anyway it is treated
     /// as administrative, so that it stays out of every outcome denominator instead of skewing one.
-    fn of(reason: Option<EndReason>) -> Self {
+    pub(crate) fn of(reason: Option<EndReason>) -> Self {
         match reason {
             Some(r) if r == EndReason::ACCORDING_TO_PLAN => Self::Plan,
             Some(r) if r == EndReason::EARLY_BY_CLIENT => Self::DropOut,
@@ -105,23 +105,12 @@ pub(crate) struct Deriver {
     last: i32,
     window: i32,
     repeat_final: bool,
-    reliability: HashMap<String, Reliability>,
 }
 
 impl Deriver {
     pub fn new(region: &RegionConfig, period: Period, as_of: Month) -> Self {
         let window = i32::try_from(region.policy.herhaald_beroep_window_months).unwrap_or(i32::MAX);
         let last = period.last_month().index();
-        let reliability = region
-            .instruments
-            .iter()
-            .filter_map(|i| {
-                Some((
-                    i.code.as_str().to_string(),
-                    Reliability::from_config(i.reliability)?,
-                ))
-            })
-            .collect();
         Self {
             first: period.first_month().index(),
             last,
@@ -129,7 +118,6 @@ impl Deriver {
             // Every trajectory ended in the period ended by its last month, so the whole period is final
             // exactly when the window after that month closed before the month the data were read in.
             repeat_final: last.saturating_add(window) < as_of.index(),
-            reliability,
         }
     }
 
@@ -148,55 +136,40 @@ impl Deriver {
         self.window
     }
 
+    /// The months a release of the period reads: the period and the window after it.
+    pub fn reads(&self, row: &EngineRow) -> bool {
+        row.overlaps(self.first, self.last.saturating_add(self.window))
+    }
+
     /// in_zorg: started no later than the period's last month and not ended before its first.
-    pub fn active(&self, rec: &WireRecord) -> bool {
-        rec.start_month.index() <= self.last
-            && rec.end_month.is_none_or(|e| e.index() >= self.first)
+    pub fn active(&self, row: &EngineRow) -> bool {
+        row.overlaps(self.first, self.last)
     }
 
     /// The measures of a trajectory that is active in the period. `repeat` is asked only for an ended,
     /// non-administrative trajectory of a final period.
-    pub fn derive(&self, rec: &WireRecord, repeat: impl FnOnce() -> bool) -> Measures {
-        let in_period = |m: Month| (self.first..=self.last).contains(&m.index());
+    pub fn derive(&self, row: &EngineRow, repeat: impl FnOnce() -> bool) -> Measures {
+        let in_period = |m: i32| (self.first..=self.last).contains(&m);
         let mut out = Measures {
-            started: in_period(rec.start_month),
+            started: in_period(row.start),
             ..Measures::default()
         };
-        if !rec.end_month.is_some_and(in_period) {
+        if !in_period(row.end) {
             return out;
         }
-        let class = EndClass::of(rec.end_reason);
+        // An ended row without its class cannot be built (`EngineRow::new`); administrative is the
+        // class that stays out of every outcome denominator.
+        let class = row.end_class.unwrap_or(EndClass::Administrative);
         out.ended = Some(class);
-        out.without_help = match rec.carry_on_without_help {
-            Some(CarryOn::Yes) => Some(true),
-            Some(CarryOn::No) => Some(false),
-            Some(CarryOn::Unknown) | None => None,
-        };
+        out.without_help = row.without_help;
         // An administrative ending usually closes a trajectory that carries on under another code; its
         // "repeat" would be that continuation, not a new call on care.
         if self.repeat_final && class != EndClass::Administrative {
             out.repeat = Some(repeat());
         }
-        if let (Some(pre), Some(post), Some(instrument)) = (
-            rec.problem_t_pre,
-            rec.problem_t_post,
-            rec.instrument.as_ref(),
-        ) {
-            // An instrument without a usable reliability cannot give an RCI: not measured.
-            if let Some(r) = self.reliability.get(instrument.as_str()) {
-                out.improved = Some(r.improved(pre.get(), post.get()));
-            }
-        }
-        out.grade = rec.satisfaction.map(|s| s.get());
-        if let (Some(agreed), Some(achieved)) = (rec.goals_agreed, rec.goals_achieved) {
-            let (agreed, achieved) = (u32::from(agreed.get()), u32::from(achieved.get()));
-            if agreed > 0 {
-                // Rounded half up to a tenth of a percent; achieved <= agreed is an ingest rule, the
-                // clamp keeps the bound even if it were broken.
-                let tenths = (2000 * achieved + agreed) / (2 * agreed);
-                out.goal_tenths = Some(tenths.min(1000) as u16);
-            }
-        }
+        out.improved = row.improved;
+        out.grade = row.grade;
+        out.goal_tenths = row.goal_tenths;
         out
     }
 }

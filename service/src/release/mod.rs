@@ -17,6 +17,7 @@ mod bounding;
 mod engine;
 mod figures;
 mod measures;
+mod rows;
 mod suppress;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ use kwm_schemas::release::{Partition, Release, ReleaseScope};
 use kwm_schemas::{AgbCode, Month, MunicipalityCode, Period, RegionConfig, WireRecord};
 
 pub use engine::PeriodTables;
+pub use rows::{Codebook, EngineRow};
 
 use crate::noise::{NoiseError, NoiseSource};
 
@@ -51,6 +53,29 @@ impl fmt::Debug for ReleaseInput<'_> {
         f.debug_struct("ReleaseInput")
             .field("region", &self.region.code)
             .field("rows", &self.rows.len())
+            .field("period", &self.period)
+            .field("as_of", &self.as_of)
+            .field("order_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What [`PeriodTables::build_indexed`] computes from: the rows in the engine's form, in shards such
+/// that all of one client's rows are in one shard (the release index shards by client pseudonym).
+pub struct IndexedInput<'a> {
+    pub region: &'a RegionConfig,
+    pub shards: &'a [Vec<EngineRow>],
+    pub period: Period,
+    pub as_of: Month,
+    /// As [`ReleaseInput::order_key`].
+    pub order_key: &'a [u8; 32],
+}
+
+impl fmt::Debug for IndexedInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexedInput")
+            .field("region", &self.region.code)
+            .field("shards", &self.shards.len())
             .field("period", &self.period)
             .field("as_of", &self.as_of)
             .field("order_key", &"<redacted>")

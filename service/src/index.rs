@@ -1,0 +1,273 @@
+//! The release index: every stored trajectory in memory, in the release engine's form
+//! ([`EngineRow`]), kept in step with the store through its change feed
+//! ([`Store::trajectory_changes`]). A release then reads memory, not millions of rows from the
+//! database: reading them is what made a release over a national year take many seconds.
+//!
+//! The store stays the only source of truth. The index is a copy that is exact at its mark: the change
+//! feed hands over one consistent snapshot per call (on PostgreSQL behind a barrier that waits out
+//! in-flight writers, so no commit is ever skipped), and applying it gives the stored table at the new
+//! mark. Every instance keeps its own copy; an instance that starts loads it whole. Withdrawn rows leave
+//! the copy at the next sync, which every release does before it builds.
+//!
+//! Rows are sharded by the first byte of the stage-2 client pseudonym (a keyed hash: nobody outside the
+//! service can steer it), so that every client's rows sit in one shard: the engine bounds and counts per
+//! shard, in parallel, and sorts only within a shard.
+//!
+//! Memory: about 150 bytes per stored trajectory (the row and its key in the slot map). Holds client
+//! pseudonyms and outcome values: nothing here is logged but counts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use kwm_schemas::{AgbCode, Pseudonym, RegionConfig, WireRecord};
+
+use crate::release::{Codebook, EngineRow};
+use crate::store::{ChangeSink, Store, StoreError};
+
+/// Shards by the client pseudonym's first byte.
+pub const SHARDS: usize = 256;
+
+/// A stored row's key: provider and stage-1 trajectory pseudonym.
+type RowKey = (AgbCode, [u8; 32]);
+
+/// The rows, sharded, and where each one sits.
+#[derive(Default)]
+pub struct IndexData {
+    /// The store's change mark these rows are exact at.
+    mark: i64,
+    loaded: bool,
+    shards: Vec<Vec<EngineRow>>,
+    /// Key -> (shard, position in the shard). Std's keyed hasher: trajectory pseudonyms come from the
+    /// providers, so the map must not be open to chosen collisions.
+    slots: HashMap<RowKey, (u8, u32)>,
+}
+
+impl std::fmt::Debug for IndexData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexData")
+            .field("mark", &self.mark)
+            .field("rows", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexData {
+    fn empty() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Vec::new()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The rows, all of one client in one shard.
+    pub fn shards(&self) -> &[Vec<EngineRow>] {
+        &self.shards
+    }
+
+    pub fn rows(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn mark(&self) -> i64 {
+        self.mark
+    }
+
+    fn upsert(&mut self, row: EngineRow) {
+        let shard = row.client[0];
+        match self.slots.get(&(row.provider, row.trajectory)).copied() {
+            // A correction within the same shard (the same client, or one that hashes alike).
+            Some((s, at)) if s == shard => self.shards[usize::from(s)][at as usize] = row,
+            // A correction that changed the client: move it.
+            Some(_) => {
+                self.remove(row.provider, &row.trajectory);
+                self.push(row);
+            }
+            None => self.push(row),
+        }
+    }
+
+    fn push(&mut self, row: EngineRow) {
+        let shard = &mut self.shards[usize::from(row.client[0])];
+        self.slots.insert(
+            (row.provider, row.trajectory),
+            (row.client[0], shard.len() as u32),
+        );
+        shard.push(row);
+    }
+
+    fn remove(&mut self, provider: AgbCode, trajectory: &[u8; 32]) {
+        let Some((s, at)) = self.slots.remove(&(provider, *trajectory)) else {
+            return;
+        };
+        let shard = &mut self.shards[usize::from(s)];
+        shard.swap_remove(at as usize);
+        if let Some(moved) = shard.get(at as usize) {
+            self.slots
+                .insert((moved.provider, moved.trajectory), (s, at));
+        }
+    }
+}
+
+/// Collects one change-feed call: removals first, then rows, as the store delivers them. With
+/// `into` set (a full load), rows go straight into the new data.
+struct Collect<'a> {
+    codebook: &'a Codebook,
+    removed: Vec<RowKey>,
+    rows: Vec<EngineRow>,
+    into: Option<IndexData>,
+}
+
+impl ChangeSink for Collect<'_> {
+    fn removed(&mut self, provider: AgbCode, trajectory: &Pseudonym) {
+        self.removed.push((provider, trajectory.0));
+    }
+
+    fn upsert(&mut self, provider: AgbCode, record: WireRecord) {
+        let row = EngineRow::new(self.codebook, provider, &record);
+        match &mut self.into {
+            Some(data) => data.upsert(row),
+            None => self.rows.push(row),
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    /// Rows held after it.
+    pub rows: usize,
+    /// Removals and rows applied (0: the index was current).
+    pub changes: usize,
+    pub full_load: bool,
+    pub mark: i64,
+}
+
+/// The index of one service instance.
+pub struct ReleaseIndex {
+    codebook: Codebook,
+    data: RwLock<IndexData>,
+    /// One sync at a time.
+    sync: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ReleaseIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseIndex")
+            .field("data", &*self.read())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReleaseIndex {
+    pub fn new(region: &RegionConfig) -> Self {
+        Self {
+            codebook: Codebook::new(region),
+            data: RwLock::new(IndexData::empty()),
+            sync: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The rows as of the last sync, for a build. Hold it only while building: a sync waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, IndexData> {
+        self.data
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Brings the index up to the store's latest committed change: the whole table on first use, else
+    /// what changed since the mark. Cheap when nothing changed (one small query).
+    pub async fn sync(self: &Arc<Self>, store: &dyn Store) -> Result<Synced, StoreError> {
+        let _one = self.sync.lock().await;
+        let (since, loaded) = {
+            let d = self.read();
+            (d.mark, d.loaded)
+        };
+        let mut sink = Collect {
+            codebook: &self.codebook,
+            removed: Vec::new(),
+            rows: Vec::new(),
+            into: (!loaded).then(IndexData::empty),
+        };
+        let from = if loaded { since } else { 0 };
+        let mark = store.trajectory_changes(from, &mut sink).await?;
+        let Collect {
+            removed,
+            rows,
+            into,
+            ..
+        } = sink;
+        let changes = removed.len() + rows.len();
+        let this = self.clone();
+        // Applying may touch millions of rows and takes the write lock: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let mut data = this
+                .data
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match into {
+                Some(mut fresh) => {
+                    fresh.mark = mark;
+                    fresh.loaded = true;
+                    let rows = fresh.rows();
+                    *data = fresh;
+                    Synced {
+                        rows,
+                        changes: rows,
+                        full_load: true,
+                        mark,
+                    }
+                }
+                None => {
+                    for (provider, trajectory) in &removed {
+                        data.remove(*provider, trajectory);
+                    }
+                    for row in rows {
+                        data.upsert(row);
+                    }
+                    data.mark = mark;
+                    Synced {
+                        rows: data.rows(),
+                        changes,
+                        full_load: false,
+                        mark,
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("applying index changes panicked: {e}")))
+    }
+
+    /// Keeps the index in step in the background, every `every`, so that a release after a large
+    /// upload does not wait for the catch-up. Logs counts only.
+    pub async fn keep_in_step(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        metrics: crate::metrics::Metrics,
+        every: Duration,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let started = Instant::now();
+            match self.sync(store.as_ref()).await {
+                Ok(s) => {
+                    metrics.set_index_rows(s.rows);
+                    if s.full_load {
+                        tracing::info!(
+                            rows = s.rows,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "release index loaded"
+                        );
+                    }
+                }
+                Err(e) => {
+                    metrics.index_sync_failed();
+                    tracing::warn!(error = %e, "release index sync failed; next try in {every:?}");
+                }
+            }
+        }
+    }
+}
