@@ -2,8 +2,10 @@
 //! always (a temporary file) and PostgreSQL when `KWM_TEST_DATABASE_URL` is set (a fresh database per
 //! test, dropped afterwards; in CI an unset variable fails the PostgreSQL tests instead of skipping).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use kwm_schemas::api::BatchReceipt;
@@ -16,7 +18,7 @@ use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use kwm_service::audit::{verify_chain, AuditAction, AuditEntry, NewAuditEntry};
 use kwm_service::store::{
-    NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, Store, StoreError,
+    ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, Store, StoreError,
     StoredRelease, Withdrawn,
 };
 use time::OffsetDateTime;
@@ -104,12 +106,19 @@ conformance_tests!(
     withdrawing_a_batch_removes_its_rows_and_receipt,
     withdrawing_a_trajectory_removes_a_batch_left_empty,
     a_token_is_revoked_once,
-    tokens_are_listed_oldest_first_without_hashes;
+    tokens_are_listed_oldest_first_without_hashes,
+    the_change_feed_of_an_empty_store_is_empty,
+    the_change_feed_follows_new_corrected_and_replayed_batches,
+    the_change_feed_follows_withdrawals_and_uploads_after_them,
+    the_change_feed_brings_every_older_mark_to_the_table,
+    a_change_mark_not_handed_out_is_refused,
+    a_cancelled_change_read_never_holds_up_the_writers;
     pairs:
     concurrent_releases_on_two_instances_never_pass_the_cap,
     concurrent_releases_of_one_data_version_store_once,
     concurrent_releases_on_other_partitions_get_distinct_versions,
     concurrent_audit_appends_on_two_instances_keep_one_chain,
+    the_change_feed_misses_nothing_under_concurrent_writers_on_two_instances,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -1607,6 +1616,502 @@ async fn withdrawing_a_trajectory_removes_a_batch_left_empty(store: Arc<dyn Stor
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Change feed
+
+/// The release engine's in-memory copy of `trajectories`, kept as the change feed's contract says:
+/// removals applied first, then the upserts.
+#[derive(Debug, Clone, Default)]
+struct Replica {
+    rows: HashMap<(AgbCode, Pseudonym), (AgbCode, WireRecord)>,
+    /// The mark of the last call.
+    mark: i64,
+    /// What the last call delivered.
+    removed: usize,
+    upserted: usize,
+    /// A removal came after an upsert in one call (the contract says removals first).
+    out_of_order: bool,
+}
+
+impl ChangeSink for Replica {
+    fn removed(&mut self, provider: AgbCode, trajectory: &Pseudonym) {
+        self.out_of_order |= self.upserted > 0;
+        self.removed += 1;
+        self.rows.remove(&(provider, *trajectory));
+    }
+
+    fn upsert(&mut self, provider: AgbCode, record: WireRecord) {
+        self.upserted += 1;
+        self.rows
+            .insert((provider, record.trajectory), (provider, record));
+    }
+}
+
+impl Replica {
+    /// One incremental call from the replica's mark; the mark never goes back.
+    async fn follow(&mut self, store: &dyn Store) -> anyhow::Result<i64> {
+        let since = self.mark;
+        (self.removed, self.upserted, self.out_of_order) = (0, 0, false);
+        let mark = store.trajectory_changes(since, self).await?;
+        ensure!(mark >= since, "the mark went back from {since} to {mark}");
+        ensure!(!self.out_of_order, "a removal came after an upsert");
+        if since == 0 {
+            ensure!(self.removed == 0, "a call from mark 0 removed rows");
+        }
+        if mark == since {
+            ensure!(
+                (self.removed, self.upserted) == (0, 0),
+                "a call without change delivered rows"
+            );
+        }
+        self.mark = mark;
+        Ok(mark)
+    }
+
+    /// The rows in the order of `list_trajectories_between`.
+    fn sorted(&self) -> Vec<(AgbCode, WireRecord)> {
+        let mut rows: Vec<(AgbCode, WireRecord)> = self.rows.values().cloned().collect();
+        rows.sort_by_key(|(provider, r)| (*provider, r.trajectory));
+        rows
+    }
+
+    /// The replica holds exactly the stored table.
+    async fn assert_is_table(&self, store: &dyn Store) -> TestResult {
+        let table = whole_table(store).await?;
+        let mine = self.sorted();
+        ensure!(
+            mine == table,
+            "the replica at mark {} has {} rows, the table {}; first difference at row {:?}",
+            self.mark,
+            mine.len(),
+            table.len(),
+            mine.iter().zip(&table).position(|(a, b)| a != b)
+        );
+        Ok(())
+    }
+
+    /// Follows once and checks the result against the table (which must not change meanwhile).
+    async fn follow_to_table(&mut self, store: &dyn Store) -> anyhow::Result<i64> {
+        let mark = self.follow(store).await?;
+        self.assert_is_table(store).await?;
+        Ok(mark)
+    }
+}
+
+/// Every stored row: every month the records can hold.
+async fn whole_table(store: &dyn Store) -> anyhow::Result<Vec<(AgbCode, WireRecord)>> {
+    Ok(store
+        .list_trajectories_between(month("1900-01"), month("2999-12"))
+        .await?)
+}
+
+async fn the_change_feed_of_an_empty_store_is_empty(store: Arc<dyn Store>) -> TestResult {
+    let mut replica = Replica::default();
+    assert_eq!(replica.follow_to_table(store.as_ref()).await?, 0);
+    assert_eq!((replica.removed, replica.upserted), (0, 0));
+    // Registering a provider or a token changes no trajectory.
+    register(store.as_ref(), provider_a()).await?;
+    assert_eq!(replica.follow(store.as_ref()).await?, 0);
+    // A batch without records stores nothing.
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), vec![]))
+            .await?,
+    )?;
+    assert_eq!(replica.follow_to_table(store.as_ref()).await?, 0);
+    Ok(())
+}
+
+async fn the_change_feed_follows_new_corrected_and_replayed_batches(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let store = store.as_ref();
+    register(store, provider_a()).await?;
+    register(store, provider_b()).await?;
+    let mut replica = Replica::default();
+
+    // First batches, of two providers with the same trajectory pseudonyms.
+    let b1 = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    stored(store.put_batch(&b1).await?)?;
+    let mut b_rows = records(0..4);
+    b_rows.extend((0..3).map(minimal_record));
+    stored(
+        store
+            .put_batch(&batch(provider_b(), Uuid::new_v4(), b_rows))
+            .await?,
+    )?;
+    let first = replica.follow_to_table(store).await?;
+    ensure!(first > 0, "stored batches move the mark");
+    assert_eq!((replica.removed, replica.upserted), (0, 17));
+
+    // A correcting batch: row 3 gets another satisfaction, row 10 is new.
+    let mut three = full_record(3);
+    three.satisfaction = Some(Satisfaction::new(10).expect("valid"));
+    let b2 = batch(
+        provider_a(),
+        Uuid::new_v4(),
+        vec![three.clone(), full_record(10)],
+    );
+    let r2 = stored(store.put_batch(&b2).await?)?;
+    assert_eq!((r2.stored, r2.corrected), (1, 1));
+    let second = replica.follow_to_table(store).await?;
+    ensure!(second > first, "a correcting batch moves the mark");
+    assert_eq!(replica.removed, 0);
+    assert_eq!(
+        replica.rows.get(&(provider_a(), three.trajectory)),
+        Some(&(provider_a(), three.clone())),
+        "the replica holds the corrected value"
+    );
+
+    // A replay writes nothing: the mark stays.
+    replayed(store.put_batch(&b2).await?)?;
+    replayed(store.put_batch(&b1).await?)?;
+    assert_eq!(replica.follow_to_table(store).await?, second);
+
+    // The same content under a new batch id: rows unchanged. Whatever the store records for it,
+    // the replica still equals the table.
+    let r3 = stored(
+        store
+            .put_batch(&batch(
+                provider_a(),
+                Uuid::new_v4(),
+                vec![three, full_record(10)],
+            ))
+            .await?,
+    )?;
+    assert_eq!((r3.stored, r3.corrected, r3.unchanged), (0, 0, 2));
+    let third = replica.follow_to_table(store).await?;
+
+    // No change since the last call: the same mark, nothing delivered.
+    assert_eq!(replica.follow(store).await?, third);
+    assert_eq!(replica.follow(store).await?, third);
+
+    // A second reader from scratch gets the whole table, without removals.
+    let mut fresh = Replica::default();
+    assert_eq!(fresh.follow_to_table(store).await?, third);
+    assert_eq!((fresh.removed, fresh.upserted), (0, 18));
+    Ok(())
+}
+
+async fn the_change_feed_follows_withdrawals_and_uploads_after_them(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let store = store.as_ref();
+    register(store, provider_a()).await?;
+    register(store, provider_b()).await?;
+    let mut replica = Replica::default();
+
+    let b1 = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    stored(store.put_batch(&b1).await?)?;
+    // A later batch corrects 0..3 and adds 10..12: those rows are the later batch's.
+    let mut second: Vec<WireRecord> = records(0..3)
+        .into_iter()
+        .map(|mut r| {
+            r.satisfaction = Some(Satisfaction::new(10).expect("valid"));
+            r
+        })
+        .collect();
+    second.extend(records(10..12));
+    let b2 = batch(provider_a(), Uuid::new_v4(), second);
+    stored(store.put_batch(&b2).await?)?;
+    // Provider B's rows with the same pseudonyms stay through A's withdrawals.
+    stored(
+        store
+            .put_batch(&batch(provider_b(), Uuid::new_v4(), records(0..4)))
+            .await?,
+    )?;
+    let mut mark = replica.follow_to_table(store).await?;
+
+    // One trajectory.
+    let t5 = full_record(5).trajectory;
+    store.withdraw_trajectory(provider_a(), &t5).await?;
+    let next = replica.follow_to_table(store).await?;
+    ensure!(next > mark, "a withdrawal moves the mark");
+    assert_eq!((replica.removed, replica.upserted), (1, 0));
+    ensure!(!replica.rows.contains_key(&(provider_a(), t5)));
+    ensure!(replica
+        .rows
+        .contains_key(&(provider_b(), full_record(0).trajectory)));
+    mark = next;
+
+    // A batch: its 6 rows left (0..3 belong to b2 now, 5 is gone) go.
+    let w = store.withdraw_batch(provider_a(), b1.batch_id).await?;
+    assert_eq!(w.trajectories, 6);
+    let next = replica.follow_to_table(store).await?;
+    ensure!(next > mark, "a withdrawal moves the mark");
+    assert_eq!((replica.removed, replica.upserted), (6, 0));
+    mark = next;
+
+    // Refused withdrawals change nothing.
+    store
+        .withdraw_batch(provider_a(), b1.batch_id)
+        .await
+        .expect_err("withdrawn already");
+    store
+        .withdraw_trajectory(provider_a(), &t5)
+        .await
+        .expect_err("withdrawn already");
+    assert_eq!(replica.follow_to_table(store).await?, mark);
+
+    // The same batch id again, after its withdrawal: its rows are back (0..3 corrected back too).
+    let again = stored(store.put_batch(&b1).await?)?;
+    assert_eq!((again.stored, again.corrected), (7, 3));
+    let next = replica.follow_to_table(store).await?;
+    assert_eq!((replica.removed, replica.upserted), (0, 10));
+    mark = next;
+
+    // Withdrawn and uploaded again between two calls: removal first, then the row as stored now.
+    store.withdraw_trajectory(provider_a(), &t5).await?;
+    let mut five = full_record(5);
+    five.goals_achieved = Some(GoalCount::new(0).expect("valid"));
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), vec![five.clone()]))
+            .await?,
+    )?;
+    let next = replica.follow_to_table(store).await?;
+    ensure!(next > mark);
+    assert_eq!((replica.removed, replica.upserted), (1, 1));
+    assert_eq!(
+        replica.rows.get(&(provider_a(), t5)),
+        Some(&(provider_a(), five))
+    );
+
+    // Uploaded and then withdrawn between two calls: gone.
+    let b9 = batch(provider_a(), Uuid::new_v4(), records(20..25));
+    stored(store.put_batch(&b9).await?)?;
+    store.withdraw_batch(provider_a(), b9.batch_id).await?;
+    replica.follow_to_table(store).await?;
+    ensure!(!replica
+        .rows
+        .contains_key(&(provider_a(), full_record(20).trajectory)));
+    Ok(())
+}
+
+async fn the_change_feed_brings_every_older_mark_to_the_table(store: Arc<dyn Store>) -> TestResult {
+    let store = store.as_ref();
+    register(store, provider_a()).await?;
+    register(store, provider_b()).await?;
+    // The replica after every step: an index that last looked then.
+    let mut replica = Replica::default();
+    let mut seen = vec![replica.clone()];
+    let mut step = 0u8;
+    let mut changed = |replica: Replica| {
+        seen.push(replica);
+    };
+
+    // Large enough to span several read chunks of a backend.
+    let big = records(0..17_000);
+    let b_big = batch(provider_a(), Uuid::new_v4(), big);
+    stored(store.put_batch(&b_big).await?)?;
+    replica.follow_to_table(store).await?;
+    changed(replica.clone());
+
+    let steps: Vec<Box<dyn Fn(u8) -> NewBatch>> = vec![
+        Box::new(|_| batch(provider_b(), Uuid::new_v4(), records(0..50))),
+        Box::new(|s| {
+            let rows = records(100..160)
+                .into_iter()
+                .map(|mut r| {
+                    r.goals_agreed = Some(GoalCount::new(50 + s).expect("valid"));
+                    r
+                })
+                .collect();
+            batch(provider_a(), Uuid::new_v4(), rows)
+        }),
+        Box::new(|_| batch(provider_a(), Uuid::new_v4(), records(16_990..17_010))),
+    ];
+    for round in 0..3u32 {
+        for make in &steps {
+            step += 1;
+            stored(store.put_batch(&make(step)).await?)?;
+            replica.follow_to_table(store).await?;
+            changed(replica.clone());
+        }
+        store
+            .withdraw_trajectory(provider_a(), &full_record(200 + round).trajectory)
+            .await?;
+        replica.follow_to_table(store).await?;
+        changed(replica.clone());
+    }
+    store.withdraw_batch(provider_a(), b_big.batch_id).await?;
+    replica.follow_to_table(store).await?;
+    changed(replica.clone());
+    // Several changes between two calls.
+    stored(
+        store
+            .put_batch(&batch(provider_b(), Uuid::new_v4(), records(40..90)))
+            .await?,
+    )?;
+    store
+        .withdraw_trajectory(provider_b(), &full_record(0).trajectory)
+        .await?;
+    let last = replica.follow_to_table(store).await?;
+
+    // Marks never went back (an upload that changed nothing leaves the mark).
+    let marks: Vec<i64> = seen.iter().map(|r| r.mark).collect();
+    ensure!(
+        marks.windows(2).all(|w| w[0] <= w[1]) && marks[0] < last,
+        "marks never go back: {marks:?}"
+    );
+    // From every older mark, one call brings the replica taken then to the table.
+    for old in seen {
+        let from = old.mark;
+        let mut r = old;
+        assert_eq!(r.follow_to_table(store).await?, last, "from mark {from}");
+    }
+    Ok(())
+}
+
+async fn a_change_mark_not_handed_out_is_refused(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..3)))
+            .await?,
+    )?;
+    let mut replica = Replica::default();
+    let mark = replica.follow(store.as_ref()).await?;
+    for bad in [mark + 1, -1] {
+        let err = store
+            .trajectory_changes(bad, &mut Replica::default())
+            .await
+            .expect_err("a mark from elsewhere");
+        assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
+    }
+    Ok(())
+}
+
+/// A reader dropped at any point of its read (a release request that timed out) must not leave the
+/// feed's lock held or a connection mid-read in the pool: writers and later reads go on.
+async fn a_cancelled_change_read_never_holds_up_the_writers(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..3_000)))
+            .await?,
+    )?;
+    let mut cut = 0;
+    for i in 0..40u64 {
+        // From mark 0 (the whole table), cut off after a growing moment: before, inside and after
+        // the part that holds the lock.
+        let mut sink = Replica::default();
+        let read = store.trajectory_changes(0, &mut sink);
+        if tokio::time::timeout(Duration::from_micros(50 * i * i), read)
+            .await
+            .is_err()
+        {
+            cut += 1;
+        }
+        let b = batch(
+            provider_a(),
+            Uuid::new_v4(),
+            records(3_000 + i as u32..3_001 + i as u32),
+        );
+        tokio::time::timeout(Duration::from_secs(10), store.put_batch(&b))
+            .await
+            .context("a writer was held up after a cancelled read")??;
+    }
+    ensure!(cut > 0, "some reads were cut off");
+    let mut replica = Replica::default();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        replica.follow_to_table(store.as_ref()),
+    )
+    .await
+    .context("a reader was held up after a cancelled read")??;
+    Ok(())
+}
+
+/// Providers writing at once through two instances while a reader follows the feed through both:
+/// after the writers are done and one last call, the reader's copy is the table. On PostgreSQL the
+/// change numbers are taken before commit and may commit out of order; without the store's barrier
+/// the reader would skip a change now and then.
+async fn the_change_feed_misses_nothing_under_concurrent_writers_on_two_instances(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    const WRITERS: u32 = 4;
+    const ROUNDS: u32 = 24;
+    let providers: Vec<AgbCode> = (0..WRITERS).map(|k| agb(&format!("2000000{k}"))).collect();
+    for p in &providers {
+        register(a.as_ref(), *p).await?;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+
+    let writers: Vec<_> = providers
+        .iter()
+        .enumerate()
+        .map(|(k, &provider)| {
+            let stores = [Arc::clone(&a), Arc::clone(&b)];
+            tokio::spawn(async move {
+                let mut batches = Vec::new();
+                for round in 0..ROUNDS {
+                    let store = &stores[(k + round as usize) % 2];
+                    // A window of 40 trajectories moving by 20: half new, half corrected.
+                    let rows: Vec<WireRecord> = (round * 20..round * 20 + 40)
+                        .map(|i| {
+                            let mut r = full_record(i);
+                            r.satisfaction = Some(Satisfaction::new(1 + (round % 10) as u8)?);
+                            Ok(r)
+                        })
+                        .collect::<Result<_, kwm_schemas::ParseError>>()?;
+                    let b = batch(provider, Uuid::new_v4(), rows);
+                    stored(store.put_batch(&b).await?)?;
+                    batches.push(b.batch_id);
+                    if round % 8 == 5 {
+                        store
+                            .withdraw_trajectory(provider, &full_record(round * 20 + 30).trajectory)
+                            .await?;
+                    }
+                    if round % 8 == 7 {
+                        // The batch before this one: its rows not corrected since go.
+                        let w = store
+                            .withdraw_batch(provider, batches[round as usize - 1])
+                            .await?;
+                        ensure!(w.trajectories > 0, "the batch had rows left");
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            })
+        })
+        .collect();
+
+    let reader = {
+        let stores = [Arc::clone(&a), Arc::clone(&b)];
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut replica = Replica::default();
+            let mut calls = 0u32;
+            while !done.load(Ordering::Acquire) {
+                replica.follow(stores[calls as usize % 2].as_ref()).await?;
+                calls += 1;
+                tokio::task::yield_now().await;
+            }
+            Ok::<(Replica, u32), anyhow::Error>((replica, calls))
+        })
+    };
+
+    let finished = tokio::time::timeout(Duration::from_secs(120), async {
+        for w in writers {
+            w.await??;
+        }
+        done.store(true, Ordering::Release);
+        reader.await?
+    })
+    .await
+    .context("the writers and the reader did not finish in time")?;
+    let (mut replica, calls) = finished?;
+    ensure!(calls > 1, "the reader followed while the writers wrote");
+
+    // The writers are done: one more call, and the copy is the table, through either instance.
+    replica.follow_to_table(a.as_ref()).await?;
+    replica.follow_to_table(b.as_ref()).await?;
+    let mut fresh = Replica::default();
+    assert_eq!(fresh.follow_to_table(b.as_ref()).await?, replica.mark);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Tokens
 
 fn token(hash: u8, role: Role, created_at: OffsetDateTime) -> NewToken {
@@ -1712,5 +2217,41 @@ async fn an_in_memory_sqlite_store_works() -> TestResult {
     )?;
     assert_eq!(r.stored, 10);
     assert_eq!(store.count_trajectories(None).await?, 10);
+    Ok(())
+}
+
+/// The ingest benchmark's raw bulk path writes trajectories too: the change feed has them.
+#[tokio::test]
+async fn sqlite_raw_bulk_loads_are_in_the_change_feed() -> TestResult {
+    let db = kwm_tests::TempSqlite::new();
+    raw_bulk_loads_are_in_the_change_feed(db.url()).await
+}
+
+#[tokio::test]
+async fn postgres_raw_bulk_loads_are_in_the_change_feed() -> TestResult {
+    let Some(db) = kwm_tests::EphemeralPostgres::create().await else {
+        return Ok(());
+    };
+    raw_bulk_loads_are_in_the_change_feed(db.url()).await
+}
+
+async fn raw_bulk_loads_are_in_the_change_feed(url: &str) -> TestResult {
+    let store = kwm_service::store::connect(url).await?;
+    register(store.as_ref(), provider_a()).await?;
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..5)))
+            .await?,
+    )?;
+    let mut replica = Replica::default();
+    let mut mark = replica.follow_to_table(store.as_ref()).await?;
+    // Twice for one provider: two loads, each read once.
+    for (n, rows) in [(20, records(0..20)), (10, records(20..30))] {
+        kwm_service::store::bulk_insert_raw(url, provider_b(), &rows).await?;
+        let next = replica.follow_to_table(store.as_ref()).await?;
+        ensure!(next > mark, "a raw load moves the mark");
+        assert_eq!((replica.removed, replica.upserted), (0, n));
+        mark = next;
+    }
     Ok(())
 }

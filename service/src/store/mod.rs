@@ -227,7 +227,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sink.removed` first (none when `since` is 0), then every row currently stored by a batch
     /// committed after the mark (every row when `since` is 0) to `sink.upsert`. Replaying the calls in
     /// that order on a copy taken at `since` gives the stored table at the returned mark. Marks only
-    /// grow; with no change since `since` it returns `since` without a snapshot.
+    /// grow; with no change since `since` it returns `since` without a snapshot. A mark this database
+    /// never handed out (negative, or past its newest change) is `Other`.
     async fn trajectory_changes(
         &self,
         since: i64,

@@ -271,9 +271,11 @@ impl SqliteStore {
         };
         let full = sql(ROWS_PER_STATEMENT);
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        // The rows the foreign keys of `trajectories` point at, as the service path has them too.
+        // The rows the foreign keys of `trajectories` point at, as the service path has them too (a
+        // provider loaded before keeps its row).
         sqlx::query(
-            "INSERT INTO providers (agb, name, signing_public_key, created_at) VALUES (?1, 'raw', ?2, ?3)",
+            "INSERT INTO providers (agb, name, signing_public_key, created_at) VALUES (?1, 'raw', ?2, ?3) \
+             ON CONFLICT (agb) DO NOTHING",
         )
         .bind(provider)
         .bind(&[0u8; 32][..])
