@@ -4,6 +4,10 @@
 //! in-process lock and each write transaction starts `IMMEDIATE`, so two writers never meet inside
 //! SQLite's lock upgrade (which fails at once instead of waiting); writers in other processes wait up to
 //! the busy timeout.
+//!
+//! The change feed of `trajectories` (`trajectory_changes`) needs no barrier here: one write
+//! transaction at a time takes its numbers and commits, so a reader never sees a number committed
+//! while a lower one is still in flight; one read transaction gives the reader one snapshot.
 
 use std::str::FromStr;
 use std::sync::LazyLock;
