@@ -183,6 +183,24 @@ impl ReleaseIndex {
             let d = self.read();
             (d.mark, d.loaded)
         };
+        match self.sync_from(store, since, loaded).await {
+            // The database does not know the mark (restored from a backup, say): load it whole.
+            Err(StoreError::UnknownMark { .. }) if loaded => {
+                tracing::warn!(
+                    "the store does not know the release index's mark; loading it again"
+                );
+                self.sync_from(store, 0, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn sync_from(
+        self: &Arc<Self>,
+        store: &dyn Store,
+        since: i64,
+        loaded: bool,
+    ) -> Result<Synced, StoreError> {
         let mut sink = Collect {
             codebook: &self.codebook,
             removed: Vec::new(),

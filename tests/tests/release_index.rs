@@ -223,6 +223,19 @@ async fn the_index_follows_every_change(
     let loaded = fresh.sync(writer.as_ref()).await?;
     anyhow::ensure!(loaded.full_load);
     agree(writer.as_ref(), &fresh, &region, "loaded whole").await?;
+
+    // A database restored to an earlier state does not know the index's mark: the index loads again.
+    let restored_db = kwm_tests::TempSqlite::new();
+    let restored = kwm_service::store::connect(restored_db.url()).await?;
+    register(restored.as_ref(), data[0].0).await?;
+    restored
+        .put_batch(&batch(data[0].0, data[0].1[..50].to_vec()))
+        .await?;
+    let reloaded = fresh.sync(restored.as_ref()).await?;
+    anyhow::ensure!(
+        reloaded.full_load && reloaded.rows == 50,
+        "reloaded from 0: {reloaded:?}"
+    );
     Ok(())
 }
 

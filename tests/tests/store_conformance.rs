@@ -1976,7 +1976,10 @@ async fn a_change_mark_not_handed_out_is_refused(store: Arc<dyn Store>) -> TestR
             .trajectory_changes(bad, &mut Replica::default())
             .await
             .expect_err("a mark from elsewhere");
-        assert!(matches!(err, StoreError::Other(_)), "got {err:?}");
+        assert!(
+            matches!(err, StoreError::UnknownMark { since, .. } if since == bad),
+            "got {err:?}"
+        );
     }
     Ok(())
 }

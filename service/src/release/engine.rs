@@ -21,7 +21,7 @@ use kwm_schemas::{AgbCode, Code, Month, MunicipalityCode, Period};
 
 use super::bounding::{select, OrderKey};
 use super::figures::{self, Level, Released, Widths};
-use super::measures::{Deriver, EndClass, Measures, RepeatIndex};
+use super::measures::{is_repeat, Deriver, EndClass, Measures};
 use super::rows::{Codebook, EngineRow, OUTSIDE};
 use super::suppress::{self, Facts, Rules, Shape};
 use super::{IndexedInput, ReleaseError, ReleaseInput};
@@ -337,20 +337,98 @@ struct RowPlan {
     base: std::ops::Range<usize>,
 }
 
+/// Bins per (municipality, target group, provider): a dense array when the grid is small (a region),
+/// a map when it is not (a national grid with thousands of providers).
+enum Cube {
+    Dense {
+        t_n: usize,
+        p_n: usize,
+        bins: Vec<Bins>,
+    },
+    Sparse(FxHashMap<(u16, u16, u32), Bins>),
+}
+
+/// Cells up to which a cube is dense: 8 MiB of bins per worker.
+const DENSE_CUBE_CELLS: usize = 1 << 16;
+
+impl Cube {
+    fn new(m_n: usize, t_n: usize, p_n: usize) -> Self {
+        match m_n.checked_mul(t_n).and_then(|c| c.checked_mul(p_n)) {
+            Some(cells) if cells <= DENSE_CUBE_CELLS => Self::Dense {
+                t_n,
+                p_n,
+                bins: vec![[0; BINS]; cells],
+            },
+            _ => Self::Sparse(FxHashMap::default()),
+        }
+    }
+
+    fn at(&mut self, m: u16, t: u16, p: u32) -> &mut Bins {
+        match self {
+            Self::Dense { t_n, p_n, bins } => {
+                &mut bins[(usize::from(m) * *t_n + usize::from(t)) * *p_n + p as usize]
+            }
+            Self::Sparse(map) => map.entry((m, t, p)).or_insert([0; BINS]),
+        }
+    }
+
+    /// Every cell that holds a kept trajectory (every kept trajectory adds to some bin), in key order.
+    fn into_sorted(self) -> Vec<((u16, u16, u32), Bins)> {
+        let mut out: Vec<((u16, u16, u32), Bins)> = match self {
+            Self::Dense { t_n, p_n, bins } => bins
+                .into_iter()
+                .enumerate()
+                .filter(|(_, b)| b.iter().any(|v| *v != 0))
+                .map(|(i, b)| {
+                    let (mt, p) = (i / p_n, i % p_n);
+                    (((mt / t_n) as u16, (mt % t_n) as u16, p as u32), b)
+                })
+                .collect(),
+            Self::Sparse(map) => map.into_iter().collect(),
+        };
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out
+    }
+
+    fn add(&mut self, other: Self) {
+        match other {
+            Self::Dense { t_n, p_n, bins } => {
+                for (i, b) in bins.iter().enumerate() {
+                    if b.iter().all(|v| *v == 0) {
+                        continue;
+                    }
+                    let (mt, p) = (i / p_n, i % p_n);
+                    add_into(self.at((mt / t_n) as u16, (mt % t_n) as u16, p as u32), b);
+                }
+            }
+            Self::Sparse(map) => {
+                for ((m, t, p), b) in map {
+                    add_into(self.at(m, t, p), &b);
+                }
+            }
+        }
+    }
+}
+
+fn add_into(into: &mut Bins, from: &Bins) {
+    for b in 0..BINS {
+        into[b] += from[b];
+    }
+}
+
 /// What one worker gathers over the shards it takes; summed at the end (clients never span shards).
 struct Partial {
-    /// (municipality, target group, provider) -> bins of the kept trajectories.
-    cube: FxHashMap<(u16, u16, u32), Bins>,
+    cube: Cube,
     distinct_muni: Vec<u64>,
     distinct_provider: Vec<u64>,
     distinct_all: Vec<u64>,
 }
 
 impl Partial {
-    fn new(m_n: usize, p_n: usize) -> Self {
+    fn new(m_n: usize, t_n: usize, p_n: usize) -> Self {
         let dn = Denominator::ALL.len();
         Self {
-            cube: FxHashMap::default(),
+            cube: Cube::new(m_n, t_n, p_n),
             distinct_muni: vec![0; m_n * dn],
             distinct_provider: vec![0; p_n * dn],
             distinct_all: vec![0; dn],
@@ -358,12 +436,7 @@ impl Partial {
     }
 
     fn merge(mut self, other: Self) -> Self {
-        for (k, bins) in other.cube {
-            let into = self.cube.entry(k).or_insert([0; BINS]);
-            for b in 0..BINS {
-                into[b] += bins[b];
-            }
-        }
+        self.cube.add(other.cube);
         for (a, b) in [
             (&mut self.distinct_muni, &other.distinct_muni),
             (&mut self.distinct_provider, &other.distinct_provider),
@@ -380,7 +453,6 @@ impl Partial {
 /// What every shard's pass shares.
 struct Pass {
     deriver: Deriver,
-    repeat_final: bool,
     window: i32,
     repeat_range: (i32, i32),
     provider_index: FxHashMap<AgbCode, u32>,
@@ -393,51 +465,75 @@ impl Pass {
     /// One shard: its clients' trajectories in care, their measures (herhaald beroep from the shard's
     /// own starts: a client's rows are all in one shard), bounding and aggregation.
     fn shard(&self, rows: &[EngineRow], acc: &mut Partial) {
-        let mut repeats = RepeatIndex::default();
-        let mut active: Vec<u32> = Vec::new();
-        let (from, to) = self.repeat_range;
-        for (i, row) in rows.iter().enumerate() {
-            if self.repeat_final && (from..=to).contains(&row.start) {
-                repeats.push(row.client, row.start, i as u32);
-            }
-            // Group keys come from the codebook only; a row outside it (impossible after ingest
-            // validation) is not counted anywhere rather than creating a key.
-            if self.deriver.active(row) && row.muni != OUTSIDE && row.group != OUTSIDE {
-                active.push(i as u32);
-            }
-        }
-        repeats.finish();
-        let mut trajs: Vec<Traj> = active
-            .into_iter()
-            .map(|i| {
-                let row = &rows[i as usize];
+        // The rows the period reads, ordered by client: by eight bytes of the pseudonym (the first is
+        // the shard's, the same for all), the whole pseudonym only where those tie.
+        let prefix = |r: &EngineRow| {
+            u64::from_be_bytes(
+                r.client[1..9]
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("8 bytes")),
+            )
+        };
+        let mut order: Vec<(u64, u32)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| self.deriver.reads(r))
+            .map(|(i, r)| (prefix(r), i as u32))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| rows[a.1 as usize].client.cmp(&rows[b.1 as usize].client))
+                .then(a.1.cmp(&b.1))
+        });
+
+        let dn = Denominator::ALL.len();
+        let mut trajs: Vec<Traj> = Vec::new();
+        let mut masks: Vec<u8> = Vec::new();
+        let mut seen_munis: Vec<u16> = Vec::new();
+        let mut seen_providers: Vec<u32> = Vec::new();
+        for client in order
+            .chunk_by(|a, b| a.0 == b.0 && rows[a.1 as usize].client == rows[b.1 as usize].client)
+        {
+            // The client's trajectories in care, with their measures; herhaald beroep from the
+            // client's own other starts (at any provider, in any municipality).
+            trajs.clear();
+            for (_, i) in client {
+                let row = &rows[*i as usize];
+                // Group keys come from the codebook only; a row outside it (impossible after ingest
+                // validation) is not counted anywhere rather than creating a key.
+                if !self.deriver.active(row) || row.muni == OUTSIDE || row.group == OUTSIDE {
+                    continue;
+                }
                 let measures = self.deriver.derive(row, || {
-                    repeats.has_repeat(&row.client, i, row.end, self.window)
+                    client.iter().any(|(_, j)| {
+                        j != i
+                            && is_repeat(
+                                row.end,
+                                self.window,
+                                rows[*j as usize].start,
+                                self.repeat_range,
+                            )
+                    })
                 });
-                Traj {
+                trajs.push(Traj {
                     client: row.client,
-                    row: i,
+                    row: *i,
                     muni: row.muni,
                     group: row.group,
                     provider: self.provider_index.get(&row.provider).copied().unwrap_or(0),
                     measures,
-                }
-            })
-            .collect();
-        drop(repeats);
-        trajs.sort_unstable_by(|a, b| a.client.cmp(&b.client).then(a.row.cmp(&b.row)));
-
-        let dn = Denominator::ALL.len();
-        let mut seen_munis: Vec<u16> = Vec::new();
-        let mut seen_providers: Vec<u32> = Vec::new();
-        for client in trajs.chunk_by(|a, b| a.client == b.client) {
-            let masks = bound(client, rows, &self.key, self.max_rows);
+                });
+            }
+            if trajs.is_empty() {
+                continue;
+            }
+            bound_into(&trajs, rows, &self.key, self.max_rows, &mut masks);
             // Distinct clients per municipality, per provider and in the region, for the k threshold of
             // the totals (a client in two target groups is one child).
             for d in Denominator::ALL {
                 seen_munis.clear();
                 seen_providers.clear();
-                for (t, mask) in client.iter().zip(&masks) {
+                for (t, mask) in trajs.iter().zip(&masks) {
                     if d.includes(&t.measures, *mask) {
                         if !seen_munis.contains(&t.muni) {
                             seen_munis.push(t.muni);
@@ -457,15 +553,10 @@ impl Pass {
                     acc.distinct_provider[*p as usize * dn + d.index()] += 1;
                 }
             }
-            for (t, mask) in client.iter().zip(&masks) {
-                if *mask == 0 {
-                    continue;
+            for (t, mask) in trajs.iter().zip(&masks) {
+                if *mask != 0 {
+                    add_bins(acc.cube.at(t.muni, t.group, t.provider), &t.measures, *mask);
                 }
-                let bins = acc
-                    .cube
-                    .entry((t.muni, t.group, t.provider))
-                    .or_insert([0; BINS]);
-                add_bins(bins, &t.measures, *mask);
             }
         }
         debug_assert!(self.m_n * dn == acc.distinct_muni.len());
@@ -540,7 +631,6 @@ impl PeriodTables {
         let (m_n, t_n, p_n) = (munis.len(), groups.len(), providers.len());
         let pass = Pass {
             deriver,
-            repeat_final,
             window,
             repeat_range,
             provider_index: providers
@@ -557,22 +647,28 @@ impl PeriodTables {
         let partial = input
             .shards
             .par_iter()
+            .with_min_len(
+                input
+                    .shards
+                    .len()
+                    .div_ceil(rayon::current_num_threads() * 4)
+                    .max(1),
+            )
             .fold(
-                || Partial::new(m_n, p_n),
+                || Partial::new(m_n, t_n, p_n),
                 |mut acc, shard| {
                     pass.shard(shard, &mut acc);
                     acc
                 },
             )
-            .reduce(|| Partial::new(m_n, p_n), Partial::merge);
+            .reduce(|| Partial::new(m_n, t_n, p_n), Partial::merge);
         let Partial {
             cube,
             distinct_muni,
             distinct_provider,
             distinct_all,
         } = partial;
-        let mut cube: Vec<((u16, u16, u32), Bins)> = cube.into_iter().collect();
-        cube.sort_unstable_by_key(|(k, _)| *k);
+        let cube = cube.into_sorted();
         let dn = Denominator::ALL.len();
 
         let per_provider = policy.per_provider_reporting;
@@ -845,26 +941,53 @@ pub(super) fn partitions_of(
 /// the row (a tie of two HMACs does not happen, but the order must be total).
 type Rank = (bool, [u8; 32], u32);
 
+#[cfg(test)]
 fn bound(client: &[Traj], rows: &[EngineRow], key: &OrderKey, max_rows: usize) -> Vec<u8> {
+    let mut masks = Vec::new();
+    bound_into(client, rows, key, max_rows, &mut masks);
+    masks
+}
+
+/// [`bound`] into a buffer the caller reuses. The keyed order is computed only where it decides
+/// something: when a domain holds two trajectories of one row, or more rows than allowed (otherwise
+/// every eligible trajectory is kept whatever the order, exactly as [`select`] would keep them).
+fn bound_into(
+    client: &[Traj],
+    rows: &[EngineRow],
+    key: &OrderKey,
+    max_rows: usize,
+    masks: &mut Vec<u8>,
+) {
+    masks.clear();
     let all = |t: &Traj| {
         (0..DOMAINS)
             .filter(|d| eligible(&t.measures, *d))
             .fold(0u8, |m, d| m | (1 << d))
     };
     if client.len() == 1 {
-        return vec![all(&client[0])];
+        masks.push(all(&client[0]));
+        return;
     }
-    let mut masks = vec![0u8; client.len()];
-    let mut ranks: Vec<Option<[u8; 32]>> = vec![None; client.len()];
+    masks.resize(client.len(), 0);
+    let mut ranks: Vec<Option<[u8; 32]>> = Vec::new();
     let mut positions: Vec<usize> = Vec::new();
     for d in 0..DOMAINS {
         positions.clear();
         positions.extend((0..client.len()).filter(|i| eligible(&client[*i].measures, d)));
-        if positions.len() <= 1 {
+        let distinct_rows = positions.len() <= max_rows
+            && positions.iter().enumerate().all(|(n, i)| {
+                positions[..n]
+                    .iter()
+                    .all(|j| client[*j].group != client[*i].group)
+            });
+        if distinct_rows {
             for i in &positions {
                 masks[*i] |= 1 << d;
             }
             continue;
+        }
+        if ranks.is_empty() {
+            ranks.resize(client.len(), None);
         }
         let items: Vec<(u16, Rank)> = positions
             .iter()
@@ -881,7 +1004,6 @@ fn bound(client: &[Traj], rows: &[EngineRow], key: &OrderKey, max_rows: usize) -
             masks[positions[pos]] |= 1 << d;
         }
     }
-    masks
 }
 
 fn add_bins(bins: &mut Bins, m: &Measures, mask: u8) {

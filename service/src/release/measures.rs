@@ -2,7 +2,7 @@
 //! the value of every outcome criterion, computed once per trajectory before bounding and aggregation.
 //!
 //! The outcome criteria describe trajectories that ended in the period. Herhaald beroep looks across
-//! providers and municipalities by the stored client pseudonym, through [`RepeatIndex`].
+//! providers and municipalities by the stored client pseudonym ([`is_repeat`], over the client's rows).
 
 use kwm_schemas::codes::EndReason;
 use kwm_schemas::{Month, Period, RegionConfig};
@@ -174,33 +174,11 @@ impl Deriver {
     }
 }
 
-/// Every client's trajectory starts in the months that can make a repeat, sorted by client and start
-/// month: built in the one pass over the stored rows, then searched per ended trajectory.
-#[derive(Debug, Default)]
-pub(crate) struct RepeatIndex {
-    starts: Vec<([u8; 32], i32, u32)>,
-}
-
-impl RepeatIndex {
-    pub fn push(&mut self, client: [u8; 32], start: i32, row: u32) {
-        self.starts.push((client, start, row));
-    }
-
-    pub fn finish(&mut self) {
-        self.starts.sort_unstable();
-    }
-
-    /// Whether `client` has a trajectory other than `own_row` that starts in the months
-    /// `end ..= end + window`.
-    pub fn has_repeat(&self, client: &[u8; 32], own_row: u32, end: i32, window: i32) -> bool {
-        let lo = self
-            .starts
-            .partition_point(|(c, s, _)| (c, *s) < (client, end));
-        self.starts[lo..]
-            .iter()
-            .take_while(|(c, s, _)| c == client && *s <= end.saturating_add(window))
-            .any(|(_, _, row)| *row != own_row)
-    }
+/// Herhaald beroep: whether a trajectory of the same client (another one) that starts in month
+/// `start` makes a repeat of one that ended in month `end`: it starts within `end ..= end + window`.
+/// `range` is [`Deriver::repeat_start_range`] (implied for an end in the period; kept as a bound).
+pub(crate) fn is_repeat(end: i32, window: i32, start: i32, range: (i32, i32)) -> bool {
+    (range.0..=range.1).contains(&start) && (end..=end.saturating_add(window)).contains(&start)
 }
 
 #[cfg(test)]
@@ -264,25 +242,24 @@ mod tests {
     }
 
     #[test]
-    fn repeat_index_finds_starts_in_the_window_only() {
-        let a = [1u8; 32];
-        let b = [2u8; 32];
-        let mut idx = RepeatIndex::default();
-        idx.push(a, 100, 0); // the trajectory itself
-        idx.push(a, 106, 1);
-        idx.push(b, 101, 2);
-        idx.finish();
-        assert!(idx.has_repeat(&a, 0, 100, 6));
-        assert!(!idx.has_repeat(&a, 0, 100, 5));
-        assert!(!idx.has_repeat(&a, 1, 106, 6), "only itself in the window");
+    fn a_repeat_starts_in_the_window_after_the_end() {
+        let range = (100, 120);
+        assert!(is_repeat(100, 6, 106, range), "the window's last month");
         assert!(
-            idx.has_repeat(&a, 1, 100, 6),
-            "another trajectory starting in the end month counts"
+            !is_repeat(100, 5, 106, range),
+            "one month past a shorter window"
         );
         assert!(
-            !idx.has_repeat(&b, 2, 102, 6),
+            is_repeat(100, 6, 100, range),
+            "a start in the end month counts"
+        );
+        assert!(
+            !is_repeat(102, 6, 101, range),
             "a start before the end does not count"
         );
-        assert!(!idx.has_repeat(&[3; 32], 9, 100, 6));
+        assert!(
+            !is_repeat(118, 6, 121, range),
+            "outside the months a release reads"
+        );
     }
 }

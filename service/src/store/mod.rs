@@ -27,6 +27,10 @@ pub enum StoreError {
     /// The database could not be reached or timed out: retrying later may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A change-feed mark this database never handed out (it was restored to an earlier state, or the
+    /// caller's mark is from another database): the caller's copy must be loaded again from 0.
+    #[error("change mark {since} was not handed out by this database (newest change: {newest})")]
+    UnknownMark { since: i64, newest: i64 },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

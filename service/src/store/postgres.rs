@@ -1855,9 +1855,7 @@ async fn read_changes(
 /// mark beyond the newest change comes from elsewhere.
 fn check_mark(since: i64, newest: i64) -> Result<(), StoreError> {
     if since < 0 || since > newest {
-        return Err(StoreError::Other(anyhow::anyhow!(
-            "change mark {since} was not handed out by this database (newest change: {newest})"
-        )));
+        return Err(StoreError::UnknownMark { since, newest });
     }
     Ok(())
 }
