@@ -13,7 +13,8 @@
 //! service can steer it), so that every client's rows sit in one shard: the engine bounds and counts per
 //! shard, in parallel, and sorts only within a shard.
 //!
-//! Memory: about 150 bytes per stored trajectory (the row and its key in the slot map). Holds client
+//! Memory: about 190 bytes per stored trajectory (the 96-byte row and its key in the slot map, at the
+//! capacities the vectors and the map grow to; `IndexData::approx_bytes`). Holds client
 //! pseudonyms and outcome values: nothing here is logged but counts.
 
 use std::collections::HashMap;
@@ -71,6 +72,14 @@ impl IndexData {
 
     pub fn mark(&self) -> i64 {
         self.mark
+    }
+
+    /// The memory the rows and the slot map take, from their capacities (an estimate: the map's
+    /// control bytes are counted, the allocator's own overhead is not).
+    pub fn approx_bytes(&self) -> usize {
+        let rows: usize = self.shards.iter().map(Vec::capacity).sum();
+        rows * std::mem::size_of::<EngineRow>()
+            + self.slots.capacity() * (std::mem::size_of::<(RowKey, (u8, u32))>() + 1)
     }
 
     fn upsert(&mut self, row: EngineRow) {
@@ -276,6 +285,7 @@ impl ReleaseIndex {
                     if s.full_load {
                         tracing::info!(
                             rows = s.rows,
+                            megabytes = self.read().approx_bytes() / 1_000_000,
                             seconds = started.elapsed().as_secs_f64(),
                             "release index loaded"
                         );

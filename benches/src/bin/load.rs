@@ -33,6 +33,9 @@ struct Args {
     /// Records per batch
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
+    /// Seconds between the service's background syncs of its release index (0: none)
+    #[arg(long, default_value_t = Config::default().release_index_sync_secs)]
+    index_sync_secs: u64,
 }
 
 struct Outcome {
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_listen: None,
         // One token per provider at full speed: the harness measures the service, not the limiter.
         rate_limit_per_second: 0,
+        release_index_sync_secs: args.index_sync_secs,
         ..Config::default()
     };
     let app = Application::build(config).await?;

@@ -136,9 +136,11 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let synced = state.index.sync(state.store.as_ref()).await?;
     println!(
-        "the release index loaded {} rows in {:.1} s (once per instance start; then kept in step)",
+        "the release index loaded {} rows in {:.1} s, about {} MB (once per instance start; then \
+         kept in step)",
         synced.rows,
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        state.index.read().approx_bytes() / 1_000_000
     );
 
     // (a) From scratch: nothing of 2025 is in the ledger yet.
