@@ -22,9 +22,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use kwm_schemas::{AgbCode, Pseudonym, RegionConfig, WireRecord};
+use time::OffsetDateTime;
 
 use crate::release::{Codebook, EngineRow};
 use crate::store::{ChangeSink, Store, StoreError};
+
+/// How long a withdrawn trajectory's pseudonym stays in the store's change feed.
+pub const REMOVAL_RETENTION: time::Duration = time::Duration::days(1);
 
 /// Shards by the client pseudonym's first byte.
 pub const SHARDS: usize = 256;
@@ -192,6 +196,11 @@ impl ReleaseIndex {
             let d = self.read();
             (d.mark, d.loaded)
         };
+        // Withdrawn trajectories' pseudonyms leave the change feed after a day; every running index
+        // has long read them by then (one that has not is told so, and loads again).
+        store
+            .prune_change_feed(OffsetDateTime::now_utc() - REMOVAL_RETENTION)
+            .await?;
         match self.sync_from(store, since, loaded).await {
             // The database does not know the mark (restored from a backup, say): load it whole.
             Err(StoreError::UnknownMark { .. }) if loaded => {

@@ -112,6 +112,7 @@ conformance_tests!(
     the_change_feed_follows_withdrawals_and_uploads_after_them,
     the_change_feed_brings_every_older_mark_to_the_table,
     a_change_mark_not_handed_out_is_refused,
+    a_withdrawn_pseudonym_leaves_the_change_feed_after_its_retention,
     a_cancelled_change_read_never_holds_up_the_writers;
     pairs:
     concurrent_releases_on_two_instances_never_pass_the_cap,
@@ -1981,6 +1982,65 @@ async fn a_change_mark_not_handed_out_is_refused(store: Arc<dyn Store>) -> TestR
             "got {err:?}"
         );
     }
+    Ok(())
+}
+
+/// A withdrawal's removal row holds the trajectory pseudonym only until pruning erases it; a reader
+/// whose mark is before an erased removal is told to load again, and a load from 0 is the table.
+async fn a_withdrawn_pseudonym_leaves_the_change_feed_after_its_retention(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let store = store.as_ref();
+    register(store, provider_a()).await?;
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..6)))
+            .await?,
+    )?;
+    let mut behind = Replica::default();
+    let before_withdrawal = behind.follow(store).await?;
+    let mut current = Replica::default();
+    store
+        .withdraw_trajectory(provider_a(), &full_record(2).trajectory)
+        .await?;
+    current.follow_to_table(store).await?;
+
+    // Recent removals stay; older than the cut-off they lose their pseudonym, once.
+    ensure!(
+        store
+            .prune_change_feed(now() - time::Duration::days(1))
+            .await?
+            == 0
+    );
+    ensure!(
+        store
+            .prune_change_feed(now() + time::Duration::minutes(1))
+            .await?
+            == 1
+    );
+    ensure!(
+        store
+            .prune_change_feed(now() + time::Duration::minutes(1))
+            .await?
+            == 0
+    );
+
+    let err = store
+        .trajectory_changes(before_withdrawal, &mut Replica::default())
+        .await
+        .expect_err("a removal after this mark was erased");
+    ensure!(
+        matches!(err, StoreError::UnknownMark { since, .. } if since == before_withdrawal),
+        "got {err:?}"
+    );
+    // A reader past the erased removal goes on; a new one loads the table.
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(6..8)))
+            .await?,
+    )?;
+    current.follow_to_table(store).await?;
+    Replica::default().follow_to_table(store).await?;
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 -- transaction as its change:
 -- - a batch row (batch_id set) per stored batch that stored or corrected at least one row: the index
 --   reads that batch's current rows again;
--- - a removal row (trajectory set) per trajectory row a withdrawal deleted.
+-- - a removal row (trajectory set) per trajectory row a withdrawal deleted; its pseudonym is erased
+--   after a day (every running index has read it by then; one that has not loads again).
 -- SQLite serialises writers, so a committed sequence number is never below one still in flight.
 
 CREATE TABLE trajectory_changes (
@@ -15,8 +16,18 @@ CREATE TABLE trajectory_changes (
     -- Lower-case hyphenated UUID, as in `batches`.
     batch_id   TEXT CHECK (length(batch_id) = 36),
     trajectory BLOB CHECK (length(trajectory) = 32),
-    CONSTRAINT trajectory_changes_one_kind CHECK ((batch_id IS NULL) <> (trajectory IS NULL))
+    -- Unix seconds.
+    at         INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER)),
+    -- A batch row, a removal row, or a removal row past its retention: its pseudonym erased (both
+    -- NULL), so that a withdrawn trajectory leaves no pseudonym behind (`Store::prune_change_feed`).
+    CONSTRAINT trajectory_changes_one_kind CHECK (batch_id IS NULL OR trajectory IS NULL)
 ) STRICT;
+
+-- For the pruning: the removal rows that still hold a pseudonym, and the newest erased one (a reader
+-- whose mark is below it may have missed a removal and must load again).
+CREATE INDEX trajectory_changes_removals ON trajectory_changes (at) WHERE trajectory IS NOT NULL;
+CREATE INDEX trajectory_changes_erased ON trajectory_changes (seq)
+    WHERE batch_id IS NULL AND trajectory IS NULL;
 
 -- The current rows of a batch, for the change feed's reader (and for withdrawing a batch), without a
 -- scan of the whole table. Cheap to keep: the rows of one batch share the key, so a batch adds its

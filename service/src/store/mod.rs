@@ -239,6 +239,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         sink: &mut dyn ChangeSink,
     ) -> Result<i64, StoreError>;
 
+    /// Erases the trajectory pseudonym of every removal in the change feed recorded before `before`
+    /// (a withdrawn trajectory then leaves no pseudonym behind). Returns how many were erased. A later
+    /// [`Store::trajectory_changes`] from a mark below an erased removal is `UnknownMark`: that reader
+    /// may have missed it and must load from 0.
+    async fn prune_change_feed(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
     /// A short string that changes whenever stored data change in a way a release could see: a batch
     /// that stored or corrected rows, or a withdrawal. Cheap: called on every release request.
     async fn data_version(&self) -> Result<String, StoreError>;

@@ -52,6 +52,11 @@ const CHANGE_FEED_LOCK: (i32, i32) = (0x4B57_4D43, 1); // "KWMC", the trajectory
 /// The newest change of the change feed, 0 before the first.
 const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
 
+/// The newest removal whose pseudonym was erased (`Store::prune_change_feed`): a reader below it may
+/// have missed a removal.
+const NEWEST_ERASED: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes \
+     WHERE batch_id IS NULL AND trajectory IS NULL";
+
 /// The record columns of `trajectories` with their types, in COPY order.
 const RECORD_COLUMNS: [(&str, &str); 18] = [
     ("trajectory", "bytea NOT NULL"),
@@ -715,6 +720,18 @@ impl Store for PgStore {
         // Only a read that ran to its end leaves the connection without lock and transaction.
         conn.clean = true;
         Ok(mark)
+    }
+
+    async fn prune_change_feed(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE trajectory_changes SET trajectory = NULL \
+             WHERE trajectory IS NOT NULL AND at < $1::timestamptz",
+        )
+        .bind(format_ts(before)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn data_version(&self) -> Result<String, StoreError> {
@@ -1797,6 +1814,7 @@ async fn read_changes(
         )));
     }
     check_mark(since, mark)?;
+    check_not_erased(&mut *conn, since, mark).await?;
 
     if since > 0 {
         let mut removed = sqlx::query(
@@ -1849,6 +1867,29 @@ async fn read_changes(
         .await
         .map_err(db_err)?;
     Ok(mark)
+}
+
+/// `UnknownMark` when a removal after `since` has had its pseudonym erased: the reader cannot apply
+/// it and must load from 0.
+async fn check_not_erased(
+    conn: &mut sqlx::PgConnection,
+    since: i64,
+    mark: i64,
+) -> Result<(), StoreError> {
+    if since == 0 {
+        return Ok(());
+    }
+    let erased: i64 = sqlx::query_scalar(NEWEST_ERASED)
+        .fetch_one(conn)
+        .await
+        .map_err(db_err)?;
+    if erased > since {
+        return Err(StoreError::UnknownMark {
+            since,
+            newest: mark,
+        });
+    }
+    Ok(())
 }
 
 /// A mark handed back must be one this database gave out: change numbers are never reused, so a

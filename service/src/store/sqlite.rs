@@ -196,6 +196,11 @@ const ALL_MONTHS: (i64, i64) = (190001, 299912);
 /// The newest change of the change feed, 0 before the first.
 const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
 
+/// The newest removal whose pseudonym was erased (`Store::prune_change_feed`): a reader below it may
+/// have missed a removal.
+const NEWEST_ERASED: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes \
+     WHERE batch_id IS NULL AND trajectory IS NULL";
+
 const BATCH_COLUMNS: &str = "provider, batch_id, key_id, content_digest, record_count, stored, \
                              corrected, unchanged, received_at";
 
@@ -634,6 +639,19 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         check_mark(since, mark)?;
+        if since > 0 {
+            let erased: i64 = sqlx::query_scalar(NEWEST_ERASED)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            // A removal after the mark lost its pseudonym: the reader must load from 0.
+            if erased > since {
+                return Err(StoreError::UnknownMark {
+                    since,
+                    newest: mark,
+                });
+            }
+        }
         if since == 0 {
             read_between(&mut tx, ALL_MONTHS.0, ALL_MONTHS.1, |provider, record| {
                 sink.upsert(provider, record)
@@ -685,6 +703,18 @@ impl Store for SqliteStore {
         }
         tx.rollback().await.map_err(db_err)?;
         Ok(mark)
+    }
+
+    async fn prune_change_feed(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE trajectory_changes SET trajectory = NULL \
+             WHERE trajectory IS NOT NULL AND at < ?1",
+        )
+        .bind(before.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn data_version(&self) -> Result<String, StoreError> {
