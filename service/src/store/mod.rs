@@ -246,7 +246,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn prune_change_feed(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// A short string that changes whenever stored data change in a way a release could see: a batch
-    /// that stored or corrected rows, or a withdrawal. Cheap: called on every release request.
+    /// that stored or corrected rows, or a withdrawal that removed rows (the change feed's newest
+    /// number). Cheap: called on every release request.
     async fn data_version(&self) -> Result<String, StoreError>;
 
     /// Freezes a release and charges its epsilon to each of its partitions, in one transaction:
