@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use kwm_schemas::RegionConfig;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -200,6 +201,12 @@ impl Application {
     }
 }
 
+/// The answer to a request whose handler panicked: the internal problem, nothing of the panic (the
+/// panic hook logged where it happened).
+fn panic_response(_panic: Box<dyn std::any::Any + Send>) -> Response {
+    ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
+}
+
 /// The API with its middleware, innermost first: the deadline around the handler; the body limit; bare
 /// error responses (wrong method, body too large) made problem documents; metrics, which so see every
 /// answer including timeouts; security headers; the trace span.
@@ -208,6 +215,9 @@ pub fn api_router(state: AppState, config: &Config) -> Router {
     let deadline = Duration::from_secs(config.request_timeout_secs);
     let mut router = crate::routes::router()
         .fallback(fallback_not_found)
+        // A handler that panics is answered with the internal problem (logged by the panic hook),
+        // instead of a dropped connection.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn_with_state(deadline, stop_at_deadline))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn(problem_for_bare_errors))
@@ -293,4 +303,45 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_with_the_internal_problem() {
+        async fn boom() -> &'static str {
+            panic!("a handler bug")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let res = app
+            .oneshot(
+                Request::get("/boom")
+                    .body(Body::empty())
+                    .expect("a request"),
+            )
+            .await
+            .expect("an answer, not a dropped connection");
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            res.headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .expect("a body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("internal"), "{text}");
+        assert!(!text.contains("handler bug"), "the panic stays out: {text}");
+    }
 }

@@ -19,6 +19,23 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    std::panic::set_hook(Box::new(log_panic));
+}
+
+/// A panic as a log line instead of the default hook's message on stderr: where it happened, and its
+/// message only when that is a literal of the code (`panic!("...")`, `unreachable!`); a formatted
+/// message (an `unwrap` on an error, an `expect` with its cause) may carry a value, so it is withheld.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    match info.payload().downcast_ref::<&'static str>() {
+        Some(message) => tracing::error!(%location, message, "panic"),
+        None => {
+            tracing::error!(%location, "panic (a formatted message, withheld: it may hold data)")
+        }
+    }
 }
 
 /// The request URI as logs may show it: every path segment that is a pseudonym (64 hex digits, as in
