@@ -587,7 +587,7 @@ impl PeriodTables {
 
     /// One pass over the rows, bounding, aggregation and the suppression patterns. The shards are
     /// taken in parallel; a client's rows must all be in one shard. Cost: linear in the rows, plus a
-    /// sort per shard of its trajectories in care and of its starts that can be repeats.
+    /// sort per shard of the rows the period reads, by client.
     pub fn build_indexed(input: &IndexedInput<'_>) -> Result<Self, ReleaseError> {
         let region = input.region;
         let policy = &region.policy;
