@@ -190,12 +190,11 @@ pub async fn get_or_publish(
         .map(partition_key)
         .collect();
 
-    // The common case, cheaply: the frozen release is current (two small queries, figures from memory).
-    let head = state
+    // The common case, cheaply: the frozen release is current (one small query, figures from memory).
+    let (head, data_version) = state
         .store
         .get_latest_release_head(&key, &period_key)
         .await?;
-    let data_version = state.store.data_version().await?;
     if let Some((id, v)) = &head {
         if *v == data_version {
             if let Some(release) = state.releases.get(state.store.as_ref(), *id).await? {

@@ -96,6 +96,7 @@ conformance_tests!(
     trajectories_between_are_ordered_by_provider_and_pseudonym,
     the_data_version_changes_with_the_data_only,
     a_release_is_stored_once_per_data_version,
+    the_release_head_comes_with_the_current_data_version,
     releases_are_found_and_listed,
     a_release_body_round_trips,
     partitions_are_charged_exactly_up_to_the_cap,
@@ -1031,6 +1032,50 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 const Q1: &str = "GM0748/2025-Q1";
 const Q2: &str = "GM0748/2025-Q2";
+
+/// The head of the newest release of (scope, period) and the data version, as one answer; each half
+/// what the separate methods say.
+async fn the_release_head_comes_with_the_current_data_version(store: Arc<dyn Store>) -> TestResult {
+    let (head, v0) = store.get_latest_release_head("GM0748", "2025").await?;
+    ensure!(head.is_none(), "no release yet: {head:?}");
+    ensure!(v0 == store.data_version().await?);
+
+    register(store.as_ref(), provider_a()).await?;
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(0..3)))
+            .await?,
+    )?;
+    let v1 = store.data_version().await?;
+    ensure!(v1 != v0, "a stored batch changes the data version");
+    let r1 = stored_release(
+        store
+            .put_release(&new_release("GM0748", "2025", &v1, "0.5", "10", &[Q1]))
+            .await?,
+    )?;
+    let r2 = stored_release(
+        store
+            .put_release(&new_release(
+                "GM0748",
+                "2025",
+                "dv-later",
+                "0.5",
+                "10",
+                &[Q1],
+            ))
+            .await?,
+    )?;
+    let (head, v) = store.get_latest_release_head("GM0748", "2025").await?;
+    ensure!(
+        head == Some((r2.id, "dv-later".to_string())),
+        "the newest version's head: {head:?}"
+    );
+    ensure!(v == v1, "the current data version: {v} against {v1}");
+    ensure!(r1.version == 1 && r2.version == 2);
+    let (other, _) = store.get_latest_release_head("GM0777", "2025").await?;
+    ensure!(other.is_none(), "another scope has none: {other:?}");
+    Ok(())
+}
 
 async fn a_release_is_stored_once_per_data_version(store: Arc<dyn Store>) -> TestResult {
     let mut first = new_release("GM0748", "2025-H1", "dv-1", "0.5", "10", &[Q2, Q1]);

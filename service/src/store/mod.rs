@@ -263,13 +263,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         scope: &str,
         period: &str,
     ) -> Result<Option<StoredRelease>, StoreError>;
-    /// The id and data version of the newest version of (scope, period), without its figures: what a
-    /// release request needs to decide whether the frozen release is still current.
+    /// The id and data version of the newest version of (scope, period), without its figures, and
+    /// the current [`Store::data_version`], in one round trip: what a release request needs to decide
+    /// whether the frozen release is still current.
     async fn get_latest_release_head(
         &self,
         scope: &str,
         period: &str,
-    ) -> Result<Option<(Uuid, String)>, StoreError>;
+    ) -> Result<(Option<(Uuid, String)>, String), StoreError>;
     /// Releases, newest first, optionally of one scope and/or one period (no bodies are needed by
     /// callers of a listing, but they are returned whole for simplicity).
     async fn list_releases(
@@ -364,6 +365,11 @@ impl SortBuckets {
         }
         out
     }
+}
+
+/// The data version of the change feed's newest number (both backends).
+pub(crate) fn data_version_of(newest_change: i64) -> String {
+    format!("c{newest_change}")
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`, and runs the

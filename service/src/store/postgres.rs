@@ -31,8 +31,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, SortBuckets, Store,
-    StoreError, StoredRelease, TokenRecord, Withdrawn,
+    data_version_of, ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease,
+    SortBuckets, Store, StoreError, StoredRelease, TokenRecord, Withdrawn,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -740,7 +740,7 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(format!("c{newest}"))
+        Ok(data_version_of(newest))
     }
 
     async fn put_release(&self, release: &NewRelease) -> Result<PutRelease, StoreError> {
@@ -810,21 +810,28 @@ impl Store for PgStore {
         &self,
         scope: &str,
         period: &str,
-    ) -> Result<Option<(Uuid, String)>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT id::text, data_version FROM releases WHERE scope = $1 AND period = $2 \
-             ORDER BY version DESC LIMIT 1",
+    ) -> Result<(Option<(Uuid, String)>, String), StoreError> {
+        // One statement: the newest head (if any) next to the change feed's newest number.
+        let (id, version, newest): (Option<String>, Option<String>, i64) = sqlx::query_as(
+            "SELECT h.id, h.data_version, \
+             (SELECT coalesce(max(seq), 0) FROM trajectory_changes) \
+             FROM (SELECT 1) AS one LEFT JOIN \
+             (SELECT id::text AS id, data_version FROM releases \
+              WHERE scope = $1 AND period = $2 ORDER BY version DESC LIMIT 1) AS h ON true",
         )
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|(id, v)| {
-            let id = Uuid::parse_str(&id).map_err(|_| corrupt("releases.id"))?;
-            Ok((id, v))
-        })
-        .transpose()
+        let head = match (id, version) {
+            (Some(id), Some(v)) => {
+                let id = Uuid::parse_str(&id).map_err(|_| corrupt("releases.id"))?;
+                Some((id, v))
+            }
+            _ => None,
+        };
+        Ok((head, data_version_of(newest)))
     }
 
     async fn list_releases(
