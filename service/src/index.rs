@@ -13,7 +13,7 @@
 //! service can steer it), so that every client's rows sit in one shard: the engine bounds and counts per
 //! shard, in parallel, and sorts only within a shard.
 //!
-//! Memory: about 190 bytes per stored trajectory (the 96-byte row and its key in the slot map, at the
+//! Memory: about 200-240 bytes per stored trajectory (the 96-byte row and its key in the slot map, at the
 //! capacities the vectors and the map grow to; `IndexData::approx_bytes`). Holds client
 //! pseudonyms and outcome values: nothing here is logged but counts.
 
