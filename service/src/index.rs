@@ -201,7 +201,8 @@ impl ReleaseIndex {
         store
             .prune_change_feed(OffsetDateTime::now_utc() - REMOVAL_RETENTION)
             .await?;
-        match self.sync_from(store, since, loaded).await {
+        let started = Instant::now();
+        let synced = match self.sync_from(store, since, loaded).await {
             // The database does not know the mark (restored from a backup, say): load it whole.
             Err(StoreError::UnknownMark { .. }) if loaded => {
                 tracing::warn!(
@@ -210,7 +211,16 @@ impl ReleaseIndex {
                 self.sync_from(store, 0, false).await
             }
             other => other,
+        }?;
+        if synced.full_load {
+            tracing::info!(
+                rows = synced.rows,
+                megabytes = self.read().approx_bytes() / 1_000_000,
+                seconds = started.elapsed().as_secs_f64(),
+                "release index loaded"
+            );
         }
+        Ok(synced)
     }
 
     async fn sync_from(
@@ -287,19 +297,8 @@ impl ReleaseIndex {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let started = Instant::now();
             match self.sync(store.as_ref()).await {
-                Ok(s) => {
-                    metrics.set_index_rows(s.rows);
-                    if s.full_load {
-                        tracing::info!(
-                            rows = s.rows,
-                            megabytes = self.read().approx_bytes() / 1_000_000,
-                            seconds = started.elapsed().as_secs_f64(),
-                            "release index loaded"
-                        );
-                    }
-                }
+                Ok(s) => metrics.set_index_rows(s.rows),
                 Err(e) => {
                     metrics.index_sync_failed();
                     tracing::warn!(error = %e, "release index sync failed; next try in {every:?}");

@@ -458,7 +458,6 @@ struct Pass {
     provider_index: FxHashMap<AgbCode, u32>,
     key: OrderKey,
     max_rows: usize,
-    m_n: usize,
 }
 
 impl Pass {
@@ -559,7 +558,6 @@ impl Pass {
                 }
             }
         }
-        debug_assert!(self.m_n * dn == acc.distinct_muni.len());
     }
 }
 
@@ -642,7 +640,6 @@ impl PeriodTables {
             max_rows: usize::try_from(policy.max_cells_per_client)
                 .unwrap_or(usize::MAX)
                 .max(1),
-            m_n,
         };
         let partial = input
             .shards

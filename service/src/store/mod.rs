@@ -367,6 +367,14 @@ impl SortBuckets {
     }
 }
 
+/// The newest change of the change feed, 0 before the first (the same SQL on both backends).
+pub(crate) const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
+
+/// The newest removal whose pseudonym was erased (`Store::prune_change_feed`): a reader below it may
+/// have missed a removal.
+pub(crate) const NEWEST_ERASED: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes \
+     WHERE batch_id IS NULL AND trajectory IS NULL";
+
 /// The data version of the change feed's newest number (both backends).
 pub(crate) fn data_version_of(newest_change: i64) -> String {
     format!("c{newest_change}")

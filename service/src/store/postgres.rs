@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 use super::{
     data_version_of, ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease,
-    SortBuckets, Store, StoreError, StoredRelease, TokenRecord, Withdrawn,
+    SortBuckets, Store, StoreError, StoredRelease, TokenRecord, Withdrawn, NEWEST_CHANGE,
+    NEWEST_ERASED,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -48,14 +49,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// `hashtextextended(...)` locks of the releases. (The identity's sequence keeps the default cache of
 /// 1: a session never holds back numbers it takes later.)
 const CHANGE_FEED_LOCK: (i32, i32) = (0x4B57_4D43, 1); // "KWMC", the trajectory change feed
-
-/// The newest change of the change feed, 0 before the first.
-const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
-
-/// The newest removal whose pseudonym was erased (`Store::prune_change_feed`): a reader below it may
-/// have missed a removal.
-const NEWEST_ERASED: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes \
-     WHERE batch_id IS NULL AND trajectory IS NULL";
 
 /// The record columns of `trajectories` with their types, in COPY order.
 const RECORD_COLUMNS: [(&str, &str); 18] = [

@@ -31,7 +31,8 @@ use uuid::Uuid;
 
 use super::{
     data_version_of, ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease,
-    SortBuckets, Store, StoreError, StoredRelease, TokenRecord, Withdrawn,
+    SortBuckets, Store, StoreError, StoredRelease, TokenRecord, Withdrawn, NEWEST_CHANGE,
+    NEWEST_ERASED,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -192,14 +193,6 @@ static CONCAT_LINES: LazyLock<String> = LazyLock::new(|| {
 
 /// The months (yyyymm) every stored trajectory overlaps: the bounds the table's CHECKs allow.
 const ALL_MONTHS: (i64, i64) = (190001, 299912);
-
-/// The newest change of the change feed, 0 before the first.
-const NEWEST_CHANGE: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes";
-
-/// The newest removal whose pseudonym was erased (`Store::prune_change_feed`): a reader below it may
-/// have missed a removal.
-const NEWEST_ERASED: &str = "SELECT coalesce(max(seq), 0) FROM trajectory_changes \
-     WHERE batch_id IS NULL AND trajectory IS NULL";
 
 const BATCH_COLUMNS: &str = "provider, batch_id, key_id, content_digest, record_count, stored, \
                              corrected, unchanged, received_at";
