@@ -18,8 +18,9 @@ use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use kwm_service::audit::{verify_chain, AuditAction, AuditEntry, NewAuditEntry};
 use kwm_service::store::{
-    ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease, Store, StoreError,
-    StoredRelease, Withdrawn,
+    ChangeSink, NewBatch, NewRelease, NewRound, NewRoundRelease, NewToken, PrivacyCharge, Provider,
+    PutBatch, PutRelease, PutRound, RoundRecord, Store, StoreError, StoredRelease,
+    StoredRoundRelease, Withdrawn,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -114,13 +115,23 @@ conformance_tests!(
     the_change_feed_brings_every_older_mark_to_the_table,
     a_change_mark_not_handed_out_is_refused,
     a_withdrawn_pseudonym_leaves_the_change_feed_after_its_retention,
-    a_cancelled_change_read_never_holds_up_the_writers;
+    a_cancelled_change_read_never_holds_up_the_writers,
+    rounds_are_versioned_per_period_and_stored_once_per_data_version,
+    rounds_are_listed_newest_first,
+    round_releases_of_every_version_stay_readable,
+    data_years_are_charged_exactly_up_to_the_cap,
+    a_round_over_the_cap_in_any_year_is_refused_whole,
+    a_round_and_its_audit_entry_are_stored_together,
+    an_invalid_round_is_refused_and_writes_nothing,
+    a_round_or_release_id_taken_is_a_conflict_and_writes_nothing;
     pairs:
     concurrent_releases_on_two_instances_never_pass_the_cap,
     concurrent_releases_of_one_data_version_store_once,
     concurrent_releases_on_other_partitions_get_distinct_versions,
     concurrent_audit_appends_on_two_instances_keep_one_chain,
     the_change_feed_misses_nothing_under_concurrent_writers_on_two_instances,
+    concurrent_rounds_on_two_instances_never_pass_a_years_cap,
+    two_instances_publishing_one_data_version_store_one_round,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -1418,6 +1429,984 @@ async fn concurrent_releases_on_other_partitions_get_distinct_versions(
     assert_eq!(versions, (1..=16).collect::<Vec<u32>>());
     assert_eq!(b.list_budget().await?.len(), 16);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Release rounds and the privacy accountant
+
+/// One rho in the accountant's nano-units.
+const RHO: i64 = 1_000_000_000;
+
+/// The audit entry the service would build for a round.
+fn round_audit(id: Uuid, period: &str) -> NewAuditEntry {
+    NewAuditEntry {
+        // Finer than the stores keep.
+        at: OffsetDateTime::now_utc(),
+        actor_role: "region".into(),
+        actor_id: "7".into(),
+        action: AuditAction::Release,
+        subject: format!("round {id} ({period})"),
+        provider: None,
+        details_digest: [0x5A; 32],
+    }
+}
+
+/// A round with a release for each of [`ROUND_SCOPES`] (named out of order), whose bodies name the
+/// round.
+fn new_round(period: &str, data_version: &str, charges: &[(u16, i64)], cap_nanos: i64) -> NewRound {
+    let id = Uuid::new_v4();
+    NewRound {
+        id,
+        period: period.into(),
+        data_version: data_version.into(),
+        charges: charges.to_vec(),
+        cap_nanos,
+        published_by: "region token 7".into(),
+        created_at: now(),
+        first_only: false,
+        releases: ["region", "GM0777", "providers", "GM0748"]
+            .into_iter()
+            .map(|scope| NewRoundRelease {
+                id: Uuid::new_v4(),
+                scope: scope.into(),
+                body: serde_json::json!({
+                    "scope": scope, "period": period, "data_version": data_version, "round": id,
+                }),
+            })
+            .collect(),
+        audit: round_audit(id, period),
+    }
+}
+
+/// What a stored round's record says, from what was asked (at the stored precision).
+fn round_record(round: &NewRound, version: u32, audit_seq: i64) -> RoundRecord {
+    let mut releases: Vec<(String, Uuid)> = round
+        .releases
+        .iter()
+        .map(|r| (r.scope.clone(), r.id))
+        .collect();
+    releases.sort();
+    RoundRecord {
+        id: round.id,
+        period: round.period.clone(),
+        version,
+        data_version: round.data_version.clone(),
+        charges: round.charges.clone(),
+        published_by: round.published_by.clone(),
+        created_at: round
+            .created_at
+            .replace_nanosecond(round.created_at.nanosecond() / 1000 * 1000)
+            .expect("a valid nanosecond"),
+        releases,
+        audit_seq,
+    }
+}
+
+fn stored_round(outcome: PutRound) -> anyhow::Result<RoundRecord> {
+    match outcome {
+        PutRound::Stored(r) => Ok(r),
+        other => anyhow::bail!("expected Stored, got {other:?}"),
+    }
+}
+
+fn unchanged_round(outcome: PutRound) -> anyhow::Result<RoundRecord> {
+    match outcome {
+        PutRound::Unchanged(r) => Ok(r),
+        other => anyhow::bail!("expected Unchanged, got {other:?}"),
+    }
+}
+
+/// The whole audit chain.
+async fn audit_chain(store: &dyn Store) -> anyhow::Result<Vec<AuditEntry>> {
+    Ok(store.list_audit(0, 100_000, None).await?)
+}
+
+/// Everything a refused or invalid round must leave as it was.
+#[derive(Debug, PartialEq)]
+struct AccountantState {
+    rounds: Vec<RoundRecord>,
+    spent: Vec<i64>,
+    charges: Vec<PrivacyCharge>,
+    audit: Vec<AuditEntry>,
+}
+
+async fn accountant_state(store: &dyn Store, years: &[u16]) -> anyhow::Result<AccountantState> {
+    Ok(AccountantState {
+        rounds: store.list_rounds(None).await?,
+        spent: store.privacy_spent(years).await?,
+        charges: store.list_privacy_charges().await?,
+        audit: audit_chain(store).await?,
+    })
+}
+
+async fn rounds_are_versioned_per_period_and_stored_once_per_data_version(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let mut first = new_round(
+        "2025",
+        "dv-1",
+        &[(2024, RHO / 4), (2025, RHO / 2)],
+        10 * RHO,
+    );
+    // Finer than the stores keep: the record carries the stored precision. (A second back: the
+    // rounds after it are newer.)
+    first.created_at =
+        (first.created_at - time::Duration::SECOND).replace_nanosecond(987_654_321)?;
+    let r1 = stored_round(store.put_round(&first).await?)?;
+    assert_eq!(r1, round_record(&first, 1, 1));
+    assert_eq!(r1.created_at.nanosecond(), 987_654_000);
+    assert_eq!(store.list_rounds(None).await?, vec![r1.clone()]);
+
+    // The same data version again, under another id: the stored round, nothing charged or audited.
+    let again = new_round("2025", "dv-1", &[(2025, RHO)], 10 * RHO);
+    assert_eq!(unchanged_round(store.put_round(&again).await?)?, r1);
+    assert_eq!(
+        store.privacy_spent(&[2024, 2025]).await?,
+        vec![RHO / 4, RHO / 2]
+    );
+    assert_eq!(audit_chain(store.as_ref()).await?.len(), 1);
+    for r in &again.releases {
+        assert_eq!(store.get_round_release(r.id).await?, None);
+    }
+
+    // New data versions: corrections 2 and 3, each charged.
+    let second = new_round("2025", "dv-2", &[(2025, RHO / 2)], 10 * RHO);
+    let r2 = stored_round(store.put_round(&second).await?)?;
+    assert_eq!(r2, round_record(&second, 2, 2));
+    let third = new_round("2025", "dv-3", &[(2025, RHO / 2)], 10 * RHO);
+    let r3 = stored_round(store.put_round(&third).await?)?;
+    assert_eq!(r3, round_record(&third, 3, 3));
+    assert_eq!(
+        store.privacy_spent(&[2025, 2024]).await?,
+        vec![3 * RHO / 2, RHO / 4]
+    );
+
+    // The calendar publishes a period once: with a round stored, first_only answers the newest.
+    let mut calendar = new_round("2025", "dv-4", &[(2025, RHO)], 10 * RHO);
+    calendar.first_only = true;
+    calendar.published_by = "calendar".into();
+    assert_eq!(unchanged_round(store.put_round(&calendar).await?)?, r3);
+    // ... and stores the first round of a period that has none.
+    let mut calendar = new_round("2025-H1", "dv-4", &[(2025, RHO)], 10 * RHO);
+    calendar.first_only = true;
+    calendar.published_by = "calendar".into();
+    let h1 = stored_round(store.put_round(&calendar).await?)?;
+    assert_eq!(h1, round_record(&calendar, 1, 4));
+    assert_eq!(unchanged_round(store.put_round(&calendar).await?)?, h1);
+
+    // Only the newest version counts: an older data version again is a new correction.
+    let back = new_round("2025", "dv-1", &[(2025, RHO / 2)], 10 * RHO);
+    assert_eq!(stored_round(store.put_round(&back).await?)?.version, 4);
+
+    assert_eq!(
+        store.privacy_spent(&[2024, 2025, 2026]).await?,
+        vec![RHO / 4, 3 * RHO, 0]
+    );
+    let versions: Vec<u32> = store
+        .list_rounds(Some("2025"))
+        .await?
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, vec![4, 3, 2, 1]);
+    assert_eq!(store.list_rounds(Some("2025-H1")).await?, vec![h1]);
+    assert_eq!(store.list_rounds(Some("2026")).await?, vec![]);
+    assert_eq!(store.list_rounds(None).await?.len(), 5);
+    assert_eq!(verify_chain(&audit_chain(store.as_ref()).await?), Ok(5));
+    Ok(())
+}
+
+async fn rounds_are_listed_newest_first(store: Arc<dyn Store>) -> TestResult {
+    let t0 = now();
+    let at = |s: i64| t0 + time::Duration::seconds(s);
+    // Stored out of time order; two versions of 2024 at the same moment.
+    let mut stored = Vec::new();
+    for (period, dv, when) in [
+        ("2024", "dv-1", at(10)),
+        ("2023", "dv-1", at(30)),
+        ("2024", "dv-2", at(20)),
+        ("2024", "dv-3", at(20)),
+        ("2025-Q1", "dv-1", at(5)),
+    ] {
+        let mut round = new_round(period, dv, &[(2024, 1)], RHO);
+        round.created_at = when;
+        stored.push(stored_round(store.put_round(&round).await?)?);
+    }
+    let listed: Vec<(String, u32)> = store
+        .list_rounds(None)
+        .await?
+        .into_iter()
+        .map(|r| (r.period, r.version))
+        .collect();
+    let expected: Vec<(String, u32)> = [
+        ("2023", 1),
+        ("2024", 3),
+        ("2024", 2),
+        ("2024", 1),
+        ("2025-Q1", 1),
+    ]
+    .into_iter()
+    .map(|(p, v)| (p.to_string(), v))
+    .collect();
+    assert_eq!(listed, expected);
+    assert_eq!(
+        store.list_rounds(Some("2024")).await?,
+        vec![stored[3].clone(), stored[2].clone(), stored[0].clone()]
+    );
+    Ok(())
+}
+
+async fn round_releases_of_every_version_stay_readable(store: Arc<dyn Store>) -> TestResult {
+    assert_eq!(
+        store.get_latest_round_release("GM0748", "2025").await?,
+        None
+    );
+    let mut first = new_round("2025", "dv-1", &[(2025, RHO)], 10 * RHO);
+    // A body that a rewriting JSON type would change: key order, big and fractional numbers,
+    // escapes and non-ASCII text.
+    first.releases[0].body = serde_json::json!({
+        "zeta": 1, "alpha": [0.1, 1e-7, 12345678901234567u64, -0.0, null],
+        "text": "Gemeente 's-Hertogenbosch \u{e9}\u{2603} \"quoted\" \\ tab\t",
+        "nested": { "b": { "c": [] }, "a": {} },
+    });
+    let r1 = stored_round(store.put_round(&first).await?)?;
+    let mut second = new_round("2025", "dv-2", &[(2025, RHO)], 10 * RHO);
+    // The correction no longer has GM0777.
+    second.releases.retain(|r| r.scope != "GM0777");
+    let r2 = stored_round(store.put_round(&second).await?)?;
+    let other_period = new_round("2025-H2", "dv-2", &[(2025, RHO)], 10 * RHO);
+    stored_round(store.put_round(&other_period).await?)?;
+
+    for (round, record) in [(&first, &r1), (&second, &r2)] {
+        for r in &round.releases {
+            let got = store
+                .get_round_release(r.id)
+                .await?
+                .context("every version's release stays readable")?;
+            assert_eq!(
+                got,
+                StoredRoundRelease {
+                    id: r.id,
+                    round_id: round.id,
+                    scope: r.scope.clone(),
+                    period: "2025".into(),
+                    version: record.version,
+                    created_at: record.created_at,
+                    body: r.body.clone(),
+                }
+            );
+        }
+    }
+    // The newest version's release of a scope, whatever the versions before had.
+    for scope in ["GM0748", "region", "providers"] {
+        let latest = store
+            .get_latest_round_release(scope, "2025")
+            .await?
+            .context("the newest version has this scope")?;
+        let expected = second
+            .releases
+            .iter()
+            .find(|r| r.scope == scope)
+            .context("a scope of the correction")?;
+        assert_eq!((latest.id, latest.version), (expected.id, 2));
+        assert_eq!(latest.body, expected.body);
+    }
+    assert_eq!(
+        store.get_latest_round_release("GM0777", "2025").await?,
+        None,
+        "the newest version has no GM0777: an older version's release is not current"
+    );
+    assert_eq!(
+        store
+            .get_latest_round_release("GM0748", "2025-H2")
+            .await?
+            .map(|r| r.round_id),
+        Some(other_period.id)
+    );
+    assert_eq!(
+        store.get_latest_round_release("GM0748", "2024").await?,
+        None
+    );
+    assert_eq!(store.get_round_release(Uuid::new_v4()).await?, None);
+    Ok(())
+}
+
+async fn data_years_are_charged_exactly_up_to_the_cap(store: Arc<dyn Store>) -> TestResult {
+    // Ten charges of 0.1 rho fill a cap of 1 rho exactly (integers: no rounding anywhere).
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let round = new_round("2025", &format!("dv-{i}"), &[(2025, RHO / 10)], RHO);
+        ids.push(stored_round(store.put_round(&round).await?)?.id);
+    }
+    assert_eq!(store.privacy_spent(&[2025]).await?, vec![RHO]);
+    let over = new_round("2025", "dv-10", &[(2025, 1)], RHO);
+    assert_eq!(
+        store.put_round(&over).await?,
+        PutRound::BudgetExhausted {
+            year: 2025,
+            spent_nanos: RHO,
+            asked_nanos: 1,
+            cap_nanos: RHO,
+        }
+    );
+    // A larger cap (the region raised it) leaves room again, to the nano.
+    let raised = new_round("2025", "dv-10", &[(2025, RHO / 2 + 7)], 3 * RHO / 2 + 7);
+    stored_round(store.put_round(&raised).await?)?;
+    assert_eq!(store.privacy_spent(&[2025]).await?, vec![3 * RHO / 2 + 7]);
+    assert_eq!(
+        store.privacy_spent(&[2026, 2025, 1999, 2025]).await?,
+        vec![0, 3 * RHO / 2 + 7, 0, 3 * RHO / 2 + 7],
+        "in the order asked, 0 for a year never charged"
+    );
+    assert_eq!(store.privacy_spent(&[]).await?, Vec::<i64>::new());
+
+    // Every charge, by year then time.
+    let mut late = new_round("2024", "dv-0", &[(2023, 5), (2024, 6)], RHO);
+    late.created_at = now() + time::Duration::hours(1);
+    let late_id = stored_round(store.put_round(&late).await?)?.id;
+    let charges = store.list_privacy_charges().await?;
+    let seen: Vec<(u16, i64, String)> = charges
+        .iter()
+        .map(|c| (c.data_year, c.rho_nanos, c.subject_id.clone()))
+        .collect();
+    let mut expected = vec![
+        (2023, 5, late_id.to_string()),
+        (2024, 6, late_id.to_string()),
+    ];
+    expected.extend(ids.iter().map(|id| (2025, RHO / 10, id.to_string())));
+    expected.push((2025, RHO / 2 + 7, raised.id.to_string()));
+    assert_eq!(seen, expected);
+    ensure!(charges.iter().all(|c| c.subject_kind == "round"));
+    assert_eq!(charges[0].at, late.created_at);
+    ensure!(
+        charges
+            .windows(2)
+            .all(|w| (w[0].data_year, w[0].at) <= (w[1].data_year, w[1].at)),
+        "ordered by year, then time"
+    );
+    Ok(())
+}
+
+async fn a_round_over_the_cap_in_any_year_is_refused_whole(store: Arc<dyn Store>) -> TestResult {
+    let years = [2023, 2024, 2025];
+    // 2024 nearly spent.
+    stored_round(
+        store
+            .put_round(&new_round("2024", "dv-0", &[(2024, 3 * RHO / 4)], RHO))
+            .await?,
+    )?;
+    let before = accountant_state(store.as_ref(), &years).await?;
+
+    // Reads 2023 (fresh: charged first, then given back), 2024 (no room) and 2025 (fresh).
+    let wide = new_round(
+        "2024-H2",
+        "dv-0",
+        &[(2023, RHO / 2), (2024, RHO / 2), (2025, RHO / 2)],
+        RHO,
+    );
+    assert_eq!(
+        store.put_round(&wide).await?,
+        PutRound::BudgetExhausted {
+            year: 2024,
+            spent_nanos: 3 * RHO / 4,
+            asked_nanos: RHO / 2,
+            cap_nanos: RHO,
+        }
+    );
+    // A charge larger than the cap itself, on a fresh year, and a cap of 0.
+    assert_eq!(
+        store
+            .put_round(&new_round("2023", "dv-0", &[(2023, 2 * RHO)], RHO))
+            .await?,
+        PutRound::BudgetExhausted {
+            year: 2023,
+            spent_nanos: 0,
+            asked_nanos: 2 * RHO,
+            cap_nanos: RHO,
+        }
+    );
+    assert_eq!(
+        store
+            .put_round(&new_round("2025", "dv-0", &[(2025, 1)], 0))
+            .await?,
+        PutRound::BudgetExhausted {
+            year: 2025,
+            spent_nanos: 0,
+            asked_nanos: 1,
+            cap_nanos: 0,
+        }
+    );
+    // Nothing of any of them: no round, release, charge or audit entry.
+    assert_eq!(accountant_state(store.as_ref(), &years).await?, before);
+    assert_eq!(store.privacy_spent(&years).await?, vec![0, 3 * RHO / 4, 0]);
+    for r in &wide.releases {
+        assert_eq!(store.get_round_release(r.id).await?, None);
+    }
+    assert_eq!(
+        store.get_latest_round_release("region", "2024-H2").await?,
+        None
+    );
+
+    // Left whole: the same round fits once its years have room, and then it is charged everywhere.
+    let mut fits = wide.clone();
+    fits.charges[1].1 = RHO / 4;
+    let stored = stored_round(store.put_round(&fits).await?)?;
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        store.privacy_spent(&years).await?,
+        vec![RHO / 2, RHO, RHO / 2]
+    );
+    Ok(())
+}
+
+async fn a_round_and_its_audit_entry_are_stored_together(store: Arc<dyn Store>) -> TestResult {
+    for i in 0..3 {
+        store.append_audit(&audit_entry(i, None)).await?;
+    }
+    let round = new_round("2025", "dv-1", &[(2025, RHO)], RHO);
+    let record = stored_round(store.put_round(&round).await?)?;
+    assert_eq!(record.audit_seq, 4);
+    let chain = audit_chain(store.as_ref()).await?;
+    assert_eq!(chain.len(), 4);
+    let entry = &chain[3];
+    assert_eq!(entry.seq, record.audit_seq);
+    assert_eq!(
+        entry.entry,
+        NewAuditEntry {
+            at: round
+                .audit
+                .at
+                .replace_nanosecond(round.audit.at.nanosecond() / 1000 * 1000)?,
+            ..round.audit.clone()
+        }
+    );
+
+    // Neither an unchanged round nor a refused one writes an entry.
+    unchanged_round(
+        store
+            .put_round(&new_round("2025", "dv-1", &[(2025, 1)], RHO))
+            .await?,
+    )?;
+    let refused = store
+        .put_round(&new_round("2025", "dv-2", &[(2025, 1)], RHO))
+        .await?;
+    ensure!(
+        matches!(refused, PutRound::BudgetExhausted { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(audit_chain(store.as_ref()).await?.len(), 4);
+
+    // The chain goes on through plain appends and rounds alike.
+    store
+        .append_audit(&audit_entry(9, Some(provider_a())))
+        .await?;
+    let next = new_round("2025-H1", "dv-1", &[(2024, RHO)], RHO);
+    assert_eq!(stored_round(store.put_round(&next).await?)?.audit_seq, 6);
+    let chain = audit_chain(store.as_ref()).await?;
+    assert_eq!(verify_chain(&chain), Ok(6));
+    assert_eq!(chain[5].entry.subject, next.audit.subject);
+    Ok(())
+}
+
+async fn an_invalid_round_is_refused_and_writes_nothing(store: Arc<dyn Store>) -> TestResult {
+    let valid = || new_round("2025", "dv-1", &[(2024, RHO / 2), (2025, RHO / 2)], RHO);
+    let cases: Vec<(&str, NewRound)> = vec![
+        ("years out of order", {
+            let mut r = valid();
+            r.charges.reverse();
+            r
+        }),
+        ("a year twice", {
+            let mut r = valid();
+            r.charges = vec![(2025, 1), (2025, 2)];
+            r
+        }),
+        ("a charge of 0", {
+            let mut r = valid();
+            r.charges[1].1 = 0;
+            r
+        }),
+        ("a negative charge", {
+            let mut r = valid();
+            r.charges[0].1 = -RHO;
+            r
+        }),
+        ("no charge", {
+            let mut r = valid();
+            r.charges.clear();
+            r
+        }),
+        ("a year before 1900", {
+            let mut r = valid();
+            r.charges = vec![(1899, 1)];
+            r
+        }),
+        ("a year after 2999", {
+            let mut r = valid();
+            r.charges = vec![(3000, 1)];
+            r
+        }),
+        ("a negative cap", {
+            let mut r = valid();
+            r.cap_nanos = -1;
+            r
+        }),
+        ("no release", {
+            let mut r = valid();
+            r.releases.clear();
+            r
+        }),
+        ("a scope twice", {
+            let mut r = valid();
+            r.releases[1].scope = r.releases[0].scope.clone();
+            r
+        }),
+        ("a release id twice", {
+            let mut r = valid();
+            r.releases[1].id = r.releases[0].id;
+            r
+        }),
+    ];
+    let before = accountant_state(store.as_ref(), &[2024, 2025]).await?;
+    for (what, round) in &cases {
+        match store.put_round(round).await {
+            Err(StoreError::Other(_)) => {}
+            other => anyhow::bail!("{what}: expected Other, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        accountant_state(store.as_ref(), &[2024, 2025]).await?,
+        before
+    );
+    assert_eq!(before.rounds, vec![]);
+    stored_round(store.put_round(&valid()).await?)?;
+    Ok(())
+}
+
+async fn a_round_or_release_id_taken_is_a_conflict_and_writes_nothing(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let first = new_round("2025", "dv-1", &[(2025, RHO / 4)], RHO);
+    stored_round(store.put_round(&first).await?)?;
+    let before = accountant_state(store.as_ref(), &[2023, 2024, 2025]).await?;
+
+    // The round id again, for new data (so that it is not answered as unchanged).
+    let mut same_id = new_round("2025", "dv-2", &[(2024, RHO / 4), (2025, RHO / 4)], RHO);
+    same_id.id = first.id;
+    let err = store.put_round(&same_id).await.expect_err("round id taken");
+    assert!(matches!(err, StoreError::Conflict(_)), "got {err:?}");
+    // ... charging only years the first did not (the round's own key refuses it then).
+    let mut same_id = new_round("2024", "dv-2", &[(2023, RHO / 4)], RHO);
+    same_id.id = first.id;
+    let err = store.put_round(&same_id).await.expect_err("round id taken");
+    assert!(matches!(err, StoreError::Conflict(_)), "got {err:?}");
+    // A release id of the first round, in another period.
+    let mut same_release = new_round("2024", "dv-2", &[(2024, RHO / 4), (2025, RHO / 4)], RHO);
+    same_release.releases[2].id = first.releases[0].id;
+    let err = store
+        .put_round(&same_release)
+        .await
+        .expect_err("release id taken");
+    assert!(matches!(err, StoreError::Conflict(_)), "got {err:?}");
+
+    assert_eq!(
+        accountant_state(store.as_ref(), &[2023, 2024, 2025]).await?,
+        before
+    );
+    Ok(())
+}
+
+/// A small deterministic generator (SplitMix64) for the concurrency tests: the same seed, the same
+/// rounds.
+#[derive(Debug)]
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..n` for a test.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The sum of the charges of `rounds` per year in `years`.
+fn charged_by(rounds: &[RoundRecord], years: &[u16]) -> Vec<i64> {
+    years
+        .iter()
+        .map(|y| {
+            rounds
+                .iter()
+                .flat_map(|r| &r.charges)
+                .filter(|c| c.0 == *y)
+                .map(|c| c.1)
+                .sum()
+        })
+        .collect()
+}
+
+async fn concurrent_rounds_on_two_instances_never_pass_a_years_cap(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    const CAP: i64 = 3 * RHO;
+    let years = [2023u16, 2024, 2025];
+    // Periods of three years; a round reads its own year and sometimes the year before or after
+    // (look-ahead windows), so periods share years.
+    let periods = [
+        "2023", "2023-H2", "2024", "2024-H1", "2024-Q3", "2025", "2025-H1",
+    ];
+    let seed = 0x4B57_4D52_u64;
+    let mut rng = SplitMix(seed);
+    let tasks: Vec<_> = (0..48usize)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let period = periods[rng.below(periods.len() as u64) as usize];
+            let own: u16 = period[..4].parse().expect("a year");
+            let mut read: Vec<u16> = vec![own];
+            if rng.below(3) == 0 && own > 2023 {
+                read.insert(0, own - 1);
+            }
+            if rng.below(3) == 0 && own < 2025 {
+                read.push(own + 1);
+            }
+            // 0.05 to 0.55 rho, to the nano.
+            let charges: Vec<(u16, i64)> = read
+                .into_iter()
+                .map(|y| (y, RHO / 20 + rng.below(RHO as u64 / 2) as i64))
+                .collect();
+            let round = new_round(period, &format!("dv-{i}"), &charges, CAP);
+            tokio::spawn(async move { store.put_round(&round).await.map(|o| (round, o)) })
+        })
+        .collect();
+    let (mut stored, mut refused) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await?? {
+            (_, PutRound::Stored(r)) => stored.push(r),
+            (
+                round,
+                PutRound::BudgetExhausted {
+                    year,
+                    spent_nanos,
+                    asked_nanos,
+                    cap_nanos,
+                },
+            ) => {
+                ensure!(cap_nanos == CAP && spent_nanos + asked_nanos > CAP);
+                ensure!(round.charges.contains(&(year, asked_nanos)));
+                refused.push((year, asked_nanos));
+            }
+            (_, PutRound::Unchanged(r)) => {
+                anyhow::bail!("distinct data versions (seed {seed:#x}), got Unchanged {r:?}")
+            }
+        }
+    }
+    ensure!(
+        !stored.is_empty() && !refused.is_empty(),
+        "the test must both store and refuse (seed {seed:#x}): {} stored, {} refused",
+        stored.len(),
+        refused.len()
+    );
+
+    for store in [&a, &b] {
+        let spent = store.privacy_spent(&years).await?;
+        ensure!(
+            spent.iter().all(|&s| s <= CAP),
+            "a year passed its cap (seed {seed:#x}): {spent:?}"
+        );
+        assert_eq!(spent, charged_by(&stored, &years), "seed {seed:#x}");
+        let mut listed = store.list_rounds(None).await?;
+        assert_eq!(spent, charged_by(&listed, &years), "seed {seed:#x}");
+        // A refused round found no room: none appeared later either (spend only grows).
+        for (year, asked) in &refused {
+            let i = years
+                .iter()
+                .position(|y| y == year)
+                .context("a test year")?;
+            ensure!(spent[i] + asked > CAP);
+        }
+        // Versions of each period count 1, 2, ... without gaps.
+        listed.sort_by(|x, y| (&x.period, x.version).cmp(&(&y.period, y.version)));
+        let mut stored_sorted = stored.clone();
+        stored_sorted.sort_by(|x, y| (&x.period, x.version).cmp(&(&y.period, y.version)));
+        assert_eq!(listed, stored_sorted, "seed {seed:#x}");
+        for period in periods {
+            let versions: Vec<u32> = listed
+                .iter()
+                .filter(|r| r.period == period)
+                .map(|r| r.version)
+                .collect();
+            assert_eq!(versions, (1..=versions.len() as u32).collect::<Vec<_>>());
+        }
+        let charges = store.list_privacy_charges().await?;
+        let by_charges: Vec<i64> = years
+            .iter()
+            .map(|y| {
+                charges
+                    .iter()
+                    .filter(|c| c.data_year == *y)
+                    .map(|c| c.rho_nanos)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(by_charges, spent);
+        // One audit entry per stored round, one chain.
+        let chain = audit_chain(store.as_ref()).await?;
+        assert_eq!(verify_chain(&chain), Ok(stored.len()));
+        let mut seqs: Vec<i64> = stored.iter().map(|r| r.audit_seq).collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=stored.len() as i64).collect::<Vec<_>>());
+        for r in &stored {
+            let entry = &chain[(r.audit_seq - 1) as usize];
+            ensure!(entry.entry.subject.contains(&r.id.to_string()));
+        }
+    }
+    Ok(())
+}
+
+async fn two_instances_publishing_one_data_version_store_one_round(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    // Twelve publications of one (period, data version), half by the calendar (first_only).
+    let tasks: Vec<_> = (0..12usize)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let mut round = new_round("2025", "dv-same", &[(2024, RHO / 2), (2025, RHO / 2)], RHO);
+            round.first_only = i % 4 < 2;
+            tokio::spawn(async move { store.put_round(&round).await })
+        })
+        .collect();
+    let (mut stored, mut unchanged) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await?? {
+            PutRound::Stored(r) => stored.push(r),
+            PutRound::Unchanged(r) => unchanged.push(r),
+            other => anyhow::bail!("expected Stored or Unchanged, got {other:?}"),
+        }
+    }
+    assert_eq!((stored.len(), unchanged.len()), (1, 11));
+    let winner = stored.remove(0);
+    assert_eq!(winner.version, 1);
+    ensure!(
+        unchanged.iter().all(|r| *r == winner),
+        "every other publication gets the one stored"
+    );
+    assert_eq!(
+        a.privacy_spent(&[2024, 2025]).await?,
+        vec![RHO / 2; 2],
+        "charged once"
+    );
+    assert_eq!(b.list_rounds(None).await?, vec![winner]);
+    assert_eq!(verify_chain(&audit_chain(a.as_ref()).await?), Ok(1));
+
+    // The calendar on every replica at once, each with the data version it saw: one round.
+    let tasks: Vec<_> = (0..10usize)
+        .map(|i| {
+            let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            let mut round = new_round("2026-H1", &format!("dv-{i}"), &[(2026, RHO / 4)], RHO);
+            round.first_only = true;
+            round.published_by = "calendar".into();
+            tokio::spawn(async move { store.put_round(&round).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await??);
+    }
+    let stored: Vec<&RoundRecord> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            PutRound::Stored(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "{outcomes:?}");
+    ensure!(outcomes
+        .iter()
+        .all(|o| matches!(o, PutRound::Stored(r) | PutRound::Unchanged(r) if r == stored[0])));
+    assert_eq!(a.privacy_spent(&[2026]).await?, vec![RHO / 4]);
+    assert_eq!(verify_chain(&audit_chain(b.as_ref()).await?), Ok(2));
+    Ok(())
+}
+
+/// One step of the accountant's property test.
+#[derive(Debug, Clone)]
+struct RoundStep {
+    period: &'static str,
+    data_version: &'static str,
+    charges: Vec<(u16, i64)>,
+    cap_nanos: i64,
+    first_only: bool,
+    /// Through the second store instance.
+    second: bool,
+}
+
+fn round_step() -> impl proptest::strategy::Strategy<Value = RoundStep> {
+    use proptest::prelude::*;
+    (
+        prop::sample::select(vec!["2024", "2024-H2", "2025", "2025-Q1"]),
+        prop::sample::select(vec!["dv-0", "dv-1", "dv-2"]),
+        // Sorted, distinct years: the order `subsequence` keeps.
+        prop::sample::subsequence(vec![2023u16, 2024, 2025], 1..=3),
+        prop::collection::vec(1..=RHO, 3),
+        prop::sample::select(vec![0, RHO / 2, RHO, 2 * RHO, 2 * RHO, 2 * RHO]),
+        prop::bool::weighted(0.2),
+        prop::bool::ANY,
+    )
+        .prop_map(
+            |(period, data_version, years, rhos, cap_nanos, first_only, second)| RoundStep {
+                period,
+                data_version,
+                charges: years.into_iter().zip(rhos).collect(),
+                cap_nanos,
+                first_only,
+                second,
+            },
+        )
+}
+
+/// Runs `steps` on two instances of one fresh database and checks each outcome against a model of
+/// the accountant; after every stored round no year it charged is over that round's cap, and at the
+/// end the stored spend of each year is the sum of the stored rounds' charges.
+async fn rounds_follow_the_accountants_model(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    steps: Vec<RoundStep>,
+) -> TestResult {
+    let years = [2023u16, 2024, 2025];
+    // Per period: the newest version, its data version and record.
+    let mut newest: HashMap<&str, RoundRecord> = HashMap::new();
+    let mut spent: HashMap<u16, i64> = HashMap::new();
+    let mut stored: Vec<RoundRecord> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let store = if step.second { &b } else { &a };
+        let mut round = new_round(
+            step.period,
+            step.data_version,
+            &step.charges,
+            step.cap_nanos,
+        );
+        round.first_only = step.first_only;
+        let outcome = store.put_round(&round).await?;
+        let expected = match newest.get(step.period) {
+            Some(r) if step.first_only || r.data_version == step.data_version => {
+                PutRound::Unchanged(r.clone())
+            }
+            last => {
+                let over = step
+                    .charges
+                    .iter()
+                    .find(|(y, rho)| spent.get(y).copied().unwrap_or(0) + rho > step.cap_nanos);
+                match over {
+                    Some(&(year, rho)) => PutRound::BudgetExhausted {
+                        year,
+                        spent_nanos: spent.get(&year).copied().unwrap_or(0),
+                        asked_nanos: rho,
+                        cap_nanos: step.cap_nanos,
+                    },
+                    None => PutRound::Stored(round_record(
+                        &round,
+                        last.map_or(1, |r| r.version + 1),
+                        stored.len() as i64 + 1,
+                    )),
+                }
+            }
+        };
+        ensure!(
+            outcome == expected,
+            "step {i} {step:?}: got {outcome:?}, expected {expected:?}"
+        );
+        if let PutRound::Stored(r) = outcome {
+            for &(year, rho) in &r.charges {
+                *spent.entry(year).or_default() += rho;
+            }
+            let now_spent = store.privacy_spent(&years).await?;
+            for (year, s) in years.iter().zip(&now_spent) {
+                ensure!(
+                    !r.charges.iter().any(|c| c.0 == *year) || *s <= step.cap_nanos,
+                    "step {i}: year {year} at {s}, over the cap {}",
+                    step.cap_nanos
+                );
+            }
+            newest.insert(step.period, r.clone());
+            stored.push(r);
+        }
+    }
+    let expected_spent: Vec<i64> = years
+        .iter()
+        .map(|y| spent.get(y).copied().unwrap_or(0))
+        .collect();
+    let listed = a.list_rounds(None).await?;
+    assert_eq!(listed.len(), stored.len());
+    assert_eq!(b.privacy_spent(&years).await?, expected_spent);
+    assert_eq!(charged_by(&listed, &years), expected_spent);
+    assert_eq!(
+        verify_chain(&audit_chain(a.as_ref()).await?),
+        Ok(stored.len())
+    );
+    Ok(())
+}
+
+/// Runs [`rounds_follow_the_accountants_model`] as one proptest case, on its own runtime and a fresh
+/// database: a SQLite file, or a PostgreSQL database (a passing case when none is configured).
+fn run_round_case(
+    postgres: bool,
+    steps: Vec<RoundStep>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+    rt.block_on(async {
+        if postgres {
+            let Some(db) = kwm_tests::EphemeralPostgres::create().await else {
+                return Ok(());
+            };
+            let a = kwm_service::store::connect(db.url()).await?;
+            let b = kwm_service::store::connect(db.url()).await?;
+            // The stores go first, then the database.
+            rounds_follow_the_accountants_model(a, b, steps).await
+        } else {
+            let db = kwm_tests::TempSqlite::new();
+            let a = kwm_service::store::connect(db.url()).await?;
+            let b = kwm_service::store::connect(db.url()).await?;
+            rounds_follow_the_accountants_model(a, b, steps).await
+        }
+    })
+    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e:#}")))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 16, ..Default::default() })]
+
+    /// No sequence of rounds takes a data year over its cap (SQLite, a fresh file per case).
+    #[test]
+    fn sqlite_no_sequence_of_rounds_passes_a_cap(
+        steps in proptest::collection::vec(round_step(), 1..24),
+    ) {
+        run_round_case(false, steps)?;
+    }
+}
+
+proptest::proptest! {
+    // A fresh database per case costs a CREATE DATABASE: a handful of cases.
+    #![proptest_config(proptest::test_runner::Config { cases: 4, ..Default::default() })]
+
+    /// No sequence of rounds takes a data year over its cap (PostgreSQL, a fresh database per case).
+    #[test]
+    fn postgres_no_sequence_of_rounds_passes_a_cap(
+        steps in proptest::collection::vec(round_step(), 1..24),
+    ) {
+        run_round_case(true, steps)?;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -141,6 +141,174 @@ pub enum PutRelease {
     },
 }
 
+/// One rho of zero-concentrated DP in the accountant's exact integer units.
+pub const NANOS_PER_RHO: i64 = 1_000_000_000;
+
+/// Data years the accountant keeps: the year range of [`Month`].
+pub const DATA_YEARS: std::ops::RangeInclusive<u16> = 1900..=2999;
+
+/// A release round to be stored by [`Store::put_round`]: one period for the whole region (a release per
+/// scope), computed from one noisy measurement and charged once to every data year it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRound {
+    pub id: Uuid,
+    /// `2025`, `2025-H1`, `2025-Q3`.
+    pub period: String,
+    /// The data version the round was computed from ([`Store::data_version`]).
+    pub data_version: String,
+    /// Rho charged per data year, in nano-rho, sorted by year, no duplicates, every value > 0.
+    pub charges: Vec<(u16, i64)>,
+    /// No data year may pass this spend (nano-rho) through this charge: the cap for rounds (the
+    /// region's cap per data year minus its research reserve).
+    pub cap_nanos: i64,
+    /// Who published it: `region token 7`, `calendar`, `cli root`.
+    pub published_by: String,
+    pub created_at: OffsetDateTime,
+    /// Store only if the period has no round yet (the calendar publishes each period once across
+    /// replicas); otherwise the answer is `Unchanged` with the newest version.
+    pub first_only: bool,
+    pub releases: Vec<NewRoundRelease>,
+    /// The round's audit entry, appended to the audit chain in the same transaction as the round and
+    /// its charges (the caller builds it, subject and digest included).
+    pub audit: NewAuditEntry,
+}
+
+/// One release of a [`NewRound`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRoundRelease {
+    pub id: Uuid,
+    /// `GM0748`, `region`, `providers`.
+    pub scope: String,
+    /// The release JSON, kept verbatim.
+    pub body: serde_json::Value,
+}
+
+/// The outcome of [`Store::put_round`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutRound {
+    /// Stored with the next version of the period, charged, and its audit entry appended.
+    Stored(RoundRecord),
+    /// The newest version of the period was computed from the same `data_version` (or `first_only`
+    /// and the period has a round): that one; nothing stored or charged, no audit entry.
+    Unchanged(RoundRecord),
+    /// Charging would take `year` past `cap_nanos`: nothing stored or charged, no audit entry.
+    BudgetExhausted {
+        year: u16,
+        /// The year's spend when the round was refused.
+        spent_nanos: i64,
+        /// What the round would have charged the year.
+        asked_nanos: i64,
+        cap_nanos: i64,
+    },
+}
+
+/// A stored round, without its release bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundRecord {
+    pub id: Uuid,
+    pub period: String,
+    /// 1 for the first round of the period, then 2, 3, ... for its corrections.
+    pub version: u32,
+    pub data_version: String,
+    /// Rho charged per data year (nano-rho), sorted by year.
+    pub charges: Vec<(u16, i64)>,
+    pub published_by: String,
+    pub created_at: OffsetDateTime,
+    /// (scope, release id), sorted by scope.
+    pub releases: Vec<(String, Uuid)>,
+    /// Sequence number of the round's audit entry.
+    pub audit_seq: i64,
+}
+
+/// One release of a stored round, with its figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRoundRelease {
+    pub id: Uuid,
+    pub round_id: Uuid,
+    pub scope: String,
+    pub period: String,
+    /// The round's version.
+    pub version: u32,
+    /// The round's time.
+    pub created_at: OffsetDateTime,
+    pub body: serde_json::Value,
+}
+
+/// One charge of the privacy accountant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivacyCharge {
+    pub data_year: u16,
+    pub rho_nanos: i64,
+    /// `round` (research answers will add `query`).
+    pub subject_kind: String,
+    /// The round id.
+    pub subject_id: String,
+    pub at: OffsetDateTime,
+}
+
+/// Checks what [`Store::put_round`] promises to refuse before anything is written: charges sorted by
+/// year, unique, positive and in [`DATA_YEARS`]; a cap of at least 0; at least one release, scopes
+/// and release ids unique.
+pub(crate) fn check_new_round(round: &NewRound) -> Result<(), StoreError> {
+    let refuse = |why: String| {
+        Err(StoreError::Other(anyhow::anyhow!(
+            "round {} of {} refused: {why}",
+            round.id,
+            round.period
+        )))
+    };
+    if round.charges.is_empty() {
+        return refuse("it charges no data year (every round reads at least one)".into());
+    }
+    for (i, &(year, rho)) in round.charges.iter().enumerate() {
+        if !DATA_YEARS.contains(&year) {
+            return refuse(format!(
+                "data year {year} is outside {}..={}",
+                DATA_YEARS.start(),
+                DATA_YEARS.end()
+            ));
+        }
+        if rho <= 0 {
+            return refuse(format!(
+                "the charge to {year} is {rho} nano-rho (must be more than 0)"
+            ));
+        }
+        if i > 0 && round.charges[i - 1].0 >= year {
+            return refuse(format!(
+                "the charges are not sorted by data year without duplicates ({} before {year})",
+                round.charges[i - 1].0
+            ));
+        }
+    }
+    if round.cap_nanos < 0 {
+        return refuse(format!("the cap {} nano-rho is negative", round.cap_nanos));
+    }
+    if round.releases.is_empty() {
+        return refuse("it has no release".into());
+    }
+    let mut scopes = std::collections::HashSet::with_capacity(round.releases.len());
+    let mut ids = std::collections::HashSet::with_capacity(round.releases.len());
+    for r in &round.releases {
+        if !scopes.insert(r.scope.as_str()) {
+            return refuse(format!("scope {} has two releases", r.scope));
+        }
+        if !ids.insert(r.id) {
+            return refuse(format!("release id {} is used twice", r.id));
+        }
+    }
+    Ok(())
+}
+
+/// How many times [`Store::put_round`] tries, the first included, when an attempt fails on a
+/// serialisation failure, a deadlock or a lock timeout.
+pub(crate) const ROUND_ATTEMPTS: usize = 5;
+
+/// The pause after failed attempt `attempt` (1, 2, ...) of [`Store::put_round`]: short, and longer
+/// each time, so that the contenders do not meet again at once.
+pub(crate) fn round_retry_pause(attempt: usize) -> std::time::Duration {
+    std::time::Duration::from_millis(20 * attempt as u64)
+}
+
 /// What one provider's withdrawal removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Withdrawn {
@@ -283,6 +451,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         -> Result<Vec<Option<Epsilon>>, StoreError>;
     /// Every charged partition with its spend, sorted by partition.
     async fn list_budget(&self) -> Result<Vec<(String, Epsilon)>, StoreError>;
+
+    /// Stores a round, its releases and its audit entry, and charges each of its data years, in one
+    /// transaction. Years are charged in ascending order (no deadlock between instances), and no year's
+    /// spend ever passes `cap_nanos`, however many rounds race on however many instances. Rounds of one
+    /// period take turns (PostgreSQL: an advisory transaction lock on the period, taken first; SQLite:
+    /// the write lock), so `version` is the newest + 1 and two instances publishing the same data
+    /// version store it once (the second gets `Unchanged`). Retries a bounded number of times on a
+    /// serialisation failure, deadlock or lock timeout (then `Unavailable`).
+    ///
+    /// Refused with `Other`, before anything is written: charges not sorted by year, duplicated, not
+    /// positive or outside [`DATA_YEARS`]; no charge; a negative cap; no release; a scope or release
+    /// id twice. A round or release id that is stored already is `Conflict`. Timestamps are kept to
+    /// the microsecond, as for batches.
+    async fn put_round(&self, round: &NewRound) -> Result<PutRound, StoreError>;
+    /// Rounds, newest first (by created_at, then version, then the order stored), optionally of one
+    /// period.
+    async fn list_rounds(&self, period: Option<&str>) -> Result<Vec<RoundRecord>, StoreError>;
+    /// One release of any version of any round.
+    async fn get_round_release(&self, id: Uuid) -> Result<Option<StoredRoundRelease>, StoreError>;
+    /// The release of `scope` in the newest version of the period's round (one query); `None` when
+    /// the period has no round or its newest version has no release of `scope`.
+    async fn get_latest_round_release(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<StoredRoundRelease>, StoreError>;
+    /// Spend so far (nano-rho) per data year asked (0 for a year never charged), in the order asked.
+    async fn privacy_spent(&self, years: &[u16]) -> Result<Vec<i64>, StoreError>;
+    /// Every charge, ordered by data year, then time, then the order stored.
+    async fn list_privacy_charges(&self) -> Result<Vec<PrivacyCharge>, StoreError>;
 
     /// Appends an entry to the audit chain: the store takes the newest entry's sequence number and
     /// hash and appends the chained entry (`crate::audit::chain_next`) in one transaction, serialised

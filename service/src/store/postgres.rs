@@ -25,15 +25,16 @@ use kwm_schemas::codes::{
 use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    data_version_of, ChangeSink, NewBatch, NewRelease, NewToken, Provider, PutBatch, PutRelease,
-    SortBuckets, Store, StoreError, StoredRelease, TokenRecord, Withdrawn, NEWEST_CHANGE,
-    NEWEST_ERASED,
+    check_new_round, data_version_of, round_retry_pause, ChangeSink, NewBatch, NewRelease,
+    NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound, RoundRecord,
+    SortBuckets, Store, StoreError, StoredRelease, StoredRoundRelease, TokenRecord, Withdrawn,
+    NEWEST_CHANGE, NEWEST_ERASED, ROUND_ATTEMPTS,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -384,6 +385,173 @@ impl PgStore {
         .map_err(db_err)?
         .map(|r| release_from_row(&r))
         .transpose()
+    }
+}
+
+impl PgStore {
+    /// One attempt of [`Store::put_round`] (checked already), with the release bodies as JSON text.
+    async fn try_put_round(
+        &self,
+        round: &NewRound,
+        bodies: &[String],
+    ) -> Result<PutRound, TxError> {
+        let id = round.id.hyphenated().to_string();
+        let created_at = truncate_to_micros(round.created_at);
+        let created_text = format_ts(created_at)?;
+        let mut tx = self.pool.begin().await?;
+        // Rounds of one period take turns, on every replica, until commit: the newest version read
+        // below is still the newest at commit, so a data version is stored once and no version
+        // number is taken twice. This lock first, then the years (ascending), then the audit log:
+        // always in this order, so no two rounds wait for each other in a circle.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("kwm-round\u{1f}{}", round.period))
+            .execute(&mut *tx)
+            .await?;
+
+        let newest = sqlx::query(
+            "SELECT id::text AS id, version, data_version FROM rounds WHERE period = $1 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(&round.period)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut version: u32 = 1;
+        if let Some(row) = newest {
+            let newest_id: String = row.try_get("id")?;
+            let newest_version: i32 = row.try_get("version")?;
+            let newest_data: String = row.try_get("data_version")?;
+            if round.first_only || newest_data == round.data_version {
+                let record = load_rounds(&mut tx, RoundsOf::Id(&newest_id))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| corrupt("rounds (a round read back)"))?;
+                tx.rollback().await?;
+                return Ok(PutRound::Unchanged(record));
+            }
+            version = u32::try_from(newest_version)
+                .ok()
+                .and_then(|v| v.checked_add(1))
+                .ok_or_else(|| corrupt("rounds.version"))?;
+        }
+        let version_sql = i32::try_from(version).map_err(|_| corrupt("rounds.version"))?;
+
+        // Ascending years (checked): two rounds lock shared years in the same order and never
+        // deadlock. The conditional update waits for a concurrent charge of the year, then re-checks
+        // the cap against the committed spend (READ COMMITTED): no year ever passes the cap.
+        for &(year, rho) in &round.charges {
+            sqlx::query(
+                "INSERT INTO privacy_budget (data_year, spent_nanos) VALUES ($1, 0) \
+                 ON CONFLICT (data_year) DO NOTHING",
+            )
+            .bind(i32::from(year))
+            .execute(&mut *tx)
+            .await?;
+            // `cap - rho` cannot overflow (cap >= 0, rho > 0), and a spend at most `cap - rho` plus
+            // `rho` stays at most `cap`. A negative bound refuses every spend.
+            let charged: Option<i64> = sqlx::query_scalar(
+                "UPDATE privacy_budget SET spent_nanos = spent_nanos + $2 \
+                 WHERE data_year = $1 AND spent_nanos <= $3 RETURNING spent_nanos",
+            )
+            .bind(i32::from(year))
+            .bind(rho)
+            .bind(round.cap_nanos - rho)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if charged.is_none() {
+                let spent: i64 = sqlx::query_scalar(
+                    "SELECT spent_nanos FROM privacy_budget WHERE data_year = $1",
+                )
+                .bind(i32::from(year))
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Ok(PutRound::BudgetExhausted {
+                    year,
+                    spent_nanos: spent,
+                    asked_nanos: rho,
+                    cap_nanos: round.cap_nanos,
+                });
+            }
+        }
+        let years: Vec<i32> = round.charges.iter().map(|&(y, _)| i32::from(y)).collect();
+        let rhos: Vec<i64> = round.charges.iter().map(|&(_, r)| r).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO privacy_charges (data_year, rho_nanos, subject_kind, subject_id, at) \
+             SELECT y, r, 'round', $3, $4::timestamptz FROM unnest($1::int4[], $2::int8[]) AS c(y, r)",
+        )
+        .bind(&years)
+        .bind(&rhos)
+        .bind(&id)
+        .bind(&created_text)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            // The round id charged these years before: the round is stored already.
+            return Err(id_conflict(e, "privacy_charges_once_per_year", || {
+                format!("round {id} exists already")
+            }));
+        }
+
+        let audit = append_audit_in(&mut tx, &round.audit).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO rounds (id, period, version, data_version, published_by, created_at, \
+             audit_seq) VALUES ($1::uuid, $2, $3, $4, $5, $6::timestamptz, $7)",
+        )
+        .bind(&id)
+        .bind(&round.period)
+        .bind(version_sql)
+        .bind(&round.data_version)
+        .bind(&round.published_by)
+        .bind(&created_text)
+        .bind(audit.seq)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(id_conflict(e, "rounds_pkey", || {
+                format!("round {id} exists already")
+            }));
+        }
+        let release_ids: Vec<String> = round
+            .releases
+            .iter()
+            .map(|r| r.id.hyphenated().to_string())
+            .collect();
+        let scopes: Vec<&str> = round.releases.iter().map(|r| r.scope.as_str()).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO round_releases (id, round_id, scope, body) \
+             SELECT i::uuid, $1::uuid, s, b::json FROM unnest($2::text[], $3::text[], $4::text[]) \
+             AS t(i, s, b)",
+        )
+        .bind(&id)
+        .bind(&release_ids)
+        .bind(&scopes)
+        .bind(bodies)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(id_conflict(e, "round_releases_pkey", || {
+                format!("a release id of round {id} exists already")
+            }));
+        }
+        tx.commit().await?;
+
+        let mut releases: Vec<(String, Uuid)> = round
+            .releases
+            .iter()
+            .map(|r| (r.scope.clone(), r.id))
+            .collect();
+        releases.sort();
+        Ok(PutRound::Stored(RoundRecord {
+            id: round.id,
+            period: round.period.clone(),
+            version,
+            data_version: round.data_version.clone(),
+            charges: round.charges.clone(),
+            published_by: round.published_by.clone(),
+            created_at,
+            releases,
+            audit_seq: audit.seq,
+        }))
     }
 }
 
@@ -892,50 +1060,124 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StoreError> {
-        let entry = NewAuditEntry {
-            at: truncate_to_micros(entry.at),
-            ..entry.clone()
-        };
-        let at = format_ts(entry.at)?;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        // One appender at a time, on every replica; readers of the log are not blocked.
-        sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .map(|r| -> Result<(i64, [u8; 32]), StoreError> {
-                Ok((
-                    r.try_get("seq").map_err(db_err)?,
-                    hash32(&r, "hash", "audit_log.hash")?,
-                ))
-            })
-            .transpose()?;
-        let chained = crate::audit::chain_next(last, entry);
-        let e = &chained.entry;
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor_role, actor_id, action, subject, provider, \
-             details_digest, prev_hash, hash) \
-             VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(chained.seq)
-        .bind(&at)
-        .bind(&e.actor_role)
-        .bind(&e.actor_id)
-        .bind(e.action.as_str())
-        .bind(&e.subject)
-        .bind(e.provider.as_ref().map(|p| p.as_str()))
-        .bind(&e.details_digest[..])
-        .bind(&chained.prev_hash[..])
-        .bind(&chained.hash[..])
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let chained = append_audit_in(&mut tx, entry).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(chained)
+    }
+
+    async fn put_round(&self, round: &NewRound) -> Result<PutRound, StoreError> {
+        check_new_round(round)?;
+        let bodies = round
+            .releases
+            .iter()
+            .map(|r| {
+                serde_json::to_string(&r.body).map_err(|e| {
+                    StoreError::Other(anyhow::anyhow!(
+                        "serialising the release of {}: {e}",
+                        r.scope
+                    ))
+                })
+            })
+            .collect::<Result<Vec<String>, StoreError>>()?;
+        let mut attempt = 1;
+        loop {
+            match self.try_put_round(round, &bodies).await {
+                Err(e) if e.retryable() && attempt < ROUND_ATTEMPTS => {
+                    tokio::time::sleep(round_retry_pause(attempt)).await;
+                    attempt += 1;
+                }
+                done => return done.map_err(StoreError::from),
+            }
+        }
+    }
+
+    async fn list_rounds(&self, period: Option<&str>) -> Result<Vec<RoundRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        Ok(load_rounds(&mut conn, RoundsOf::Period(period)).await?)
+    }
+
+    async fn get_round_release(&self, id: Uuid) -> Result<Option<StoredRoundRelease>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {} FROM round_releases rr JOIN rounds r ON r.id = rr.round_id \
+             WHERE rr.id = $1::uuid",
+            *SELECT_ROUND_RELEASE_COLUMNS
+        ))
+        .bind(id.hyphenated().to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| round_release_from_row(&r))
+        .transpose()
+    }
+
+    async fn get_latest_round_release(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<StoredRoundRelease>, StoreError> {
+        // The newest version of the period by the unique index on (period, version), then its
+        // release of the scope by the one on (round_id, scope).
+        sqlx::query(&format!(
+            "SELECT {} FROM round_releases rr JOIN rounds r ON r.id = rr.round_id \
+             WHERE rr.round_id = \
+               (SELECT id FROM rounds WHERE period = $2 ORDER BY version DESC LIMIT 1) \
+             AND rr.scope = $1",
+            *SELECT_ROUND_RELEASE_COLUMNS
+        ))
+        .bind(scope)
+        .bind(period)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| round_release_from_row(&r))
+        .transpose()
+    }
+
+    async fn privacy_spent(&self, years: &[u16]) -> Result<Vec<i64>, StoreError> {
+        let asked: Vec<i32> = years.iter().map(|&y| i32::from(y)).collect();
+        let rows = sqlx::query(
+            "SELECT data_year, spent_nanos FROM privacy_budget WHERE data_year = ANY($1::int4[])",
+        )
+        .bind(&asked)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut spent = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let year: i32 = r.try_get("data_year").map_err(db_err)?;
+            let nanos: i64 = r.try_get("spent_nanos").map_err(db_err)?;
+            spent.insert(data_year(year, "privacy_budget.data_year")?, nanos);
+        }
+        Ok(years
+            .iter()
+            .map(|y| spent.get(y).copied().unwrap_or(0))
+            .collect())
+    }
+
+    async fn list_privacy_charges(&self) -> Result<Vec<PrivacyCharge>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT data_year, rho_nanos, subject_kind, subject_id, {} FROM privacy_charges \
+             ORDER BY data_year, privacy_charges.at, id",
+            ts_column("at")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            Ok(PrivacyCharge {
+                data_year: data_year(
+                    r.try_get("data_year").map_err(db_err)?,
+                    "privacy_charges.data_year",
+                )?,
+                rho_nanos: r.try_get("rho_nanos").map_err(db_err)?,
+                subject_kind: r.try_get("subject_kind").map_err(db_err)?,
+                subject_id: r.try_get("subject_id").map_err(db_err)?,
+                at: parse_ts(r.try_get("at").map_err(db_err)?)?,
+            })
+        })
+        .collect()
     }
 
     async fn list_audit(
@@ -1892,4 +2134,232 @@ fn check_mark(since: i64, newest: i64) -> Result<(), StoreError> {
         return Err(StoreError::UnknownMark { since, newest });
     }
     Ok(())
+}
+
+/// Appends `entry` to the audit chain inside `tx`: locks the log first (one appender at a time on every
+/// replica, until `tx` ends; readers of the log are not blocked), so the newest entry read here stays
+/// the newest until commit and the chain never forks.
+async fn append_audit_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    entry: &NewAuditEntry,
+) -> Result<AuditEntry, TxError> {
+    let entry = NewAuditEntry {
+        at: truncate_to_micros(entry.at),
+        ..entry.clone()
+    };
+    let at = format_ts(entry.at)?;
+    sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        .execute(&mut **tx)
+        .await?;
+    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| -> Result<(i64, [u8; 32]), StoreError> {
+            Ok((
+                r.try_get("seq").map_err(db_err)?,
+                hash32(&r, "hash", "audit_log.hash")?,
+            ))
+        })
+        .transpose()?;
+    let chained = crate::audit::chain_next(last, entry);
+    let e = &chained.entry;
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor_role, actor_id, action, subject, provider, \
+         details_digest, prev_hash, hash) \
+         VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(chained.seq)
+    .bind(&at)
+    .bind(&e.actor_role)
+    .bind(&e.actor_id)
+    .bind(e.action.as_str())
+    .bind(&e.subject)
+    .bind(e.provider.as_ref().map(|p| p.as_str()))
+    .bind(&e.details_digest[..])
+    .bind(&chained.prev_hash[..])
+    .bind(&chained.hash[..])
+    .execute(&mut **tx)
+    .await?;
+    Ok(chained)
+}
+
+/// An error inside a transaction of [`Store::put_round`]: the driver's own, which may be worth
+/// another attempt, or the store's.
+#[derive(Debug)]
+enum TxError {
+    Db(sqlx::Error),
+    Store(StoreError),
+}
+
+impl TxError {
+    /// A serialisation failure, a deadlock or a lock timeout, or a version number another round of
+    /// the period took (impossible while every writer takes the period's lock): another attempt may
+    /// succeed. A lost connection is not retried here: the caller sees `Unavailable`.
+    fn retryable(&self) -> bool {
+        let Self::Db(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        match d.code().as_deref() {
+            Some("40001" | "40P01" | "55P03") => true,
+            Some("23505") => d.constraint() == Some("rounds_one_per_version"),
+            _ => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<TxError> for StoreError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Db(e) => db_err(e),
+            TxError::Store(e) => e,
+        }
+    }
+}
+
+/// A failed insert of an id: `Conflict` when `constraint` (the id's key) refused it.
+fn id_conflict(e: sqlx::Error, constraint: &str, what: impl FnOnce() -> String) -> TxError {
+    match unique_violation(&e) {
+        Some(c) if c == constraint => TxError::Store(StoreError::Conflict(what())),
+        _ => TxError::Db(e),
+    }
+}
+
+/// Which rounds [`load_rounds`] reads.
+#[derive(Debug, Clone, Copy)]
+enum RoundsOf<'a> {
+    /// Of one period, or all.
+    Period(Option<&'a str>),
+    /// The round with this id (hyphenated).
+    Id(&'a str),
+}
+
+/// Rounds with their charges and release ids, newest first (created_at, version, then insertion
+/// order), on one connection (inside a transaction: as it sees the tables).
+async fn load_rounds(
+    conn: &mut PgConnection,
+    of: RoundsOf<'_>,
+) -> Result<Vec<RoundRecord>, TxError> {
+    let (period, id) = match of {
+        RoundsOf::Period(p) => (p, None),
+        RoundsOf::Id(id) => (None, Some(id)),
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT id::text AS id, period, version, data_version, published_by, {}, audit_seq \
+         FROM rounds WHERE ($1::text IS NULL OR period = $1) AND ($2::uuid IS NULL OR id = $2::uuid) \
+         ORDER BY rounds.created_at DESC, version DESC, seq DESC",
+        ts_column("created_at")
+    ))
+    .bind(period)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rounds = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = r.try_get("id")?;
+        let version: i32 = r.try_get("version")?;
+        rounds.push(RoundRecord {
+            id: Uuid::parse_str(&id).map_err(|_| corrupt("rounds.id"))?,
+            period: r.try_get("period")?,
+            version: u32::try_from(version).map_err(|_| corrupt("rounds.version"))?,
+            data_version: r.try_get("data_version")?,
+            charges: Vec::new(),
+            published_by: r.try_get("published_by")?,
+            created_at: parse_ts(r.try_get("created_at")?)?,
+            releases: Vec::new(),
+            audit_seq: r.try_get("audit_seq")?,
+        });
+        ids.push(id);
+    }
+    if rounds.is_empty() {
+        return Ok(rounds);
+    }
+    let at: std::collections::HashMap<Uuid, usize> =
+        rounds.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let find = |id: &str, what: &str| -> Result<usize, StoreError> {
+        Uuid::parse_str(id)
+            .ok()
+            .and_then(|id| at.get(&id).copied())
+            .ok_or_else(|| corrupt(what))
+    };
+
+    let releases = sqlx::query(
+        "SELECT round_id::text AS round_id, scope, id::text AS id FROM round_releases \
+         WHERE round_id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &releases {
+        let round_id: &str = r.try_get("round_id")?;
+        let release_id: &str = r.try_get("id")?;
+        let i = find(round_id, "round_releases.round_id")?;
+        rounds[i].releases.push((
+            r.try_get("scope")?,
+            Uuid::parse_str(release_id).map_err(|_| corrupt("round_releases.id"))?,
+        ));
+    }
+    let charges = sqlx::query(
+        "SELECT subject_id, data_year, rho_nanos FROM privacy_charges \
+         WHERE subject_kind = 'round' AND subject_id = ANY($1::text[])",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &charges {
+        let subject: &str = r.try_get("subject_id")?;
+        let i = find(subject, "privacy_charges.subject_id")?;
+        rounds[i].charges.push((
+            data_year(r.try_get("data_year")?, "privacy_charges.data_year")?,
+            r.try_get("rho_nanos")?,
+        ));
+    }
+    // Byte order of the scopes, as on SQLite, whatever the database's collation.
+    for round in &mut rounds {
+        round.releases.sort();
+        round.charges.sort();
+    }
+    Ok(rounds)
+}
+
+/// The columns [`round_release_from_row`] reads, of `round_releases rr JOIN rounds r`.
+static SELECT_ROUND_RELEASE_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "rr.id::text AS id, rr.round_id::text AS round_id, rr.scope AS scope, r.period AS period, \
+         r.version AS version, to_char(r.created_at AT TIME ZONE 'UTC', {TS_SQL_FORMAT}) \
+         AS created_at, rr.body::text AS body"
+    )
+});
+
+fn round_release_from_row(r: &PgRow) -> Result<StoredRoundRelease, StoreError> {
+    let id: &str = r.try_get("id").map_err(db_err)?;
+    let round_id: &str = r.try_get("round_id").map_err(db_err)?;
+    let version: i32 = r.try_get("version").map_err(db_err)?;
+    let body: &str = r.try_get("body").map_err(db_err)?;
+    Ok(StoredRoundRelease {
+        id: Uuid::parse_str(id).map_err(|_| corrupt("round_releases.id"))?,
+        round_id: Uuid::parse_str(round_id).map_err(|_| corrupt("round_releases.round_id"))?,
+        scope: r.try_get("scope").map_err(db_err)?,
+        period: r.try_get("period").map_err(db_err)?,
+        version: u32::try_from(version).map_err(|_| corrupt("rounds.version"))?,
+        created_at: parse_ts(r.try_get("created_at").map_err(db_err)?)?,
+        body: serde_json::from_str(body).map_err(|_| corrupt("round_releases.body"))?,
+    })
+}
+
+/// A stored data year.
+fn data_year(v: i32, column: &str) -> Result<u16, StoreError> {
+    u16::try_from(v).map_err(|_| corrupt(column))
 }
