@@ -25,6 +25,10 @@ pub enum ProblemType {
     RateLimited,
     BudgetExhausted,
     Internal,
+    /// The period has no round (yet): nothing to read.
+    NotReleased,
+    /// The period has not ended, or its data deadline has not passed: it cannot be published yet.
+    PeriodNotFinal,
 }
 
 /// The prefix of every problem `type` URI.
@@ -49,6 +53,8 @@ impl ProblemType {
         Self::RateLimited,
         Self::BudgetExhausted,
         Self::Internal,
+        Self::NotReleased,
+        Self::PeriodNotFinal,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -70,6 +76,8 @@ impl ProblemType {
             Self::RateLimited => "rate-limited",
             Self::BudgetExhausted => "budget-exhausted",
             Self::Internal => "internal",
+            Self::NotReleased => "not-released",
+            Self::PeriodNotFinal => "period-not-final",
         }
     }
 
@@ -98,6 +106,8 @@ impl ProblemType {
             Self::RateLimited => 429,
             Self::BudgetExhausted => 409,
             Self::Internal => 500,
+            Self::NotReleased => 404,
+            Self::PeriodNotFinal => 409,
         }
     }
 
@@ -119,9 +129,11 @@ impl ProblemType {
             Self::Unavailable => "The service is temporarily unavailable",
             Self::RateLimited => "Too many requests for this token",
             Self::BudgetExhausted => {
-                "The privacy budget of a partition this release reads is spent"
+                "The privacy budget of a data year this round reads is spent"
             }
             Self::Internal => "Internal error",
+            Self::NotReleased => "This period has not been released",
+            Self::PeriodNotFinal => "This period cannot be published yet",
         }
     }
 
@@ -155,9 +167,13 @@ pub struct Problem {
     /// The key a client should seal to instead (`retired-key`, `unknown-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_key_id: Option<String>,
-    /// The budget partition that is spent (`budget-exhausted`), e.g. `GM0748/2025-Q1`.
+    /// The budget partition that is spent (`budget-exhausted`): the data year, e.g. `2025`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// The first date (ISO, UTC) on which the period can be or is planned to be published
+    /// (`not-released`, `period-not-final`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_from: Option<String>,
     /// Seconds to wait before retrying (`rate-limited`, `unavailable`); also sent as `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
@@ -173,6 +189,7 @@ impl Problem {
             errors: Vec::new(),
             active_key_id: None,
             partition: None,
+            available_from: None,
             retry_after: None,
         }
     }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::codes::{AgbCode, Code, Month, MunicipalityCode, ParseError};
 use crate::criteria::Criterion;
-use crate::region::{Epsilon, ReleasePolicy};
+use crate::region::{Decimal, ReleasePolicy};
 
 /// Serde as a string through `Display`/`FromStr`, and a JSON Schema string with a pattern.
 macro_rules! string_wire {
@@ -178,11 +178,13 @@ string_wire!(
     "release period: a year (2025), a half-year (2025-H1) or a quarter (2025-Q3)"
 );
 
-/// Whose figures a release holds: one municipality (`GM0748`) or the whole region (`region`).
+/// Whose figures a release holds: one municipality (`GM0748`), the whole region (`region`), or the
+/// per-provider table of a round (`providers`: each provider reads only its own rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReleaseScope {
     Municipality(MunicipalityCode),
     Region,
+    Providers,
 }
 
 impl FromStr for ReleaseScope {
@@ -191,6 +193,9 @@ impl FromStr for ReleaseScope {
         let t = s.trim();
         if t.eq_ignore_ascii_case("region") {
             return Ok(Self::Region);
+        }
+        if t.eq_ignore_ascii_case("providers") {
+            return Ok(Self::Providers);
         }
         t.parse().map(Self::Municipality).map_err(|_| {
             ParseError("a scope is a municipality code such as GM0748, or `region`".into())
@@ -203,56 +208,39 @@ impl fmt::Display for ReleaseScope {
         match self {
             Self::Municipality(m) => m.fmt(f),
             Self::Region => f.write_str("region"),
+            Self::Providers => f.write_str("providers"),
         }
     }
 }
 string_wire!(
     ReleaseScope,
     "ReleaseScope",
-    "^(GM[0-9]{4}|region)$",
-    "scope of a release: a municipality code (GM0748) or `region`"
+    "^(GM[0-9]{4}|region|providers)$",
+    "scope of a release: a municipality code (GM0748), `region`, or `providers`"
 );
 
-/// Whether a cell is published and, if not, why not. A suppressed cell carries no value at all.
+/// Whether a cell is published and, if not, why not. Every status is decided on the round's noisy
+/// figures only, never on a true count: a status says nothing the published figures do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CellStatus {
     Published,
-    /// Fewer than `k` distinct clients.
-    BelowK,
-    /// Fewer than `min_providers` distinct providers.
-    FewProviders,
-    /// One provider holds more than `dominance_pct` percent of the clients.
-    Dominance,
-    /// Suppressed so that another suppressed cell cannot be recomputed from the published totals.
-    Secondary,
-    /// No clients at all.
-    NoData,
-    /// Herhaald beroep: the window after the end of the period has not passed yet.
-    NotFinal,
+    /// Too few children: the noisy count is below the threshold for k (no distinction between none
+    /// and few).
+    Suppressed,
+    /// The 95% interval is wider than the region allows for this kind of figure: withheld.
+    Unreliable,
 }
 
 impl CellStatus {
-    pub const ALL: &'static [CellStatus] = &[
-        Self::Published,
-        Self::BelowK,
-        Self::FewProviders,
-        Self::Dominance,
-        Self::Secondary,
-        Self::NoData,
-        Self::NotFinal,
-    ];
+    pub const ALL: &'static [CellStatus] = &[Self::Published, Self::Suppressed, Self::Unreliable];
 
     /// The kebab-case word used on the wire, in downloads and in metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Published => "published",
-            Self::BelowK => "below-k",
-            Self::FewProviders => "few-providers",
-            Self::Dominance => "dominance",
-            Self::Secondary => "secondary",
-            Self::NoData => "no-data",
-            Self::NotFinal => "not-final",
+            Self::Suppressed => "suppressed",
+            Self::Unreliable => "unreliable",
         }
     }
 
@@ -345,11 +333,11 @@ pub struct ReleaseCell {
     /// Code of the criterion in the catalogue (`volgens_plan`, `in_zorg`, ...).
     pub criterion: String,
     pub status: CellStatus,
-    /// The noisy figure; present exactly when the status is `published`.
+    /// The figure; present exactly when the status is `published`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Figure>,
-    /// Lower end of the 95% interval of the noise around `value` (rounded outward, clamped to the
-    /// criterion's bounds).
+    /// Lower end of the 95% interval around `value`, built from the published (rounded) value and
+    /// widened by half the rounding step, clamped to the criterion's bounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci95_low: Option<Figure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -358,10 +346,14 @@ pub struct ReleaseCell {
     /// count. Absent for counts (the value is the count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Computed from the reader's own rows alone (a provider's own figures): exact, without noise or
+    /// interval, because they are the reader's own data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
 }
 
 /// One row of a release: a target group, or the total over all target groups (`target_group` absent);
-/// in a region release with per-provider reporting also the same rows for one provider.
+/// in the per-provider table the same rows for one provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRow {
@@ -375,18 +367,7 @@ pub struct ReleaseRow {
     pub cells: Vec<ReleaseCell>,
 }
 
-/// A (municipality, quarter) budget partition a release reads and is charged to: a year release reads
-/// the four quarters of the year, so a year and its halves and quarters share one budget.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(deny_unknown_fields)]
-pub struct Partition {
-    pub municipality: MunicipalityCode,
-    pub period: Period,
-}
-
-/// An exact positive rational, for noise scales and epsilon shares that need not be decimals.
+/// An exact positive rational, for variances, scales and shares that need not be decimals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rational {
@@ -394,45 +375,97 @@ pub struct Rational {
     pub denominator: u64,
 }
 
-/// How one measure group was noised: every value of the group got independent discrete Laplace noise
-/// with parameter `scale` = `sensitivity` / epsilon share.
+/// How one measure of one table was noised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MeasureGroupNoise {
+pub struct MeasureNoise {
     pub name: String,
-    /// The noised values of the group (histogram bins, a count, or a fixed-point sum).
+    /// `municipality`, `region` or `providers`: the table the measure was taken on.
+    pub table: String,
+    /// The noised values of the measure in every cell (histogram bins, a count, or a centred
+    /// fixed-point sum).
     pub values: Vec<String>,
-    /// L1 sensitivity of the group for one contribution of one client.
+    /// Sensitivity of the measure for one contribution of one child (L2 for the discrete Gaussian, L1
+    /// for the discrete Laplace).
     pub sensitivity: u64,
-    pub scale: Rational,
+    /// The rho this measure spends.
+    pub rho: Rational,
+    /// Discrete Gaussian: sigma^2 of every noised value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance: Option<Rational>,
+    /// Discrete Laplace: the scale of every noised value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Rational>,
 }
 
-/// The noise of a release, enough to judge every figure's accuracy and to recompute the privacy spend.
+/// The noisy count a cell needs to be published, per denominator and kind of row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// The denominator (`in_zorg`, `beeindigd`, `einde_uitkomst`, `zonder_hulp`, ...).
+    pub denominator: String,
+    /// `municipality`, `municipality-total`, `region`, `region-total`, `provider`, `provider-total`.
+    pub row: String,
+    pub min_noisy_count: u64,
+}
+
+/// The noise of a round, enough to judge every figure's accuracy and to recompute the privacy spend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseDescription {
-    /// `discrete-laplace`: exact sampling in integer arithmetic (Canonne, Kamath and Steinke 2020).
+    /// `discrete-gaussian` or `discrete-laplace`: exact sampling in integer arithmetic (Canonne, Kamath
+    /// and Steinke 2020).
     pub mechanism: String,
-    /// How many noised rows of one measure group a single client can reach: `max_cells_per_client`,
-    /// times two when per-provider rows are noised as well. Total rows are sums of noised rows
-    /// (post-processing) and cost nothing.
+    /// How many cells of one measure a single child can reach (`max_cells_per_client`).
     pub contributions_per_client: u32,
-    /// The epsilon of one measure group for one contribution: epsilon / (contributions x groups).
-    pub epsilon_per_group: Rational,
-    pub measure_groups: Vec<MeasureGroupNoise>,
+    pub measures: Vec<MeasureNoise>,
     /// Counts are rounded to a multiple of this after noise.
     pub count_rounding: u32,
     /// Confidence level of `ci95_low`..`ci95_high`, in percent.
     pub interval_confidence_pct: u32,
+    /// A cell of fewer than k children is published with probability at most this.
+    pub suppression_delta: Decimal,
+    pub thresholds: Vec<Threshold>,
 }
 
-/// A release: the figures of one scope for one period under the region's policy. The engine fills
-/// everything except `id`, `version`, `created_at` and `frozen`, which belong to the ledger.
+/// Rho charged to one calendar year of data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YearCharge {
+    pub data_year: u16,
+    pub rho: Decimal,
+}
+
+/// The privacy guarantee of a round, carried in every release of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyStatement {
+    pub mechanism: String,
+    /// Rho of the whole round (every table of it: one measurement).
+    pub round_rho: Decimal,
+    /// What the round charged to each data year it reads.
+    pub charges: Vec<YearCharge>,
+    /// The cap per data year: everything ever published that reads one year is together rho-zCDP
+    /// with this rho for any one child's data.
+    pub rho_per_data_year: Decimal,
+    /// Its conversion to (epsilon, delta)-DP.
+    pub epsilon_per_data_year: Figure,
+    pub delta: Decimal,
+    pub guarantee_nl: String,
+    pub guarantee_en: String,
+}
+
+/// A release: the figures of one scope of one round. The engine fills everything except `id`,
+/// `version`, `round`, `created_at` and `frozen`, which belong to the ledger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    /// The round this release belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<Uuid>,
+    /// The round's version (a correction is a new version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     #[serde(
@@ -442,19 +475,16 @@ pub struct Release {
     )]
     #[schemars(with = "Option<String>")]
     pub created_at: Option<OffsetDateTime>,
-    /// True once the ledger has stored the release: asking again returns these figures unchanged.
+    /// True once the ledger has stored the release: these figures never change.
     #[serde(default)]
     pub frozen: bool,
     /// Code of the region (`wbw`).
     pub region: String,
     pub scope: ReleaseScope,
     pub period: Period,
-    /// The month the data were read in; herhaald beroep is final only for periods whose window ended
-    /// before it.
+    /// The month the data were read in.
     pub as_of: Month,
-    /// Epsilon charged to each partition in `partitions`.
-    pub epsilon: Epsilon,
-    pub partitions: Vec<Partition>,
+    pub privacy: PrivacyStatement,
     pub policy: ReleasePolicy,
     pub noise: NoiseDescription,
     /// The criteria of the cells of every row, in order.
@@ -480,19 +510,18 @@ impl Release {
     }
 }
 
-/// One entry of `GET /v1/releases` without a period: what the ledger holds, without the figures.
+/// One entry of `GET /v1/releases` without a period: what the caller may read, without the figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSummary {
     pub id: Uuid,
+    pub round: Uuid,
     pub scope: ReleaseScope,
     pub period: Period,
     pub version: u32,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
-    /// Epsilon charged to each partition the release reads.
-    pub epsilon: Epsilon,
 }
 
 /// `GET /v1/releases`: the releases the caller may read, newest first.
@@ -513,7 +542,7 @@ pub struct ScoresTable {
 }
 
 /// `GET /v1/providers/me/scores?period=`: a provider's own figures next to the regional benchmark, both
-/// under the release rules (k clients, noise, suppression) and both frozen in the ledger.
+/// from the newest version of the period's round. Reading never publishes or charges anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderScores {
@@ -521,12 +550,111 @@ pub struct ProviderScores {
     pub period: Period,
     /// The criteria of the cells of every row, in order.
     pub criteria: Vec<Criterion>,
-    /// The provider's own rows: per target group and its total. Empty when the provider has no
+    /// The provider's own rows: per target group and its total (exact from its own data, with
+    /// herhaald beroep noised, since other providers' data decide it). Empty when the provider had no
     /// trajectories in the period.
     pub own: ScoresTable,
     /// The region's rows (every provider together), as the region release publishes them.
     pub benchmark: ScoresTable,
     pub policy: ReleasePolicy,
+    pub privacy: PrivacyStatement,
+}
+
+/// `POST /v1/rounds`: publish (or correct) the round of a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRound {
+    pub period: Period,
+}
+
+/// A round as listed: its version, charge and publisher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoundSummary {
+    pub id: Uuid,
+    pub period: Period,
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub created_at: OffsetDateTime,
+    /// Who published it: `region token 7`, `admin token 1`, `calendar`, `cli <operator>`.
+    pub published_by: String,
+    pub charges: Vec<YearCharge>,
+    /// The releases of the round, one per scope.
+    pub releases: Vec<RoundRelease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRelease {
+    pub scope: ReleaseScope,
+    pub id: Uuid,
+}
+
+/// The answer to `POST /v1/rounds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoundOutcome {
+    /// `published`: a new version was computed and charged. `unchanged`: the data have not changed
+    /// since the newest version (or another request published it first): nothing was charged.
+    pub outcome: String,
+    pub round: RoundSummary,
+}
+
+/// `GET /v1/rounds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoundList {
+    pub rounds: Vec<RoundSummary>,
+    /// Calendar entries not yet published: the period and the date from which it will be.
+    pub planned: Vec<PlannedRound>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedRound {
+    pub period: Period,
+    /// ISO date.
+    pub publish_after: String,
+}
+
+/// `GET /v1/privacy`: the accountant per data year.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyReport {
+    pub mechanism: String,
+    pub rho_per_data_year: Decimal,
+    pub research_reserve: Option<Decimal>,
+    pub epsilon_per_data_year: Figure,
+    pub delta: Decimal,
+    pub guarantee_en: String,
+    pub guarantee_nl: String,
+    pub years: Vec<DataYearBudget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataYearBudget {
+    pub data_year: u16,
+    pub cap: Decimal,
+    /// What rounds (and, later, research answers) spent of it, one entry per charge.
+    pub spent: Vec<Spend>,
+    pub spent_total: String,
+    /// Cap minus spent (for rounds: minus the research reserve as well).
+    pub remaining: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spend {
+    /// `round`.
+    pub kind: String,
+    /// The round id.
+    pub subject: String,
+    pub rho: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub at: OffsetDateTime,
 }
 
 #[cfg(test)]

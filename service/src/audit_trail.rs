@@ -34,7 +34,7 @@ use crate::audit::{digest_of, verify_chain, AuditAction, AuditEntry, ChainError,
 use crate::auth::{token_hash, Caller};
 use crate::error::ApiError;
 use crate::ingest::now_micros;
-use crate::publish::Actor;
+use crate::rounds::Actor;
 use crate::startup::AppState;
 use crate::store::{Store, StoreError};
 

@@ -97,6 +97,25 @@ pub enum AdminCommand {
     /// The audit chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Release rounds: publish a period for the whole region, or list what was published.
+    #[command(subcommand)]
+    Round(RoundCommand),
+    /// The privacy accountant: per data year the cap, every charge and what remains.
+    Privacy,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoundCommand {
+    /// Publish the round of an ended period (every municipality, the region and the per-provider
+    /// table, from one noisy measurement, charged once per data year). Run again after corrections
+    /// to publish a new version (charged again); without new data it changes nothing.
+    Publish {
+        /// 2025, 2025-H1 or 2025-Q3
+        #[arg(long)]
+        period: String,
+    },
+    /// List the rounds with their versions, charges and publishers, and the calendar's planned ones.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -486,6 +505,79 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 .await?;
             print!("{}", audit_table(&entries));
         }
+        AdminCommand::Round(RoundCommand::Publish { period }) => {
+            let period: kwm_schemas::Period = period.parse().context("--period")?;
+            let actor = audit_trail::operator();
+            let o = crate::rounds::publish_round(&state.round_deps(), period, &actor, false)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
+            let r = &o.round;
+            println!(
+                "round {} of {} version {}: {}",
+                r.id, r.period, r.version, o.outcome
+            );
+            for c in &r.charges {
+                println!("  charged rho {} to data year {}", c.rho, c.data_year);
+            }
+            if o.outcome != "published" {
+                println!("  (the data have not changed since this version: nothing was charged)");
+            }
+        }
+        AdminCommand::Round(RoundCommand::List) => {
+            let (rounds, planned) =
+                crate::rounds::list_rounds(state.store.as_ref(), &state.region)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
+            if rounds.is_empty() {
+                println!("no rounds");
+            }
+            for r in &rounds {
+                let charges: Vec<String> = r
+                    .charges
+                    .iter()
+                    .map(|c| format!("{}: {}", c.data_year, c.rho))
+                    .collect();
+                println!(
+                    "{}  {:<8} v{:<3} {}  by {:<20} rho {}",
+                    r.id,
+                    r.period.to_string(),
+                    r.version,
+                    timestamp(r.created_at),
+                    r.published_by,
+                    charges.join(", ")
+                );
+            }
+            for p in &planned {
+                println!("planned: {} from {}", p.period, p.publish_after);
+            }
+        }
+        AdminCommand::Privacy => {
+            let report = crate::rounds::privacy_report(state.store.as_ref(), &state.region)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
+            println!("{}", report.guarantee_en);
+            println!(
+                "mechanism {}, cap rho {} per data year (research reserve {})",
+                report.mechanism,
+                report.rho_per_data_year,
+                report
+                    .research_reserve
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "0".into())
+            );
+            if report.years.is_empty() {
+                println!("nothing charged yet");
+            }
+            for y in &report.years {
+                println!(
+                    "data year {}: spent {}, remaining {}",
+                    y.data_year, y.spent_total, y.remaining
+                );
+                for s in &y.spent {
+                    println!("  {} {} rho {} at {}", s.kind, s.subject, s.rho, timestamp(s.at));
+                }
+            }
+        }
         AdminCommand::Keys(KeysCommand::List) => {
             for k in state.keyring.public_infos() {
                 println!("{}  {:?}", k.key_id, k.state);
@@ -493,6 +585,14 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a problem says to a person at a terminal: its detail, and the date it names if any.
+fn problem_text(e: &crate::error::ApiError) -> String {
+    match e {
+        crate::error::ApiError::Internal(inner) => format!("{inner:#}"),
+        other => other.to_string_detail(),
+    }
 }
 
 fn timestamp(t: OffsetDateTime) -> String {

@@ -38,6 +38,9 @@ pub struct Config {
     /// release is computed). Every release syncs first anyway; this keeps a release after a large
     /// upload from waiting for the catch-up.
     pub release_index_sync_secs: u64,
+    /// Seconds between checks of the region calendar for rounds that are due (only when the region
+    /// file has a calendar).
+    pub calendar_check_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,7 @@ impl Default for Config {
             rate_limit_burst: 200,
             strict_transport_security: false,
             release_index_sync_secs: 5,
+            calendar_check_secs: 60,
         }
     }
 }
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("strict_transport_security", &self.strict_transport_security)
             .field("release_index_sync_secs", &self.release_index_sync_secs)
+            .field("calendar_check_secs", &self.calendar_check_secs)
             .finish()
     }
 }

@@ -17,7 +17,7 @@ use kwm_schemas::Period;
 
 use crate::auth::issue_token;
 use crate::config::Config;
-use crate::publish::{get_or_publish, Actor, LedgerScope};
+use crate::rounds::{latest_release, publish_round, Actor};
 use crate::startup::Application;
 use crate::store::Provider;
 use crate::tables;
@@ -180,27 +180,41 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    // The municipalities' side: the releases of the last full year, frozen in the ledger.
+    // The municipalities' side: the round of the last full year, published by the region team.
     let period: Period = opts.period.parse().context("--period")?;
-    let policy = &state.region.policy;
-    println!();
-    println!(
-        "Releases for {period}: k = {}, at least {} providers per cell, dominance {}%, epsilon {} per \
-         release, lifetime cap {} per (municipality, quarter).",
-        policy.k,
-        policy.min_providers,
-        policy.dominance_pct,
-        policy.epsilon_per_release,
-        policy.partition_epsilon_cap
-    );
-    println!(
-        "{:<8} {:<34} {:>3} {:>10} suppressed (reason: cells)",
-        "scope", "name", "v", "published"
-    );
     let actor = Actor {
         role: "admin".into(),
         id: "demo".into(),
     };
+    let deps = state.round_deps();
+    let outcome = publish_round(&deps, period, &actor, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing the round of {period}: {}", e.to_string_detail()))?;
+    let privacy = crate::release::privacy_statement(&crate::release::RoundContext {
+        region: &state.region,
+        plan: &crate::release::NoisePlan::new(&state.region, outcome.round.charges.first().map_or(state.region.privacy.year_round, |c| c.rho))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        charges: &[],
+    });
+    let charged: Vec<String> = outcome
+        .round
+        .charges
+        .iter()
+        .map(|c| format!("rho {} to data year {}", c.rho, c.data_year))
+        .collect();
+    println!();
+    println!(
+        "Round {period} (version {}) published for the whole region from one noisy measurement ({}); \
+         charged {}.",
+        outcome.round.version,
+        state.region.privacy.mechanism.as_str(),
+        charged.join(", ")
+    );
+    println!("{}", privacy.guarantee_en);
+    println!(
+        "{:<8} {:<34} {:>3} {:>10} {:>11} {:>11}",
+        "scope", "name", "v", "published", "suppressed", "unreliable"
+    );
     let mut scopes = vec![ReleaseScope::Region];
     scopes.extend(
         state
@@ -211,39 +225,43 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     );
     let mut shown = Vec::new();
     for scope in scopes {
-        let served = get_or_publish(&state, LedgerScope::Release(scope), period, &actor)
-            .await
-            .map_err(|e| anyhow::anyhow!("publishing {scope} {period}: {e}"))?;
-        let r = &served.release.release;
+        let cached = latest_release(
+            state.store.as_ref(),
+            &state.releases,
+            &state.region,
+            scope,
+            period,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {scope} {period}: {}", e.to_string_detail()))?;
+        let r = &cached.release;
         let name = match scope {
-            ReleaseScope::Region => state.region.name.clone(),
             ReleaseScope::Municipality(m) => state
                 .region
                 .municipality(m)
                 .map(|m| m.name.clone())
                 .unwrap_or_default(),
+            _ => state.region.name.clone(),
         };
-        let counts = r.status_counts();
-        let published = counts
-            .iter()
-            .find(|(s, _)| s.is_published())
-            .map_or(0, |c| c.1);
-        let suppressed: Vec<String> = counts
-            .iter()
-            .filter(|(s, n)| !s.is_published() && *n > 0)
-            .map(|(s, n)| format!("{s}: {n}"))
-            .collect();
+        let count = |status: kwm_schemas::release::CellStatus| {
+            r.status_counts()
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |c| c.1)
+        };
+        use kwm_schemas::release::CellStatus;
         println!(
-            "{:<8} {:<34.34} {:>3} {:>10} {}",
+            "{:<8} {:<34.34} {:>3} {:>10} {:>11} {:>11}",
             scope.to_string(),
             name,
             r.version.unwrap_or_default(),
-            published,
-            suppressed.join(", ")
+            count(CellStatus::Published),
+            count(CellStatus::Suppressed),
+            count(CellStatus::Unreliable),
         );
         // The region and the municipality whose token is printed below.
         if shown.len() < 2 {
-            shown.push(served.release.clone());
+            shown.push(cached.clone());
         }
     }
     for cached in &shown {
@@ -257,12 +275,13 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         );
         print!("{}", tables::to_text(r));
     }
+    let policy = &state.region.policy;
     println!(
-        "Counts are noisy and rounded to {}; percentages and means are computed from noisy sums. \
-         Suppressed: <k fewer than {} children, <prov fewer than {} providers, dom one provider \
-         dominates, sec secondary (protects another cell), n/f not final, - no data. Every \
-         figure's 95% interval is in the JSON, CSV and XLSX.",
-        policy.count_rounding, policy.k, policy.min_providers
+        "Counts are noisy and rounded to {}; percentages and means come from the same noisy \
+         measurement, and the municipalities add up to the region. Withheld: `supp` too few children \
+         (the noisy count is below the threshold for k = {}), `unrel` the 95% interval is wider than \
+         the region allows. Every figure's interval is in the JSON, CSV and XLSX.",
+        policy.count_rounding, policy.k
     );
 
     let (_, municipality_token) = issue_token(
@@ -276,7 +295,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let muni = municipality_token.as_str();
     let gm0748 = state
         .store
-        .get_latest_release("GM0748", &period.to_string())
+        .get_latest_round_release("GM0748", &period.to_string())
         .await?;
     println!();
     println!("Try it:");

@@ -22,12 +22,20 @@ pub enum ApiError {
         errors: Vec<RecordError>,
         active_key_id: Option<String>,
     },
-    /// A release would take this budget partition over its lifetime cap.
+    /// A round would take this data year over what rounds may spend of it.
     #[error("budget exhausted")]
     BudgetExhausted {
         partition: String,
         spent: String,
         cap: String,
+    },
+    /// A period that has no round (`not-released`) or cannot be published yet (`period-not-final`),
+    /// with the date from which it can be or is planned to be.
+    #[error("{detail}")]
+    NotYet {
+        kind: ProblemType,
+        detail: String,
+        available_from: Option<String>,
     },
     /// Too many requests for one token: retry after this many seconds.
     #[error("rate limited")]
@@ -94,9 +102,15 @@ impl ApiError {
             Self::Problem { kind, .. } => *kind,
             Self::RateLimited { .. } => ProblemType::RateLimited,
             Self::BudgetExhausted { .. } => ProblemType::BudgetExhausted,
+            Self::NotYet { kind, .. } => *kind,
             Self::Unavailable(_) | Self::TimedOut { .. } => ProblemType::Unavailable,
             Self::Internal(_) => ProblemType::Internal,
         }
+    }
+
+    /// The problem's detail as the API would answer it, for a command line.
+    pub fn to_string_detail(&self) -> String {
+        self.to_problem().detail
     }
 
     pub fn unauthenticated() -> Self {
@@ -135,11 +149,21 @@ impl ApiError {
                 let mut p = Problem::new(
                     ProblemType::BudgetExhausted,
                     format!(
-                        "partition {partition} has spent epsilon {spent} of its lifetime cap {cap}; \
-                         no new release can read it. The last published release stays available."
+                        "data year {partition} has spent rho {spent}; rounds may spend {cap} of it, \
+                         so this round cannot be charged. Nothing was published; the rounds published \
+                         before stay available."
                     ),
                 );
                 p.partition = Some(partition.clone());
+                p
+            }
+            Self::NotYet {
+                kind,
+                detail,
+                available_from,
+            } => {
+                let mut p = Problem::new(*kind, detail.clone());
+                p.available_from = available_from.clone();
                 p
             }
             Self::RateLimited { retry_after } => {
@@ -216,7 +240,10 @@ impl IntoResponse for ApiError {
             Self::TimedOut { after_secs } => {
                 tracing::warn!(after_secs, "request stopped at its deadline")
             }
-            Self::Problem { .. } | Self::RateLimited { .. } | Self::BudgetExhausted { .. } => {}
+            Self::Problem { .. }
+            | Self::RateLimited { .. }
+            | Self::BudgetExhausted { .. }
+            | Self::NotYet { .. } => {}
         }
         let mut res = problem_response(&self.to_problem());
         res.extensions_mut().insert(self.kind());

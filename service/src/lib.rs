@@ -16,7 +16,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod noise;
-pub mod publish;
+pub mod rounds;
 pub mod release;
 pub mod routes;
 pub mod startup;

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use kwm_schemas::problem::ProblemType;
-use kwm_schemas::region::Epsilon;
 use kwm_schemas::release::Release;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
@@ -96,17 +95,17 @@ impl Metrics {
         )?;
         let epsilon_spent = GaugeVec::new(
             Opts::new(
-                "epsilon_spent",
-                "Privacy budget spent per (municipality, quarter) partition",
+                "rho_spent",
+                "Privacy budget (rho, zCDP) spent per calendar year of data",
             ),
-            &["partition"],
+            &["data_year"],
         )?;
         let epsilon_remaining = GaugeVec::new(
             Opts::new(
-                "epsilon_remaining",
-                "Privacy budget left per (municipality, quarter) partition",
+                "rho_remaining",
+                "Privacy budget (rho, zCDP) left per calendar year of data",
             ),
-            &["partition"],
+            &["data_year"],
         )?;
         let build = IntGauge::with_opts(
             Opts::new("build_info", "Build information")
@@ -211,7 +210,8 @@ impl Metrics {
     }
 
     /// A release frozen by this instance: counted by scope kind (`municipality`, `region`,
-    /// `providers`), its cells by status.
+    /// `providers`), the cells of what municipalities may read by status (the per-provider table's
+    /// cells are nobody's to count whole).
     pub fn observe_release(&self, release: &Release, scope_key: &str) {
         let kind = if scope_key.starts_with("GM") {
             "municipality"
@@ -219,6 +219,9 @@ impl Metrics {
             scope_key
         };
         self.releases.with_label_values(&[kind]).inc();
+        if kind == "providers" {
+            return;
+        }
         for (status, n) in release.status_counts() {
             self.release_cells
                 .with_label_values(&[status.as_str()])
@@ -230,16 +233,17 @@ impl Metrics {
         self.release_compute.observe(seconds);
     }
 
-    /// The budget of one partition, as the ledger has it now. Gauges only: the ledger is exact, these
-    /// are for dashboards.
-    pub fn set_budget(&self, partition: &str, spent: Epsilon, cap: Epsilon) {
-        let f = |e: Epsilon| e.numerator() as f64 / e.denominator() as f64;
+    /// The budget of one data year (nano-rho), as the ledger has it now. Gauges only: the ledger is
+    /// exact, these are for dashboards.
+    pub fn set_budget(&self, data_year: u16, spent_nanos: i64, cap_nanos: i64) {
+        let f = |n: i64| n as f64 / 1e9;
+        let year = data_year.to_string();
         self.epsilon_spent
-            .with_label_values(&[partition])
-            .set(f(spent));
+            .with_label_values(&[&year])
+            .set(f(spent_nanos));
         self.epsilon_remaining
-            .with_label_values(&[partition])
-            .set((f(cap) - f(spent)).max(0.0));
+            .with_label_values(&[&year])
+            .set(f((cap_nanos - spent_nanos).max(0)));
     }
 
     pub fn observe_upload(&self, outcome: &Result<PutBatch, ApiError>) {

@@ -34,14 +34,27 @@ pub struct AppState {
     pub region: Arc<RegionConfig>,
     pub metrics: Metrics,
     pub rate_limiter: Arc<RateLimiter>,
-    /// One release computation at a time per instance (the ledger keeps instances consistent).
+    /// One round computation at a time per instance (the ledger keeps instances consistent).
     pub publish_lock: Arc<tokio::sync::Mutex<()>>,
     /// Frozen releases, parsed and serialised once.
-    pub releases: Arc<crate::publish::ReleaseCache>,
-    /// The built tables of recent periods, shared by every scope of a period.
-    pub tables: Arc<crate::publish::TablesCache>,
+    pub releases: Arc<crate::rounds::ReleaseCache>,
     /// The stored trajectories in memory, in the engine's form, kept in step with the store.
     pub index: Arc<crate::index::ReleaseIndex>,
+}
+
+impl AppState {
+    /// What publishing a round needs, taken from the state.
+    pub fn round_deps(&self) -> crate::rounds::RoundDeps {
+        crate::rounds::RoundDeps {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            region: self.region.clone(),
+            pseudonym_key: self.pseudonym_key.clone(),
+            metrics: self.metrics.clone(),
+            releases: self.releases.clone(),
+            lock: self.publish_lock.clone(),
+        }
+    }
 }
 
 /// What starting the service created or found, for the start-up message.
@@ -90,8 +103,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
             config.rate_limit_burst,
         )),
         publish_lock: Arc::new(tokio::sync::Mutex::new(())),
-        releases: Arc::new(crate::publish::ReleaseCache::default()),
-        tables: Arc::new(crate::publish::TablesCache::default()),
+        releases: Arc::new(crate::rounds::ReleaseCache::default()),
         index,
     };
     Ok((
@@ -188,6 +200,19 @@ impl Application {
             tokio::spawn(async move {
                 tokio::select! {
                     () = sync => {}
+                    _ = rx.wait_for(|v| *v) => {}
+                }
+            });
+        }
+        if !self.state.region.calendar.is_empty() {
+            let calendar = crate::rounds::run_calendar(
+                self.state.round_deps(),
+                Duration::from_secs(self.config.calendar_check_secs.max(1)),
+            );
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = calendar => {}
                     _ = rx.wait_for(|v| *v) => {}
                 }
             });

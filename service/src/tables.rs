@@ -81,11 +81,11 @@ pub fn to_xlsx(r: &Release) -> anyhow::Result<Vec<u8>> {
         1,
         0,
         format!(
-            "versie {}, k = {}, epsilon {}, tellingen afgerond op {}; onderdrukte cellen tonen de reden",
+            "versie {}, k = {}, tellingen afgerond op {}; niet gepubliceerde cellen tonen de reden. {}",
             r.version.map(|v| v.to_string()).unwrap_or_default(),
             r.policy.k,
-            r.epsilon,
-            r.policy.count_rounding
+            r.policy.count_rounding,
+            r.privacy.guarantee_nl
         ),
     )?;
     sheet.write_with_format(3, 0, "Doelgroep", &bold)?;
@@ -163,12 +163,8 @@ pub fn to_xlsx(r: &Release) -> anyhow::Result<Vec<u8>> {
 pub fn to_text(r: &Release) -> String {
     let short = |s: &str| -> String {
         match s {
-            "below-k" => "<k".into(),
-            "few-providers" => "<prov".into(),
-            "dominance" => "dom".into(),
-            "secondary" => "sec".into(),
-            "no-data" => "-".into(),
-            "not-final" => "n/f".into(),
+            "suppressed" => "supp".into(),
+            "unreliable" => "unrel".into(),
             other => other.into(),
         }
     };

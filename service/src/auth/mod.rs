@@ -104,14 +104,22 @@ impl Caller {
         }
     }
 
-    /// Whether this caller may read releases of `scope`: a municipality its own CBS code only, the region
-    /// every municipality and the region as a whole. Nobody else reads municipal releases.
+    /// Whether this caller may read releases of `scope`: a municipality its own CBS code and the region
+    /// as a whole (its benchmark), the region team every municipality and the region. Nobody reads the
+    /// per-provider table whole (a provider reads its own rows through its scores).
     pub fn may_read_release_scope(&self, scope: &str) -> Result<(), ApiError> {
+        if scope == "providers" {
+            return Err(ApiError::forbidden(
+                "the per-provider table is read by each provider for its own rows only",
+            ));
+        }
         match self.role {
             Role::Region => Ok(()),
-            Role::Municipality if self.scope.as_deref() == Some(scope) => Ok(()),
+            Role::Municipality if self.scope.as_deref() == Some(scope) || scope == "region" => {
+                Ok(())
+            }
             Role::Municipality => Err(ApiError::forbidden(format!(
-                "this token may read releases of {} only",
+                "this token may read releases of {} and of the region only",
                 self.scope.as_deref().unwrap_or("its own municipality")
             ))),
             other => Err(ApiError::forbidden(format!(

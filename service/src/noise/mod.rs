@@ -87,6 +87,20 @@ impl Scale {
     }
 }
 
+/// A variance sigma^2 = num / den (TEMPORARY until the discrete Gaussian sampler lands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variance {
+    pub num: u64,
+    pub den: u64,
+}
+
+impl Variance {
+    pub const MAX_PART: u64 = 1 << 40;
+    pub fn new(num: u64, den: u64) -> Result<Self, NoiseError> {
+        Ok(Self { num, den })
+    }
+}
+
 /// Why a draw of noise failed. No variant carries a partial or biased draw: on error nothing is released.
 #[derive(Debug, thiserror::Error)]
 pub enum NoiseError {
@@ -116,6 +130,11 @@ pub trait NoiseSource {
     /// instead of a panic. Release code should call this one.
     fn try_discrete_laplace(&mut self, scale: Scale) -> Result<i64, NoiseError> {
         Ok(self.discrete_laplace(scale))
+    }
+
+    /// TEMPORARY until the sampler lands.
+    fn try_discrete_gaussian(&mut self, _sigma2: Variance) -> Result<i64, NoiseError> {
+        Ok(0)
     }
 }
 

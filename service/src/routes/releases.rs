@@ -1,15 +1,18 @@
-//! Releases: `GET /v1/releases` (the ledger, or the release of one scope and period),
-//! `GET /v1/releases/{release}` (one frozen release as JSON, `.csv` or `.xlsx`) and
-//! `GET /v1/providers/me/scores` (a provider's own figures next to the regional benchmark).
+//! Releases and rounds: `GET /v1/releases` (the newest release of a scope and period, or the list the
+//! caller may read), `GET /v1/releases/{release}` (one frozen release as JSON, `.csv` or `.xlsx`),
+//! `GET /v1/providers/me/scores` (a provider's own figures next to the regional benchmark),
+//! `POST /v1/rounds` and `GET /v1/rounds` (publishing and listing release rounds) and
+//! `GET /v1/privacy` (the accountant). Only `POST /v1/rounds` computes or charges anything.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::release::{
-    ProviderScores, Release, ReleaseList, ReleaseScope, ReleaseSummary, ScoresTable,
+    PrivacyReport, ProviderScores, PublishRound, Release, ReleaseList, ReleaseScope,
+    ReleaseSummary, RoundList, RoundOutcome, ScoresTable,
 };
 use kwm_schemas::{Period, Role};
 use serde::Deserialize;
@@ -20,13 +23,9 @@ use super::{json, schema_of, Endpoint, Method, QueryParam, Reply, SchemaFn};
 use crate::audit_trail::api_actor;
 use crate::auth::{Caller, ProviderCaller};
 use crate::error::{ApiError, AppJson};
-use crate::publish::{get_or_publish, Actor, LedgerScope, Served};
+use crate::rounds::{self, latest_release, publish_round};
 use crate::startup::AppState;
-use crate::store::StoredRelease;
 use crate::tables;
-
-/// Set when data changed after the served release but its budget allows no new version.
-pub const NEWER_DATA_HEADER: &str = "kwm-newer-data-withheld";
 
 fn release_body(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schema_of::<Release>(g)
@@ -40,15 +39,17 @@ pub fn endpoints() -> Vec<Endpoint> {
             path: "/v1/releases",
             operation_id: "getReleases",
             summary:
-                "With scope and period: the release of that scope and period (published on first \
-                      request, frozen after). Without a period: the releases the caller may read.",
+                "With scope and period: the release of that scope in the newest version of the \
+                      period's round. Without a period: the releases the caller may read. Never \
+                      publishes or charges anything.",
             roles: &[Role::Municipality, Role::Region],
             request: None,
             query: &[
                 QueryParam {
                     name: "scope",
                     description:
-                        "a CBS code (GM0748) or `region`; a municipality token may leave it out",
+                        "a CBS code (GM0748) or `region`; a municipality token may leave it out \
+                         for its own",
                     required: false,
                 },
                 QueryParam {
@@ -68,7 +69,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             problems: &[
                 ProblemType::BadRequest,
                 ProblemType::NotFound,
-                ProblemType::BudgetExhausted,
+                ProblemType::NotReleased,
             ],
             handler: || get(get_releases),
         },
@@ -106,7 +107,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             operation_id: "getProviderScores",
             summary:
                 "The calling provider's own figures for a period next to the regional benchmark, \
-                      under the same release rules",
+                      from the period's newest round (never publishes or charges)",
             roles: &[Role::Provider],
             request: None,
             query: &[QueryParam {
@@ -119,8 +120,63 @@ pub fn endpoints() -> Vec<Endpoint> {
                 "the provider's rows and the region's",
                 schema_of::<ProviderScores>,
             )],
-            problems: &[ProblemType::BadRequest, ProblemType::BudgetExhausted],
+            problems: &[ProblemType::BadRequest, ProblemType::NotReleased],
             handler: || get(get_scores),
+        },
+        Endpoint {
+            method: Method::Post,
+            path: "/v1/rounds",
+            operation_id: "publishRound",
+            summary:
+                "Publishes the round of an ended period for the whole region (every municipality, \
+                      the region, the per-provider table) from one noisy measurement, charged once \
+                      per data year; again later, a correction (a new version, charged again) when \
+                      the data changed",
+            roles: &[Role::Region, Role::Admin],
+            request: Some(schema_of::<PublishRound>),
+            query: &[],
+            replies: vec![
+                json(201, "published: a new version", schema_of::<RoundOutcome>),
+                json(
+                    200,
+                    "unchanged: the data have not changed since the newest version; nothing charged",
+                    schema_of::<RoundOutcome>,
+                ),
+            ],
+            problems: &[
+                ProblemType::BadRequest,
+                ProblemType::PeriodNotFinal,
+                ProblemType::BudgetExhausted,
+            ],
+            handler: || post(post_round),
+        },
+        Endpoint {
+            method: Method::Get,
+            path: "/v1/rounds",
+            operation_id: "listRounds",
+            summary:
+                "Every round with its versions, what it charged to each data year and who \
+                      published it, and the calendar's rounds still to come",
+            roles: &[Role::Municipality, Role::Region, Role::Admin],
+            request: None,
+            query: &[],
+            replies: vec![json(200, "the rounds, newest first", schema_of::<RoundList>)],
+            problems: &[],
+            handler: || get(get_rounds),
+        },
+        Endpoint {
+            method: Method::Get,
+            path: "/v1/privacy",
+            operation_id: "getPrivacy",
+            summary:
+                "The accountant: per data year the cap, what each round spent and what remains, \
+                      with the guarantee in words",
+            roles: &[Role::Region, Role::Admin],
+            request: None,
+            query: &[],
+            replies: vec![json(200, "the budget per data year", schema_of::<PrivacyReport>)],
+            problems: &[],
+            handler: || get(get_privacy),
         },
     ]
 }
@@ -154,16 +210,6 @@ fn json_bytes(body: axum::body::Bytes) -> Response {
         .into_response()
 }
 
-fn with_withheld(mut res: Response, served: &Served) -> Response {
-    if let Some(p) = &served.newer_data_withheld {
-        if let Ok(v) = HeaderValue::from_str(p) {
-            res.headers_mut()
-                .insert(HeaderName::from_static(NEWER_DATA_HEADER), v);
-        }
-    }
-    res
-}
-
 #[instrument(skip_all, fields(role = %caller.role))]
 async fn get_releases(
     State(state): State<AppState>,
@@ -192,15 +238,25 @@ async fn get_releases(
         caller.may_read_release_scope(&s.to_string())?;
     }
     let Some(period_text) = q.period else {
-        let scope_key = scope.map(|s| s.to_string());
-        let stored = state
-            .store
-            .list_releases(scope_key.as_deref(), None)
-            .await?;
+        let rounds = state.store.list_rounds(None).await?;
         let mut releases = Vec::new();
-        for s in &stored {
-            if s.scope != "providers" && caller.may_read_release_scope(&s.scope).is_ok() {
-                releases.push(summary(s)?);
+        for r in &rounds {
+            let summary = rounds::round_summary(r)?;
+            for rel in &summary.releases {
+                let key = rel.scope.to_string();
+                if scope.is_some_and(|s| s != rel.scope) {
+                    continue;
+                }
+                if caller.may_read_release_scope(&key).is_ok() {
+                    releases.push(ReleaseSummary {
+                        id: rel.id,
+                        round: summary.id,
+                        scope: rel.scope,
+                        period: summary.period,
+                        version: summary.version,
+                        created_at: summary.created_at,
+                    });
+                }
             }
         }
         return Ok(AppJson(ReleaseList { releases }).into_response());
@@ -209,27 +265,15 @@ async fn get_releases(
     let scope = scope.ok_or_else(|| {
         bad_request("with a period, name the scope too: scope=GM0748 or scope=region")
     })?;
-    let served = get_or_publish(
-        &state,
-        LedgerScope::Release(scope),
+    let cached = latest_release(
+        state.store.as_ref(),
+        &state.releases,
+        &state.region,
+        scope,
         period,
-        &api_actor(&caller),
     )
     .await?;
-    let res = json_bytes(served.release.json.clone());
-    Ok(with_withheld(res, &served))
-}
-
-fn summary(s: &StoredRelease) -> Result<ReleaseSummary, ApiError> {
-    let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("ledger row {}: {what}", s.id));
-    Ok(ReleaseSummary {
-        id: s.id,
-        scope: s.scope.parse().map_err(|_| bad("scope"))?,
-        period: s.period.parse().map_err(|_| bad("period"))?,
-        version: s.version,
-        created_at: s.created_at,
-        epsilon: s.epsilon,
-    })
+    Ok(json_bytes(cached.json.clone()))
 }
 
 #[instrument(skip_all, fields(role = %caller.role))]
@@ -254,7 +298,7 @@ async fn get_release(
         .ok_or_else(not_found)?;
     // A release the caller may not read is not found: its existence is not disclosed. The
     // per-provider table is nobody's to read whole.
-    if cached.scope == "providers" || caller.may_read_release_scope(&cached.scope).is_err() {
+    if caller.may_read_release_scope(&cached.scope).is_err() {
         return Err(not_found());
     }
     let r = &cached.release;
@@ -310,47 +354,59 @@ async fn get_scores(
             .ok_or_else(|| bad_request("name the period: period=2025, 2025-H1 or 2025-Q3"))?,
     )?;
     let agb = provider.0;
-    let actor = Actor {
-        role: Role::Provider.as_str().into(),
-        id: agb.to_string(),
-    };
-    let own = get_or_publish(&state, LedgerScope::Providers, period, &actor).await?;
-    let benchmark = get_or_publish(
-        &state,
-        LedgerScope::Release(ReleaseScope::Region),
-        period,
-        &actor,
-    )
-    .await?;
-    let table = |served: &Served, rows| ScoresTable {
-        release: served.release.release.id.unwrap_or_default(),
-        version: served.release.version,
+    let (store, cache, region) = (state.store.as_ref(), &state.releases, &state.region);
+    let own = latest_release(store, cache, region, ReleaseScope::Providers, period).await?;
+    let benchmark = latest_release(store, cache, region, ReleaseScope::Region, period).await?;
+    let table = |r: &Release, version, rows| ScoresTable {
+        release: r.id.unwrap_or_default(),
+        version,
         rows,
     };
     let own_rows = own
-        .release
         .release
         .rows
         .iter()
         .filter(|r| r.provider == Some(agb))
         .cloned()
         .collect();
-    let bench_rows = benchmark
-        .release
-        .release
-        .rows
-        .iter()
-        .filter(|r| r.provider.is_none())
-        .cloned()
-        .collect();
     let scores = ProviderScores {
         provider: agb,
         period,
-        criteria: benchmark.release.release.criteria.clone(),
-        own: table(&own, own_rows),
-        benchmark: table(&benchmark, bench_rows),
-        policy: state.region.policy.clone(),
+        criteria: benchmark.release.criteria.clone(),
+        own: table(&own.release, own.version, own_rows),
+        benchmark: table(&benchmark.release, benchmark.version, benchmark.release.rows.clone()),
+        policy: benchmark.release.policy.clone(),
+        privacy: benchmark.release.privacy.clone(),
     };
-    let res = AppJson(scores).into_response();
-    Ok(with_withheld(with_withheld(res, &own), &benchmark))
+    Ok(AppJson(scores).into_response())
+}
+
+#[instrument(skip_all, fields(role = %caller.role))]
+async fn post_round(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(req): AppJson<PublishRound>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Region, Role::Admin])?;
+    let outcome = publish_round(&state.round_deps(), req.period, &api_actor(&caller), false).await?;
+    let status = if outcome.outcome == "published" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, AppJson(outcome)).into_response())
+}
+
+#[instrument(skip_all, fields(role = %caller.role))]
+async fn get_rounds(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Municipality, Role::Region, Role::Admin])?;
+    let (rounds, planned) = rounds::list_rounds(state.store.as_ref(), &state.region).await?;
+    Ok(AppJson(RoundList { rounds, planned }).into_response())
+}
+
+#[instrument(skip_all, fields(role = %caller.role))]
+async fn get_privacy(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Region, Role::Admin])?;
+    let report = rounds::privacy_report(state.store.as_ref(), &state.region).await?;
+    Ok(AppJson(report).into_response())
 }

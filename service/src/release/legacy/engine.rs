@@ -12,19 +12,22 @@ use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use kwm_schemas::criteria::{catalogue, Criterion, CriterionKind};
-use kwm_schemas::region::ReleasePolicy;
-use kwm_schemas::release::{
-    CellStatus, MeasureGroupNoise, NoiseDescription, Partition, Rational, Release, ReleaseCell,
-    ReleaseRow, ReleaseScope,
-};
+use kwm_schemas::release::{Rational, ReleaseScope};
 use kwm_schemas::{AgbCode, Code, Month, MunicipalityCode, Period};
 
-use super::bounding::{select, OrderKey};
+use super::super::aggregate::{
+    bound_into, Traj, D_ENDED, D_GOAL, D_GRADE, D_HELP, D_IN_CARE, D_PROBLEM, D_REPEAT, D_STARTED,
+};
+use super::super::bounding::OrderKey;
+use super::super::measures::{is_repeat, Deriver, EndClass, Measures};
+use super::super::rows::{EngineRow, OUTSIDE};
+use super::super::IndexedInput;
 use super::figures::{self, Level, Released, Widths};
-use super::measures::{is_repeat, Deriver, EndClass, Measures};
-use super::rows::{Codebook, EngineRow, OUTSIDE};
 use super::suppress::{self, Facts, Rules, Shape};
-use super::{IndexedInput, ReleaseError, ReleaseInput};
+use super::wire::{
+    CellStatus, MeasureGroupNoise, NoiseDescription, Partition, Release, ReleaseCell, ReleaseRow,
+};
+use super::{LegacyError as ReleaseError, LegacyPolicy as ReleasePolicy};
 use crate::noise::{NoiseSource, Scale};
 
 /// The true (or, after noise, noisy) integers of one row, one slot per noised value.
@@ -111,33 +114,6 @@ fn group_of(bin: usize) -> usize {
         .iter()
         .position(|g| g.bins.contains(&bin))
         .unwrap_or_else(|| unreachable!("every bin belongs to a group"))
-}
-
-/// Bounding domains: the sets of trajectories one measure group counts. Bounding is done per domain, so
-/// that a client's ended trajectory is not dropped from the outcome figures in favour of a running one
-/// in the same target group (which would bias herhaald beroep, for instance, downward).
-const DOMAINS: usize = 8;
-const D_IN_CARE: usize = 0;
-const D_STARTED: usize = 1;
-const D_ENDED: usize = 2;
-const D_HELP: usize = 3;
-const D_REPEAT: usize = 4;
-const D_PROBLEM: usize = 5;
-const D_GRADE: usize = 6;
-const D_GOAL: usize = 7;
-
-fn eligible(m: &Measures, domain: usize) -> bool {
-    match domain {
-        D_IN_CARE => true,
-        D_STARTED => m.started,
-        D_ENDED => m.ended.is_some(),
-        D_HELP => m.without_help.is_some(),
-        D_REPEAT => m.repeat.is_some(),
-        D_PROBLEM => m.improved.is_some(),
-        D_GRADE => m.grade.is_some(),
-        D_GOAL => m.goal_tenths.is_some(),
-        _ => false,
-    }
 }
 
 /// The client sets suppression is decided on: each criterion's denominator.
@@ -283,16 +259,6 @@ fn computation(code: &str) -> Option<(Denominator, Computation)> {
         ),
         _ => return None,
     })
-}
-
-/// One trajectory active in the period, with where it sits in the grid.
-struct Traj {
-    client: [u8; 32],
-    row: u32,
-    muni: u16,
-    group: u16,
-    provider: u32,
-    measures: Measures,
 }
 
 /// The bounded aggregates and suppression patterns of one period: everything every release of the period
@@ -562,33 +528,16 @@ impl Pass {
 }
 
 impl PeriodTables {
-    /// The tables of wire records (one provider each), as the store lists them: resolves them against
-    /// the region's codebook and builds as [`PeriodTables::build_indexed`] does.
-    pub fn build(input: &ReleaseInput<'_>) -> Result<Self, ReleaseError> {
-        if input.rows.len() > u32::MAX as usize {
-            return Err(ReleaseError::TooManyRows(input.rows.len()));
-        }
-        let codebook = Codebook::new(input.region);
-        let shard: Vec<EngineRow> = input
-            .rows
-            .iter()
-            .map(|(agb, rec)| EngineRow::new(&codebook, *agb, rec))
-            .collect();
-        Self::build_indexed(&IndexedInput {
-            region: input.region,
-            shards: std::slice::from_ref(&shard),
-            period: input.period,
-            as_of: input.as_of,
-            order_key: input.order_key,
-        })
-    }
-
     /// One pass over the rows, bounding, aggregation and the suppression patterns. The shards are
     /// taken in parallel; a client's rows must all be in one shard. Cost: linear in the rows, plus a
     /// sort per shard of the rows the period reads, by client.
-    pub fn build_indexed(input: &IndexedInput<'_>) -> Result<Self, ReleaseError> {
-        let region = input.region;
-        let policy = &region.policy;
+    pub fn build_indexed(
+        input: &IndexedInput<'_>,
+        policy: &ReleasePolicy,
+    ) -> Result<Self, ReleaseError> {
+        let mut region = input.region.clone();
+        region.policy.herhaald_beroep_window_months = policy.herhaald_beroep_window_months;
+        let region = &region;
         let deriver = Deriver::new(region, input.period, input.as_of);
         let repeat_final = deriver.repeat_final();
         let window = deriver.window();
@@ -782,7 +731,7 @@ impl PeriodTables {
                 });
                 contributions = max_cells;
             }
-            ReleaseScope::Region => {
+            ReleaseScope::Region | ReleaseScope::Providers => {
                 base = self.region_bins.iter().chain(&self.provider_bins).collect();
                 for t in 0..t_n {
                     plan.push(RowPlan {
@@ -916,7 +865,7 @@ pub(super) fn partitions_of(
 ) -> Vec<Partition> {
     let munis: &[MunicipalityCode] = match &scope {
         ReleaseScope::Municipality(m) => std::slice::from_ref(m),
-        ReleaseScope::Region => munis,
+        ReleaseScope::Region | ReleaseScope::Providers => munis,
     };
     munis
         .iter()
@@ -927,80 +876,6 @@ pub(super) fn partitions_of(
             })
         })
         .collect()
-}
-
-/// The domains each of one client's trajectories is kept in, as bit masks. One trajectory alone is kept
-/// wherever it is eligible (`max_rows` is at least 1); otherwise per domain [`select`] decides by the
-/// keyed order, where in the end histogram an outcome ending goes before an administrative one (it is
-/// the one that carries information; the choice depends on the client's own data only, so the bound on
-/// the client's contribution is unchanged).
-/// Position in the keyed order: administrative endings last (end histogram only), then the HMAC, then
-/// the row (a tie of two HMACs does not happen, but the order must be total).
-type Rank = (bool, [u8; 32], u32);
-
-#[cfg(test)]
-fn bound(client: &[Traj], rows: &[EngineRow], key: &OrderKey, max_rows: usize) -> Vec<u8> {
-    let mut masks = Vec::new();
-    bound_into(client, rows, key, max_rows, &mut masks);
-    masks
-}
-
-/// [`bound`] into a buffer the caller reuses. The keyed order is computed only where it decides
-/// something: when a domain holds two trajectories of one row, or more rows than allowed (otherwise
-/// every eligible trajectory is kept whatever the order, exactly as [`select`] would keep them).
-fn bound_into(
-    client: &[Traj],
-    rows: &[EngineRow],
-    key: &OrderKey,
-    max_rows: usize,
-    masks: &mut Vec<u8>,
-) {
-    masks.clear();
-    let all = |t: &Traj| {
-        (0..DOMAINS)
-            .filter(|d| eligible(&t.measures, *d))
-            .fold(0u8, |m, d| m | (1 << d))
-    };
-    if client.len() == 1 {
-        masks.push(all(&client[0]));
-        return;
-    }
-    masks.resize(client.len(), 0);
-    let mut ranks: Vec<Option<[u8; 32]>> = Vec::new();
-    let mut positions: Vec<usize> = Vec::new();
-    for d in 0..DOMAINS {
-        positions.clear();
-        positions.extend((0..client.len()).filter(|i| eligible(&client[*i].measures, d)));
-        let distinct_rows = positions.len() <= max_rows
-            && positions.iter().enumerate().all(|(n, i)| {
-                positions[..n]
-                    .iter()
-                    .all(|j| client[*j].group != client[*i].group)
-            });
-        if distinct_rows {
-            for i in &positions {
-                masks[*i] |= 1 << d;
-            }
-            continue;
-        }
-        if ranks.is_empty() {
-            ranks.resize(client.len(), None);
-        }
-        let items: Vec<(u16, Rank)> = positions
-            .iter()
-            .map(|i| {
-                let t = &client[*i];
-                let rank = *ranks[*i]
-                    .get_or_insert_with(|| key.rank(&t.client, &rows[t.row as usize].trajectory));
-                let administrative =
-                    d == D_ENDED && t.measures.ended == Some(EndClass::Administrative);
-                (t.group, (administrative, rank, t.row))
-            })
-            .collect();
-        for pos in select(&items, max_rows) {
-            masks[positions[pos]] |= 1 << d;
-        }
-    }
 }
 
 fn add_bins(bins: &mut Bins, m: &Measures, mask: u8) {
@@ -1264,121 +1139,3 @@ fn figure(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kwm_schemas::codes::{AgeBand, Pseudonym};
-    use kwm_schemas::WireRecord;
-    use proptest::prelude::*;
-
-    fn measures() -> impl Strategy<Value = Measures> {
-        let class = prop_oneof![
-            Just(None),
-            Just(Some(EndClass::Plan)),
-            Just(Some(EndClass::DropOut)),
-            Just(Some(EndClass::Other)),
-            Just(Some(EndClass::Administrative)),
-        ];
-        (
-            proptest::bool::ANY,
-            class,
-            proptest::option::of(proptest::bool::ANY),
-            proptest::option::of(proptest::bool::ANY),
-            proptest::option::of(proptest::bool::ANY),
-            proptest::option::of(1u8..=10),
-            proptest::option::of(0u16..=1000),
-        )
-            .prop_map(
-                |(started, ended, help, repeat, improved, grade, goal)| Measures {
-                    started,
-                    ended,
-                    without_help: ended.and(help),
-                    repeat: ended.and(repeat),
-                    improved: ended.and(improved),
-                    grade: ended.and(grade),
-                    goal_tenths: ended.and(goal),
-                },
-            )
-    }
-
-    proptest! {
-        /// The bounding property at the level of the engine: in every measure domain a client lands
-        /// at most once in a target-group row and in at most `max_cells_per_client` rows, and only
-        /// trajectories that belong to the domain are kept.
-        #[test]
-        fn no_client_exceeds_its_cells_in_any_domain(
-            items in proptest::collection::vec((0u16..4, 0u16..2, 0u32..3, measures()), 1..9),
-            max_rows in 1usize..4,
-            key in proptest::array::uniform32(proptest::num::u8::ANY),
-        ) {
-            let region = kwm_schemas::RegionConfig::wbw();
-            let rows: Vec<(AgbCode, WireRecord)> = (0..items.len())
-                .map(|i| {
-                    let rec = WireRecord {
-                        client: Pseudonym([9; 32]),
-                        trajectory: Pseudonym([i as u8; 32]),
-                        municipality: "GM0748".parse().expect("valid"),
-                        target_group: "P01".parse().expect("valid"),
-                        intensity: None,
-                        product_category: None,
-                        start_month: "2025-01".parse().expect("valid"),
-                        end_month: None,
-                        age_band: AgeBand::Age0To3,
-                        end_reason: None,
-                        satisfaction: None,
-                        respondent: None,
-                        carry_on_without_help: None,
-                        problem_t_pre: None,
-                        problem_t_post: None,
-                        instrument: None,
-                        goals_agreed: None,
-                        goals_achieved: None,
-                    };
-                    ("12345678".parse().expect("valid"), rec)
-                })
-                .collect();
-            let codebook = Codebook::new(&region);
-            let rows: Vec<EngineRow> = rows
-                .iter()
-                .map(|(agb, rec)| EngineRow::new(&codebook, *agb, rec))
-                .collect();
-            let client: Vec<Traj> = items
-                .iter()
-                .enumerate()
-                .map(|(i, (group, muni, provider, measures))| Traj {
-                    client: [9; 32],
-                    row: i as u32,
-                    muni: *muni,
-                    group: *group,
-                    provider: *provider,
-                    measures: *measures,
-                })
-                .collect();
-            let masks = bound(&client, &rows, &OrderKey::new(&key), max_rows);
-            for d in 0..DOMAINS {
-                let kept: Vec<&Traj> = client
-                    .iter()
-                    .zip(&masks)
-                    .filter(|(_, m)| *m & (1 << d) != 0)
-                    .map(|(t, _)| t)
-                    .collect();
-                prop_assert!(kept.iter().all(|t| eligible(&t.measures, d)), "kept outside its domain");
-                let mut groups: Vec<u16> = kept.iter().map(|t| t.group).collect();
-                groups.sort_unstable();
-                let n = groups.len();
-                groups.dedup();
-                prop_assert_eq!(groups.len(), n, "twice in one row of domain {}", d);
-                prop_assert!(n <= max_rows, "more rows than allowed in domain {}", d);
-                let mut eligible_groups: Vec<u16> = client
-                    .iter()
-                    .filter(|t| eligible(&t.measures, d))
-                    .map(|t| t.group)
-                    .collect();
-                eligible_groups.sort_unstable();
-                eligible_groups.dedup();
-                prop_assert_eq!(n, eligible_groups.len().min(max_rows), "dropped more than needed");
-            }
-            prop_assert_eq!(bound(&client, &rows, &OrderKey::new(&key), max_rows), masks);
-        }
-    }
-}
