@@ -271,10 +271,10 @@ pub enum VerifyError {
         batch_id: Uuid,
         head: i64,
     },
-    /// A release of the ledger has no release entry.
+    /// A release (before rounds) or a round of the ledger has no release entry.
     #[error(
-        "release {release} has no release entry after entry {head}: entries were deleted from the end \
-         of the chain, or the release's entry could not be written"
+        "release or round {release} has no release entry after entry {head}: entries were deleted \
+         from the end of the chain, or the release's entry could not be written"
     )]
     MissingRelease { release: Uuid, head: i64 },
 }
@@ -349,10 +349,12 @@ async fn check(
                 }
             }
             AuditAction::Release => {
+                // `release <id> (...)` before rounds, `round <id> (<period>)` since.
                 if let Some(id) = e
                     .entry
                     .subject
                     .strip_prefix("release ")
+                    .or_else(|| e.entry.subject.strip_prefix("round "))
                     .and_then(|s| s.split_whitespace().next())
                 {
                     releases.insert(id);
@@ -373,6 +375,16 @@ async fn check(
         }
     }
     for r in store.list_releases(None, None).await? {
+        if !releases.contains(r.id.to_string().as_str()) {
+            return Ok(Err(VerifyError::MissingRelease {
+                release: r.id,
+                head,
+            }));
+        }
+    }
+    // A round and its entry are written in one transaction; a round without one means entries
+    // were deleted from the end of the chain.
+    for r in store.list_rounds(None).await? {
         if !releases.contains(r.id.to_string().as_str()) {
             return Ok(Err(VerifyError::MissingRelease {
                 release: r.id,
