@@ -1,8 +1,9 @@
 //! The release index against the store, on SQLite and PostgreSQL: after uploads, corrections and
 //! withdrawals written through one store instance, the index of another instance, synced
-//! incrementally, computes exactly the releases that the rows read from the database give; and so does
-//! an index loaded whole. Releases are compared without noise, every scope, on synthetic WBW data with
-//! repeat trajectories across providers.
+//! incrementally, computes exactly the round that the rows read from the database give; and so does
+//! an index loaded whole. Rounds are compared without noise, every scope (each municipality, the
+//! region and the per-provider table) and the charges, on synthetic WBW data with repeat trajectories
+//! across providers.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use kwm_sdk::synth::{generate, SynthOptions};
 use kwm_sdk::{ProviderKeys, Pseudonymiser, RegionalKey};
 use kwm_service::index::ReleaseIndex;
 use kwm_service::noise::NoNoise;
-use kwm_service::release::{IndexedInput, PeriodTables, ReleaseInput};
+use kwm_service::release::{compute_round, engine_rows, ComputedRound, IndexedInput};
 use kwm_service::store::{NewBatch, Store};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -27,54 +28,64 @@ fn month(s: &str) -> Month {
     s.parse().expect("a valid month")
 }
 
-/// Every scope's release of `period`, without noise, from the rows as the database lists them.
+/// The round of `period` without noise from `shards`.
+fn round(
+    region: &RegionConfig,
+    shards: &[Vec<kwm_service::release::EngineRow>],
+    period: Period,
+) -> anyhow::Result<ComputedRound> {
+    let rho = region
+        .round_rho(period)
+        .context("the region publishes rounds of this period")?;
+    Ok(compute_round(
+        &IndexedInput {
+            region,
+            shards,
+            period,
+            as_of: month("2026-12"),
+            order_key: &ORDER_KEY,
+        },
+        rho,
+        &mut NoNoise,
+    )?)
+}
+
+/// The round of `period`, from the rows as the database lists them, in one shard.
 async fn from_database(
     store: &dyn Store,
     region: &RegionConfig,
     period: Period,
-) -> anyhow::Result<Vec<Release>> {
+) -> anyhow::Result<ComputedRound> {
     let rows = store
         .list_trajectories_between(month("1900-01"), month("2999-12"))
         .await?;
-    let tables = PeriodTables::build(&ReleaseInput {
-        region,
-        rows: &rows,
-        period,
-        as_of: month("2026-12"),
-        order_key: &ORDER_KEY,
-    })?;
-    releases(&tables, region)
+    round(region, &[engine_rows(region, &rows)], period)
 }
 
-/// The same, from the index as it is now.
+/// The same, from the index's shards as they are now.
 fn from_index(
     index: &ReleaseIndex,
     region: &RegionConfig,
     period: Period,
-) -> anyhow::Result<Vec<Release>> {
+) -> anyhow::Result<ComputedRound> {
     let data = index.read();
-    let tables = PeriodTables::build_indexed(&IndexedInput {
-        region,
-        shards: data.shards(),
-        period,
-        as_of: month("2026-12"),
-        order_key: &ORDER_KEY,
-    })?;
-    releases(&tables, region)
+    round(region, data.shards(), period)
 }
 
-fn releases(tables: &PeriodTables, region: &RegionConfig) -> anyhow::Result<Vec<Release>> {
-    let mut scopes = vec![ReleaseScope::Region];
-    scopes.extend(
+/// Every scope of the region once: each municipality, the region and the per-provider table.
+fn scopes_of(releases: &[Release], region: &RegionConfig) -> anyhow::Result<()> {
+    let mut want = vec![ReleaseScope::Region, ReleaseScope::Providers];
+    want.extend(
         region
             .municipalities
             .iter()
             .map(|m| ReleaseScope::Municipality(m.code)),
     );
-    scopes
-        .into_iter()
-        .map(|s| Ok(tables.release(s, &mut NoNoise)?))
-        .collect()
+    want.sort();
+    let mut got: Vec<ReleaseScope> = releases.iter().map(|r| r.scope).collect();
+    got.sort();
+    anyhow::ensure!(got == want, "the round's scopes: {got:?}");
+    Ok(())
 }
 
 /// Both ways agree for 2025 and 2024, and the index holds as many rows as the table.
@@ -94,14 +105,39 @@ async fn agree(
         let period: Period = period.parse()?;
         let db = from_database(store, region, period).await?;
         let ix = from_index(index, region, period)?;
-        anyhow::ensure!(db == ix, "{when}: releases of {period} differ");
-        // Not vacuous: figures were published.
+        scopes_of(&db.releases, region)?;
         anyhow::ensure!(
-            db.iter()
-                .flat_map(|r| r.rows.iter().flat_map(|row| &row.cells))
-                .any(|c| c.status.is_published()),
-            "{when}: nothing published, the comparison says little"
+            db.charges == ix.charges,
+            "{when}: charges of {period} differ"
         );
+        anyhow::ensure!(
+            db.releases.len() == ix.releases.len(),
+            "{when}: {period}: {} releases from the database, {} from the index",
+            db.releases.len(),
+            ix.releases.len()
+        );
+        for (d, i) in db.releases.iter().zip(&ix.releases) {
+            anyhow::ensure!(
+                d == i,
+                "{when}: the {} release of {period} differs",
+                d.scope
+            );
+        }
+        // Not vacuous: figures were published, in the noisy tables and in the providers' own rows.
+        for scope in [ReleaseScope::Region, ReleaseScope::Providers] {
+            let r = db
+                .releases
+                .iter()
+                .find(|r| r.scope == scope)
+                .context("every scope")?;
+            anyhow::ensure!(
+                r.rows
+                    .iter()
+                    .flat_map(|row| &row.cells)
+                    .any(|c| c.status.is_published()),
+                "{when}: nothing published in {scope} of {period}, the comparison says little"
+            );
+        }
     }
     Ok(())
 }

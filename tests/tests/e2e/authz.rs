@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kwm_schemas::envelope::SealedBatch;
 use kwm_schemas::problem::{Problem, ProblemType};
-use kwm_schemas::release::{ProviderScores, Release};
+use kwm_schemas::release::RoundOutcome;
 use kwm_schemas::{Pseudonym, RegionConfig, Role, WireRecord};
 use kwm_sdk::batch::seal_records;
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
@@ -57,7 +57,7 @@ fn call(what: &'static str, path: impl Into<String>, expect: Expect) -> Call {
     }
 }
 
-/// The ids and tokens the examples use: two providers with uploaded data, published releases.
+/// The ids and tokens the examples use: two providers with uploaded data, a published round.
 struct World {
     /// Tokens per role. The provider is provider A, the municipality GM0748.
     tokens: BTreeMap<Role, String>,
@@ -72,6 +72,7 @@ struct World {
     b_new_batch: serde_json::Value,
     release_gm0748: Uuid,
     release_gm0777: Uuid,
+    release_region: Uuid,
     /// The per-provider table behind the scores: nobody reads it whole.
     release_providers: Uuid,
 }
@@ -81,7 +82,7 @@ struct World {
 /// after the calls that must still find it.
 fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
     use Expect::{All, ByRole};
-    use Role::{Municipality, Region};
+    use Role::{Admin, Municipality, Region};
     let releases = |scope: &str| format!("/v1/releases?scope={scope}&period=2025");
     let mut m: BTreeMap<&'static str, Vec<Call>> = BTreeMap::new();
     m.insert("GET /healthz", vec![call("liveness", "/healthz", All(200))]);
@@ -176,11 +177,8 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
                 releases("GM0777"),
                 ByRole(vec![(Municipality, 403), (Region, 200)]),
             ),
-            call(
-                "the region",
-                releases("region"),
-                ByRole(vec![(Municipality, 403), (Region, 200)]),
-            ),
+            // The region release is a municipality's benchmark.
+            call("the region", releases("region"), All(200)),
         ],
     );
     m.insert(
@@ -203,6 +201,11 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
                 ByRole(vec![(Municipality, 404), (Region, 200)]),
             ),
             call(
+                "the region as XLSX",
+                format!("/v1/releases/{}.xlsx", w.release_region),
+                All(200),
+            ),
+            call(
                 "the per-provider table",
                 format!("/v1/releases/{}", w.release_providers),
                 All(404),
@@ -216,6 +219,25 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
             "/v1/providers/me/scores?period=2025",
             All(200),
         )],
+    );
+    m.insert(
+        "POST /v1/rounds",
+        vec![Call {
+            // The world published the year; the first half-year is new: the region team (the
+            // first allowed role to call) publishes it, the admin then finds it unchanged.
+            what: "a half-year round",
+            path: "/v1/rounds".into(),
+            body: Some(serde_json::json!({ "period": "2025-H1" })),
+            expect: ByRole(vec![(Region, 201), (Admin, 200)]),
+        }],
+    );
+    m.insert(
+        "GET /v1/rounds",
+        vec![call("the rounds", "/v1/rounds", All(200))],
+    );
+    m.insert(
+        "GET /v1/privacy",
+        vec![call("the accountant", "/v1/privacy", All(200))],
     );
     m
 }
@@ -330,34 +352,25 @@ async fn world(app: &TestApp) -> World {
     tokens.insert(Role::Admin, app.issue_token(Role::Admin, None).await);
     assert_eq!(tokens.len(), Role::ALL.len(), "a token for every role");
 
-    // The regional team publishes the releases the examples read.
-    let c = reqwest::Client::new();
-    let mut release_of = BTreeMap::new();
-    for scope in ["GM0748", "GM0777"] {
-        let res = c
-            .get(format!(
-                "{}/v1/releases?scope={scope}&period=2025",
-                app.base_url
-            ))
-            .bearer_auth(&tokens[&Role::Region])
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(res.status(), 200, "publishing {scope}");
-        let r: Release = res.json().await.expect("a release");
-        release_of.insert(scope, r.id.expect("a frozen release has an id"));
-    }
-    let res = c
-        .get(format!(
-            "{}/v1/providers/me/scores?period=2025",
-            app.base_url
-        ))
-        .bearer_auth(&a.token)
+    // The regional team publishes the round whose releases the examples read.
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/rounds", app.base_url))
+        .bearer_auth(&tokens[&Role::Region])
+        .json(&serde_json::json!({ "period": "2025" }))
         .send()
         .await
         .expect("request");
-    assert_eq!(res.status(), 200);
-    let scores: ProviderScores = res.json().await.expect("scores");
+    assert_eq!(res.status(), 201, "publishing the round of 2025");
+    let round: RoundOutcome = res.json().await.expect("the round");
+    let release_of = |scope: &str| {
+        round
+            .round
+            .releases
+            .iter()
+            .find(|r| r.scope.to_string() == scope)
+            .unwrap_or_else(|| panic!("the round has a release of {scope}"))
+            .id
+    };
 
     World {
         tokens,
@@ -368,9 +381,10 @@ async fn world(app: &TestApp) -> World {
         b_trajectory: hex(&b_records[0].trajectory),
         a_new_batch,
         b_new_batch,
-        release_gm0748: release_of["GM0748"],
-        release_gm0777: release_of["GM0777"],
-        release_providers: scores.own.release,
+        release_gm0748: release_of("GM0748"),
+        release_gm0777: release_of("GM0777"),
+        release_region: release_of("region"),
+        release_providers: release_of("providers"),
     }
 }
 

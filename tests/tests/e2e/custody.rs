@@ -1,6 +1,6 @@
 //! Withdrawal and export end to end, through the SDK's own functions (`kwm withdraw`, `kwm export`):
-//! what is withdrawn is gone from every table, nothing else is, later releases are new versions without
-//! it while earlier ones stay as published, and an export holds exactly the provider's own rows.
+//! what is withdrawn is gone from every table, nothing else is, a later round is a new version without
+//! it while the earlier one stays as published, and an export holds exactly the provider's own rows.
 
 use std::collections::BTreeSet;
 
@@ -14,7 +14,8 @@ use kwm_service::audit_trail::{load_chain, verify};
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    spawn_app, spawn_app_on, synth_exports, upload_options, Backend, TestApp, TestProvider,
+    publish_round, region_with_room_for_corrections, spawn_app, spawn_app_on, spawn_app_with,
+    synth_exports, upload_options, Backend, TestApp, TestProvider,
 };
 use crate::rawdb::RawDb;
 
@@ -71,7 +72,7 @@ async fn rows(db: &RawDb, table: &str, filter: &str) -> i64 {
 }
 
 async fn withdrawal(app: TestApp) {
-    // Every trajectory in 2025, so that every withdrawn row counts in the 2025 release.
+    // Every trajectory in 2025, so that every withdrawn row counts in the 2025 round.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut opts = kwm_sdk::synth::SynthOptions::new(dir.path(), 5, 8_000, 31);
     opts.first_year = 2025;
@@ -95,8 +96,9 @@ async fn withdrawal(app: TestApp) {
 
     let region = app.issue_token(Role::Region, None).await;
     let path = "/v1/releases?scope=region&period=2025";
+    let round = publish_round(&app, &region, "2025").await.round;
     let first = release(&app, &region, path).await;
-    assert_eq!(first.version, Some(1));
+    assert_eq!((first.version, first.round), (Some(1), Some(round.id)));
 
     // One trajectory, named by its number as in the export: pseudonymised here, as on upload.
     let numbers = trajectory_numbers(&out.providers[0].path);
@@ -182,9 +184,14 @@ async fn withdrawal(app: TestApp) {
         "other providers keep every row"
     );
 
-    // A release asked for now is a new version without the withdrawn rows; the first stays as it was.
+    // A round published now is a new version without the withdrawn rows; the first stays as it was.
+    let corrected = publish_round(&app, &region, "2025").await.round;
+    assert_eq!(corrected.version, 2);
     let second = release(&app, &region, path).await;
-    assert_eq!(second.version, Some(2));
+    assert_eq!(
+        (second.version, second.round),
+        (Some(2), Some(corrected.id))
+    );
     assert_ne!(second.id, first.id);
     assert!(
         in_zorg_total(&second) < in_zorg_total(&first),
@@ -219,12 +226,18 @@ async fn withdrawal(app: TestApp) {
 
 #[tokio::test]
 async fn withdrawn_rows_are_gone_and_new_releases_leave_them_out_on_sqlite() {
-    withdrawal(spawn_app().await).await;
+    // The corrected round is a second year round of 2025: a region with the budget for it.
+    let app = spawn_app_with(Backend::Sqlite, Some(region_with_room_for_corrections()))
+        .await
+        .expect("SQLite");
+    withdrawal(app).await;
 }
 
 #[tokio::test]
 async fn withdrawn_rows_are_gone_and_new_releases_leave_them_out_on_postgres() {
-    if let Some(app) = spawn_app_on(Backend::Postgres).await {
+    if let Some(app) =
+        spawn_app_with(Backend::Postgres, Some(region_with_room_for_corrections())).await
+    {
         withdrawal(app).await;
     }
 }

@@ -307,3 +307,109 @@ pub fn upload_options(
     o.retry = kwm_sdk::RetryPolicy::none();
     o
 }
+
+/// `GET path` with a bearer token.
+pub async fn get(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}{path}", app.base_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// `GET path`, which must answer 200 with `T`.
+pub async fn get_json<T: serde::de::DeserializeOwned>(app: &TestApp, token: &str, path: &str) -> T {
+    let res = get(app, token, path).await;
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    assert_eq!(status, reqwest::StatusCode::OK, "GET {path}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
+}
+
+/// `GET path`, which must answer with a problem document.
+pub async fn get_problem(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+) -> (reqwest::StatusCode, kwm_schemas::problem::Problem) {
+    let res = get(app, token, path).await;
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    let p = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {path}: not a problem document ({e}): {text}"));
+    (status, p)
+}
+
+/// `POST /v1/rounds {"period": period}` on `base_url`: the status and the body.
+pub async fn post_round_at(
+    base_url: &str,
+    token: &str,
+    period: &str,
+) -> (reqwest::StatusCode, String) {
+    let res = reqwest::Client::new()
+        .post(format!("{base_url}/v1/rounds"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "period": period }))
+        .send()
+        .await
+        .expect("request sent");
+    let status = res.status();
+    (status, res.text().await.expect("body"))
+}
+
+/// Publishes the round of `period`, which must be a new version (201).
+pub async fn publish_round(
+    app: &TestApp,
+    token: &str,
+    period: &str,
+) -> kwm_schemas::release::RoundOutcome {
+    let (status, text) = post_round_at(&app.base_url, token, period).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::CREATED,
+        "POST /v1/rounds {period}: {text}"
+    );
+    let o: kwm_schemas::release::RoundOutcome =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(o.outcome, "published", "{text}");
+    o
+}
+
+/// Uploads the synthetic exports of `out.providers[range]` through the SDK, each by a newly registered
+/// provider.
+pub async fn upload_providers(
+    app: &TestApp,
+    out: &kwm_sdk::synth::SynthOutput,
+    range: std::ops::Range<usize>,
+    regional: &kwm_sdk::RegionalKey,
+) -> Vec<TestProvider> {
+    let mut ps = Vec::new();
+    for export in &out.providers[range] {
+        let p = app.register_provider(export.agb).await;
+        kwm_sdk::upload_file(&upload_options(app, &p, &export.path, regional))
+            .await
+            .expect("upload succeeds");
+        ps.push(p);
+    }
+    ps
+}
+
+/// The shipped region file with some lines replaced (each must occur in it).
+pub fn region_edited(edits: &[(&str, &str)]) -> String {
+    let mut text = kwm_schemas::region::WBW_TOML.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the region file has {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+/// The shipped region file with room for corrections of a year round: a cap per data year that
+/// rounds may spend twice the year round of (2 after the research reserve).
+pub fn region_with_room_for_corrections() -> String {
+    region_edited(&[(
+        "rho_per_data_year = \"1.125\"",
+        "rho_per_data_year = \"2.125\"",
+    )])
+}

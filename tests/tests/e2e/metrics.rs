@@ -1,15 +1,16 @@
 //! Prometheus metrics: served on the metrics listener only, and the series move with what the service
-//! does (an upload, a refused upload, a release).
+//! does (an upload, a refused upload, a round published and read).
 
 use std::collections::BTreeMap;
 
 use kwm_schemas::problem::{Problem, ProblemType};
+use kwm_schemas::release::Release;
 use kwm_schemas::{RegionConfig, Role};
 use kwm_sdk::batch::seal_records;
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
 use kwm_sdk::{upload_file, Pseudonymiser, RegionalKey};
 
-use crate::helpers::{spawn_app, synth_exports, upload_options, TestApp};
+use crate::helpers::{get_json, publish_round, spawn_app, synth_exports, upload_options, TestApp};
 
 /// One scrape: every sample as (name, labels, value).
 struct Scrape {
@@ -143,23 +144,12 @@ async fn series_move_with_uploads_refusals_and_releases() {
     let problem: Problem = res.json().await.expect("problem");
     assert_eq!(problem.kind(), Some(ProblemType::BadSignature));
 
-    // A release, published by the regional team's first request.
+    // A round, published by the regional team, then read: reading moves no release series.
     let region = app.issue_token(Role::Region, None).await;
-    let res = c
-        .get(format!(
-            "{}/v1/releases?scope=region&period=2025",
-            app.base_url
-        ))
-        .bearer_auth(&region)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(
-        res.status(),
-        200,
-        "{}",
-        res.text().await.unwrap_or_default()
-    );
+    publish_round(&app, &region, "2025").await;
+    let published = Scrape::of(&app).await;
+    let whole: Release = get_json(&app, &region, "/v1/releases?scope=region&period=2025").await;
+    let _: Release = get_json(&app, &region, "/v1/releases?scope=GM0748&period=2025").await;
 
     let after = Scrape::of(&app).await;
     let moved =
@@ -201,14 +191,52 @@ async fn series_move_with_uploads_refusals_and_releases() {
         batches
     );
     assert!(moved("kwm_http_request_duration_seconds_sum", &post[..]) > 0.0);
-    assert_eq!(moved("kwm_releases_total", &[("scope", "region")]), 1.0);
-    assert!(moved("kwm_release_cells_total", &[]) > 0.0, "cells counted");
-    assert!(after.has("kwm_release_compute_seconds_count"));
-    assert!(
-        after.sum("kwm_epsilon_spent", &[]) > 0.0,
-        "budget spent per partition"
+    // One round: a release per municipality, the region's and the per-provider table, computed once.
+    let municipalities = RegionConfig::wbw().municipalities.len() as f64;
+    assert_eq!(
+        moved("kwm_releases_total", &[("scope", "municipality")]),
+        municipalities
     );
-    assert!(after.has("kwm_epsilon_remaining"));
+    assert_eq!(moved("kwm_releases_total", &[("scope", "region")]), 1.0);
+    assert_eq!(moved("kwm_releases_total", &[("scope", "providers")]), 1.0);
+    assert_eq!(moved("kwm_release_compute_seconds_count", &[]), 1.0);
+    // Cells of the municipalities' and the region's releases (not the per-provider table).
+    let cells: usize = whole.rows.iter().map(|r| r.cells.len()).sum();
+    assert_eq!(
+        moved("kwm_release_cells_total", &[]),
+        (municipalities + 1.0) * cells as f64
+    );
+    // The budget per data year: the year round's rho on 2025, herhaald beroep's share on 2026.
+    assert_eq!(after.sum("kwm_rho_spent", &[("data_year", "2025")]), 0.75);
+    assert_eq!(
+        after.sum("kwm_rho_remaining", &[("data_year", "2025")]),
+        0.375
+    );
+    let spent_2026 = after.sum("kwm_rho_spent", &[("data_year", "2026")]);
+    assert!(spent_2026 > 0.0 && spent_2026 < 0.75, "{spent_2026}");
+    assert!(
+        !after.has("kwm_epsilon_spent"),
+        "the epsilon gauges are gone"
+    );
+    // Reading served the stored round: nothing released or computed since it was published.
+    for name in [
+        "kwm_releases_total",
+        "kwm_release_cells_total",
+        "kwm_release_compute_seconds_count",
+    ] {
+        assert_eq!(after.sum(name, &[]), published.sum(name, &[]), "{name}");
+    }
+    assert_eq!(
+        moved(
+            "kwm_http_requests_total",
+            &[
+                ("route", "/v1/rounds"),
+                ("method", "POST"),
+                ("status", "201")
+            ]
+        ),
+        1.0
+    );
     assert!(after.sum("kwm_db_connections", &[]) >= 1.0);
 
     // Labels carry no identifier: no AGB code, no token, no batch id.
