@@ -10,4 +10,5 @@ mod helpers;
 mod metrics;
 mod rawdb;
 mod releases;
+mod rounds;
 mod upload;
