@@ -1,6 +1,8 @@
 //! The release engine alone, without a database: N synthetic trajectories in the release index's form
-//! (client shards of engine rows), and the time to build a period's tables from them and to draw one
-//! release. What the `release` benchmark's from-scratch figure is made of, minus the ledger.
+//! (client shards of engine rows), and the time to build a period's true tables from them
+//! (`TrueTables::build`: bounding and aggregation), to draw the round's one noisy measurement, to
+//! assemble every release of the round from it, and to compute a whole round (`compute_round`: all
+//! of it). What the `release` benchmark's from-scratch figure is made of, minus the ledger.
 //!
 //! Run: cargo run --release -p kwm-benches --bin engine -- --trajectories 5000000
 
@@ -14,7 +16,10 @@ use kwm_sdk::synth::{generate, SynthOptions};
 use kwm_sdk::{ProviderKeys, Pseudonymiser, RegionalKey};
 use kwm_service::index::SHARDS;
 use kwm_service::noise::OsNoise;
-use kwm_service::release::{Codebook, EngineRow, IndexedInput, PeriodTables};
+use kwm_service::release::{
+    assemble, compute_round, Codebook, EngineRow, IndexedInput, Measurement, NoisePlan,
+    RoundContext, TrueTables,
+};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -25,6 +30,9 @@ struct Args {
     /// Builds to time
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The period of the round: 2025 or 2025-H1 (the region's round rho for it)
+    #[arg(long, default_value = "2025")]
+    period: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,7 +62,10 @@ fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64(),
         std::mem::size_of::<EngineRow>()
     );
-    let period: Period = "2025".parse()?;
+    let period: Period = args.period.parse()?;
+    let rho = region
+        .round_rho(period)
+        .ok_or_else(|| anyhow::anyhow!("the region publishes no rounds of {period}"))?;
     let input = IndexedInput {
         region: &region,
         shards: &shards,
@@ -62,18 +73,38 @@ fn main() -> anyhow::Result<()> {
         as_of: "2026-11".parse()?,
         order_key: &[3; 32],
     };
+    let plan = NoisePlan::new(&region, rho)?;
+    let charges = plan.charges(&region, period)?;
     for run in 0..args.runs {
         let t0 = Instant::now();
-        let tables = PeriodTables::build_indexed(&input)?;
+        let tables = TrueTables::build(&input)?;
         let built = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let release = tables.release(ReleaseScope::Region, &mut OsNoise::new())?;
+        let measurement = Measurement::draw(&tables, &plan, &mut OsNoise::new())?;
+        let drawn = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let ctx = RoundContext {
+            region: &region,
+            plan: &plan,
+            charges: &charges,
+        };
+        let releases = assemble(&ctx, &tables.frame, &measurement, &tables.own)?;
+        let assembled = t2.elapsed().as_secs_f64();
+        let providers_rows = releases
+            .iter()
+            .find(|r| r.scope == ReleaseScope::Providers)
+            .map_or(0, |r| r.rows.len());
+        drop(tables);
+        let t3 = Instant::now();
+        let round = compute_round(&input, rho, &mut OsNoise::new())?;
+        let whole = t3.elapsed().as_secs_f64();
         println!(
-            "run {run}: tables of {period} built in {built:.3} s, the region release drawn in {:.4} s \
-             ({} rows)",
-            t1.elapsed().as_secs_f64(),
-            release.rows.len()
+            "run {run}: true tables of {period} built in {built:.3} s; the noisy measurement drawn in \
+             {drawn:.4} s; {} releases assembled in {assembled:.4} s ({providers_rows} rows in the \
+             per-provider table); a whole round (compute_round, rho {rho}) in {whole:.3} s",
+            releases.len(),
         );
+        anyhow::ensure!(round.releases.len() == releases.len());
     }
     Ok(())
 }
