@@ -293,16 +293,25 @@ fn main() -> anyhow::Result<()> {
         args.runs
     );
 
-    // Noise-free figures: the same engines without noise and with k = 2, so that every cell with
-    // two children has its true value.
+    // Noise-free figures: the same engines without noise, with k = 2 and without bounding (every
+    // child in as many cells as it has), so that every cell with two children has its true value and
+    // the error below includes what bounding drops.
     let mut exact_region = region.clone();
     exact_region.policy.k = 2;
+    exact_region.policy.max_cells_per_client = u32::try_from(region.target_groups.len())?;
     let exact_input = IndexedInput {
         region: &exact_region,
         ..input
     };
     let truth = round_cells(&exact_region, &exact_input, "1000000".parse()?, &mut NoNoise)?;
-    let truth_legacy = legacy_cells(&exact_input, &legacy::LegacyPolicy::noise_free(), &mut NoNoise)?;
+    let truth_legacy = legacy_cells(
+        &exact_input,
+        &legacy::LegacyPolicy {
+            max_cells_per_client: exact_region.policy.max_cells_per_client,
+            ..legacy::LegacyPolicy::noise_free()
+        },
+        &mut NoNoise,
+    )?;
 
     let mut new_runs = Vec::new();
     let mut old_runs = Vec::new();

@@ -325,8 +325,6 @@ fn complement(
         .or_else(|| published().min_by_key(key))
 }
 
-/// Capacity standing in for "unbounded".
-#[cfg(test)]
 
 /// The residual network of the hidden cells other than `skip`: a hidden cell may grow without bound and
 /// shrink to zero; a known cell cannot change.
