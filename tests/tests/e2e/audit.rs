@@ -1,4 +1,4 @@
-//! The audit trail end to end: entries written by uploads, refusals and operator commands; tampering
+//! The audit trail end to end: entries written by uploads, rounds, refusals and operator commands; tampering
 //! with stored entries (changed, reordered, deleted in the middle and at the end) named by the same
 //! verification `kwm-service admin audit verify` runs; `GET /v1/audit` per role; token revocation.
 
@@ -10,7 +10,9 @@ use kwm_service::audit::{verify_chain, ChainError};
 use kwm_service::audit_trail::{self, load_chain, verify, VerifyError};
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, spawn_app_on, synth_exports, upload_options, Backend, TestApp};
+use crate::helpers::{
+    publish_round, spawn_app, spawn_app_on, synth_exports, upload_options, Backend, TestApp,
+};
 use crate::rawdb::RawDb;
 
 /// Synthetic providers, registered, with their exports uploaded in batches of 100.
@@ -155,6 +157,61 @@ async fn tampering_is_named_on_sqlite() {
 async fn tampering_is_named_on_postgres() {
     if let Some(app) = spawn_app_on(Backend::Postgres).await {
         tampering_is_named(app).await;
+    }
+}
+
+/// A round and its audit entry are stored in one transaction; a round whose entry is gone (deleted from
+/// the end of the chain) is named by the verification.
+async fn a_round_without_its_entry_is_named(app: TestApp) {
+    upload_all(&app, 2, 600, 24).await;
+    let region = app.issue_token(Role::Region, None).await;
+    let round = publish_round(&app, &region, "2025").await.round;
+    let chain = load_chain(app.state.store.as_ref()).await.expect("chain");
+    let last = chain.last().expect("entries");
+    assert_eq!(last.entry.action.as_str(), "release");
+    assert!(
+        last.entry.subject.contains(&round.id.to_string()),
+        "{}",
+        last.entry.subject
+    );
+    assert_eq!(last.entry.actor_role, "region");
+    assert_eq!(verified(&app).await, Ok(()));
+    admin(&app, &["audit", "verify"])
+        .await
+        .expect("a chain with its round's entry passes");
+
+    // The round's row references its entry: the database refuses to delete the entry alone ...
+    let db = RawDb::open(&app).await;
+    let delete = format!("DELETE FROM audit_log WHERE seq = {}", last.seq);
+    assert!(
+        db.try_execute(&delete).await.is_err(),
+        "the reference holds"
+    );
+    assert_eq!(verified(&app).await, Ok(()));
+    // ... but an intruder who switches the check off can: the verification names the round.
+    assert_eq!(db.execute_without_foreign_keys(&delete).await, 1);
+    assert_eq!(
+        verified(&app).await,
+        Err(VerifyError::MissingRelease {
+            release: round.id,
+            head: last.seq - 1
+        })
+    );
+    let err = admin(&app, &["audit", "verify"])
+        .await
+        .expect_err("the round's entry is missing");
+    assert!(err.to_string().contains(&round.id.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn a_round_without_its_entry_is_named_on_sqlite() {
+    a_round_without_its_entry_is_named(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn a_round_without_its_entry_is_named_on_postgres() {
+    if let Some(app) = spawn_app_on(Backend::Postgres).await {
+        a_round_without_its_entry_is_named(app).await;
     }
 }
 

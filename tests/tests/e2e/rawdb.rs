@@ -44,6 +44,46 @@ impl RawDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Runs one statement; the database's refusal, if it refuses.
+    pub async fn try_execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
+            Self::Postgres(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
+        }
+    }
+
+    /// Runs one statement with the foreign key checks switched off for it, as an intruder with
+    /// control of the database can (SQLite: the connection's pragma; PostgreSQL: replica mode for the
+    /// transaction, which needs a superuser, as the test database's user is).
+    pub async fn execute_without_foreign_keys(&self, sql: &str) -> u64 {
+        let n = match self {
+            Self::Sqlite(p) => {
+                let mut c = p.acquire().await.expect("a connection");
+                sqlx::query("PRAGMA foreign_keys = OFF")
+                    .execute(&mut *c)
+                    .await
+                    .expect("pragma");
+                let n = sqlx::query(sql).execute(&mut *c).await;
+                sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *c)
+                    .await
+                    .expect("pragma");
+                n.map(|r| r.rows_affected())
+            }
+            Self::Postgres(p) => {
+                let mut tx = p.begin().await.expect("a transaction");
+                sqlx::query("SET LOCAL session_replication_role = replica")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("replica mode");
+                let n = sqlx::query(sql).execute(&mut *tx).await;
+                tx.commit().await.expect("committed");
+                n.map(|r| r.rows_affected())
+            }
+        };
+        n.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// `SELECT count(*) ...`.
     pub async fn count(&self, sql: &str) -> i64 {
         match self {
