@@ -718,8 +718,12 @@ mod tests {
         assert_eq!(s.to_string(), "GM0748");
         assert!("GM07".parse::<ReleaseScope>().is_err());
         assert_eq!(
-            serde_json::to_string(&CellStatus::FewProviders).expect("json"),
-            "\"few-providers\""
+            serde_json::to_string(&CellStatus::Unreliable).expect("json"),
+            "\"unreliable\""
+        );
+        assert_eq!(
+            "providers".parse::<ReleaseScope>().expect("valid"),
+            ReleaseScope::Providers
         );
         for s in CellStatus::ALL {
             let json = serde_json::to_string(s).expect("json");

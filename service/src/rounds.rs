@@ -8,8 +8,8 @@ use std::sync::Arc;
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::region::Decimal;
 use kwm_schemas::release::{
-    DataYearBudget, PlannedRound, PrivacyReport, Release, ReleaseScope, RoundOutcome,
-    RoundRelease, RoundSummary, Spend,
+    DataYearBudget, PlannedRound, PrivacyReport, Release, ReleaseScope, RoundOutcome, RoundRelease,
+    RoundSummary, Spend,
 };
 use kwm_schemas::{Month, Period, RegionConfig};
 use time::{Date, OffsetDateTime};
@@ -21,7 +21,9 @@ use crate::index::ReleaseIndex;
 use crate::keys::PseudonymKey;
 use crate::metrics::Metrics;
 use crate::noise::OsNoise;
-use crate::release::{compute_round, privacy_statement, IndexedInput, NoisePlan, ReleaseError, RoundContext};
+use crate::release::{
+    compute_round, privacy_statement, IndexedInput, NoisePlan, ReleaseError, RoundContext,
+};
 use crate::store::{
     data_version_of, NewRound, NewRoundRelease, PutRound, RoundRecord, Store, StoredRoundRelease,
 };
@@ -139,9 +141,15 @@ pub async fn publish_round(
     // Cheap checks before computing: the newest version's data, and every year's budget.
     let synced = deps.index.sync(deps.store.as_ref()).await?;
     let data_version = data_version_of(synced.mark);
-    if let Some(newest) = deps.store.list_rounds(Some(&period_key)).await?.into_iter().next() {
+    if let Some(newest) = deps
+        .store
+        .list_rounds(Some(&period_key))
+        .await?
+        .into_iter()
+        .next()
+    {
         if first_only || newest.data_version == data_version {
-            return Ok(outcome("unchanged", &newest)?);
+            return outcome("unchanged", &newest);
         }
     }
     let years: Vec<u16> = charges.iter().map(|(y, _)| *y).collect();
@@ -347,7 +355,10 @@ fn not_released(region: &RegionConfig, period: Period) -> ApiError {
         Some(c) => {
             let date = c.publish_after.max(from);
             (
-                format!("{period} has not been released; its round is planned for {}", iso(date)),
+                format!(
+                    "{period} has not been released; its round is planned for {}",
+                    iso(date)
+                ),
                 Some(iso(date)),
             )
         }
@@ -432,7 +443,12 @@ pub async fn refresh_budget_metrics(deps: &RoundDeps) -> Result<(), ApiError> {
     for c in charges {
         *per_year.entry(c.data_year).or_default() += c.rho_nanos;
     }
-    let cap = deps.region.privacy.rho_per_data_year.to_nanos().unwrap_or(0);
+    let cap = deps
+        .region
+        .privacy
+        .rho_per_data_year
+        .to_nanos()
+        .unwrap_or(0);
     for (year, spent) in per_year {
         deps.metrics.set_budget(year, spent, cap);
     }
@@ -473,7 +489,9 @@ pub async fn run_calendar(deps: RoundDeps, every: std::time::Duration) {
         for (period, result) in publish_due(&deps).await {
             match result {
                 Ok(o) => tracing::info!(period = %period, outcome = %o.outcome, "calendar round"),
-                Err(e) => tracing::warn!(period = %period, error = %e, "calendar round not published"),
+                Err(e) => {
+                    tracing::warn!(period = %period, error = %e, "calendar round not published")
+                }
             }
         }
     }
@@ -517,7 +535,11 @@ pub fn to_release(stored: &StoredRoundRelease) -> Result<Release, ApiError> {
 
 impl ReleaseCache {
     /// The release with this id, from memory or from the ledger.
-    pub async fn get(&self, store: &dyn Store, id: Uuid) -> Result<Option<Arc<CachedRelease>>, ApiError> {
+    pub async fn get(
+        &self,
+        store: &dyn Store,
+        id: Uuid,
+    ) -> Result<Option<Arc<CachedRelease>>, ApiError> {
         if let Some(hit) = self.read(id) {
             return Ok(Some(hit));
         }

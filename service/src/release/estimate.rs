@@ -87,7 +87,11 @@ enum Comp {
     Repeat,
     /// A mean of a centred sum: tevredenheid (half points around 5.5) or doelrealisatie (tenths of a
     /// percent around 50%).
-    Mean { sum: usize, count: usize, grade: bool },
+    Mean {
+        sum: usize,
+        count: usize,
+        grade: bool,
+    },
 }
 
 const OUTCOME_ENDINGS: &[usize] = &[END_PLAN, END_DROP_OUT, END_OTHER];
@@ -154,8 +158,11 @@ fn computation(code: &str) -> Option<(Comp, &'static str, &'static [usize])> {
     })
 }
 
+/// A criterion with its computation and its denominator (name and bins).
+type Planned = (Criterion, Comp, &'static str, &'static [usize]);
+
 /// The criteria of the catalogue with their computations, or the first one the engine cannot compute.
-fn criteria() -> Result<Vec<(Criterion, Comp, &'static str, &'static [usize])>, ReleaseError> {
+fn criteria() -> Result<Vec<Planned>, ReleaseError> {
     catalogue()
         .into_iter()
         .map(|c| match computation(&c.code) {
@@ -212,7 +219,11 @@ impl<'a> Noise<'a> {
         let l = self.lambda[g] as f64 / FP as f64;
         let (a, r) = (self.plan.muni[g], self.plan.region[g]);
         let m = self.munis as u32;
-        let reps = if kind.is_total() { self.groups as u32 } else { 1 };
+        let reps = if kind.is_total() {
+            self.groups as u32
+        } else {
+            1
+        };
         match kind {
             RowKind::MuniCell | RowKind::MuniTotal => {
                 out.push((1.0 - l, a, reps));
@@ -269,7 +280,11 @@ impl Thresholds<'_> {
         };
         let z = tail_bound(&terms, self.delta);
         let t = ((self.k - 1) * per_child) as f64 + z;
-        let t = if t.is_finite() { t.ceil() as u64 } else { u64::MAX };
+        let t = if t.is_finite() {
+            t.ceil() as u64
+        } else {
+            u64::MAX
+        };
         self.cache.insert((name, kind), t);
         t
     }
@@ -376,7 +391,11 @@ fn mean(s: i128, n: i128, vs: f64, vn: f64, grade: bool, rounding: i128) -> Figu
 fn count(v: i128, var: f64, rounding: i128) -> Figured {
     let value = round_count(v, rounding);
     let h = Z95 * var.max(0.0).sqrt() + rounding as f64 / 2.0;
-    let half = if h.is_finite() { h.ceil() as i64 } else { i64::MAX / 4 };
+    let half = if h.is_finite() {
+        h.ceil() as i64
+    } else {
+        i64::MAX / 4
+    };
     Figured {
         value: Figure::Whole(value),
         low: Figure::Whole((value - half).max(0)),
@@ -460,17 +479,7 @@ pub fn assemble(
     let max = &region.privacy.max_interval;
 
     // Reconciled estimates per municipality x target group; the region's are their sums.
-    let mut muni_est = vec![[0i128; BINS]; m_n * t_n];
-    for t in 0..t_n {
-        for b in 0..BINS {
-            let s: i128 = (0..m_n).map(|mi| i128::from(m.muni[mi * t_n + t][b])).sum();
-            let diff = i128::from(m.region[t][b]) - s;
-            let l = noise.lambda[measure_of(b)];
-            for mi in 0..m_n {
-                muni_est[mi * t_n + t][b] = i128::from(m.muni[mi * t_n + t][b]) * FP + l * diff;
-            }
-        }
-    }
+    let muni_est = reconcile(m, &noise.lambda, m_n, t_n);
     let sum_rows = |rows: &mut dyn Iterator<Item = [i128; BINS]>| {
         rows.fold([0i128; BINS], |mut acc, r| {
             for b in 0..BINS {
@@ -480,39 +489,45 @@ pub fn assemble(
         })
     };
 
-    let mut figure_cell =
-        |row: &RowEst, c: &(Criterion, Comp, &'static str, &'static [usize])| -> ReleaseCell {
-            let (criterion, comp, den_name, den_bins) = c;
-            let den: i128 = den_bins.iter().map(|b| row.val[*b]).sum();
-            let threshold = thresholds.get(den_name, den_bins, row.kind);
-            let published_enough = den >= i128::from(threshold.min(i64::MAX as u64)) * FP;
-            if !published_enough {
-                return withheld(criterion, CellStatus::Suppressed);
+    let mut figure_cell = |row: &RowEst, c: &Planned| -> ReleaseCell {
+        let (criterion, comp, den_name, den_bins) = c;
+        let den: i128 = den_bins.iter().map(|b| row.val[*b]).sum();
+        let threshold = thresholds.get(den_name, den_bins, row.kind);
+        let published_enough = den >= i128::from(threshold.min(i64::MAX as u64)) * FP;
+        if !published_enough {
+            return withheld(criterion, CellStatus::Suppressed);
+        }
+        let var = |bins: &[usize]| noise.variance(bins, row.kind);
+        let sum = |bins: &[usize]| bins.iter().map(|b| row.val[*b]).sum::<i128>();
+        let f = match comp {
+            Comp::Count(bins) => count(sum(bins), var(bins), rounding),
+            Comp::Share { part, rest } => {
+                let (vy, vr) = (var(part), var(rest));
+                share(sum(part), sum(part) + sum(rest), vy, vy + vr, vy, rounding)
             }
-            let var = |bins: &[usize]| noise.variance(bins, row.kind);
-            let sum = |bins: &[usize]| bins.iter().map(|b| row.val[*b]).sum::<i128>();
-            let f = match comp {
-                Comp::Count(bins) => count(sum(bins), var(bins), rounding),
-                Comp::Share { part, rest } => {
-                    let (vy, vr) = (var(part), var(rest));
-                    share(sum(part), sum(part) + sum(rest), vy, vy + vr, vy, rounding)
-                }
-                Comp::Repeat => share(
-                    row.val[REPEAT_YES],
-                    den,
-                    var(&[REPEAT_YES]),
-                    var(OUTCOME_ENDINGS),
-                    0.0,
-                    rounding,
-                ),
-                Comp::Mean {
-                    sum: s,
-                    count: n,
-                    grade,
-                } => mean(row.val[*s], row.val[*n], var(&[*s]), var(&[*n]), *grade, rounding),
-            };
-            publish_or_unreliable(criterion, f, max)
+            Comp::Repeat => share(
+                row.val[REPEAT_YES],
+                den,
+                var(&[REPEAT_YES]),
+                var(OUTCOME_ENDINGS),
+                0.0,
+                rounding,
+            ),
+            Comp::Mean {
+                sum: s,
+                count: n,
+                grade,
+            } => mean(
+                row.val[*s],
+                row.val[*n],
+                var(&[*s]),
+                var(&[*n]),
+                *grade,
+                rounding,
+            ),
         };
+        publish_or_unreliable(criterion, f, max)
+    };
 
     let label = |t: Option<usize>| match t {
         Some(t) => (frame.groups[t].1.clone(), frame.groups[t].2.clone()),
@@ -590,7 +605,6 @@ pub fn assemble(
         .collect();
     let rows = rows_of(&region_est, RowKind::RegionCell, RowKind::RegionTotal);
     releases.push(base(ReleaseScope::Region, rows));
-    drop(rows_of);
 
     // The per-provider table: the provider's own figures, exact; herhaald beroep noisy.
     let repeat_idx = crit.iter().position(|c| matches!(c.1, Comp::Repeat));
@@ -620,7 +634,8 @@ pub fn assemble(
                     val: [i128::from(rep[0]) * FP, i128::from(rep[1]) * FP],
                     kind,
                 };
-                cells[i] = provider_repeat_cell(&crit[i].0, &est, &noise, &mut thresholds, rounding, max);
+                cells[i] =
+                    provider_repeat_cell(&crit[i].0, &est, &noise, &mut thresholds, rounding, max);
             }
             provider_rows.push(ReleaseRow {
                 target_group: group_code(group),
@@ -646,6 +661,36 @@ pub fn assemble(
         r.noise.thresholds = listed.clone();
     }
     Ok(releases)
+}
+
+/// The weighted least squares estimates of the municipal cells (fixed point): each municipal value
+/// moves by lambda times the difference between the region's measurement and the municipal sum, so
+/// that the municipalities add up to the region's estimate exactly.
+fn reconcile(
+    m: &Measurement,
+    lambda: &[i128; MEASURES.len()],
+    m_n: usize,
+    t_n: usize,
+) -> Vec<[i128; BINS]> {
+    let mut est: Vec<[i128; BINS]> = m
+        .muni
+        .iter()
+        .map(|cell| cell.map(|v| i128::from(v) * FP))
+        .collect();
+    for (t, region) in m.region.iter().enumerate() {
+        let mut diff = region.map(i128::from);
+        for mi in 0..m_n {
+            for (d, v) in diff.iter_mut().zip(&m.muni[mi * t_n + t]) {
+                *d -= i128::from(*v);
+            }
+        }
+        for mi in 0..m_n {
+            for (b, (e, d)) in est[mi * t_n + t].iter_mut().zip(diff).enumerate() {
+                *e += lambda[measure_of(b)] * d;
+            }
+        }
+    }
+    est
 }
 
 fn withheld(criterion: &Criterion, status: CellStatus) -> ReleaseCell {
@@ -691,7 +736,7 @@ fn publish_or_unreliable(
 
 /// A provider's own figure from its own rows: exact, no interval. Herhaald beroep is replaced by the
 /// noisy one (other providers' rows decide it).
-fn exact_cell(own: &Bins, c: &(Criterion, Comp, &'static str, &'static [usize])) -> ReleaseCell {
+fn exact_cell(own: &Bins, c: &Planned) -> ReleaseCell {
     let (criterion, comp, _, den_bins) = c;
     let den: i64 = den_bins.iter().map(|b| own[*b]).sum();
     if den <= 0 {
@@ -710,7 +755,9 @@ fn exact_cell(own: &Bins, c: &(Criterion, Comp, &'static str, &'static [usize]))
             count: None,
             width_tenths: None,
         },
-        Comp::Share { part, rest } => share(fp(sum(part)), fp(sum(part) + sum(rest)), 0.0, 0.0, 0.0, 1),
+        Comp::Share { part, rest } => {
+            share(fp(sum(part)), fp(sum(part) + sum(rest)), 0.0, 0.0, 0.0, 1)
+        }
         Comp::Repeat => share(fp(own[REPEAT_YES]), fp(den), 0.0, 0.0, 0.0, 1),
         Comp::Mean {
             sum: s,
@@ -751,4 +798,62 @@ fn provider_repeat_cell(
     let v = noise.plan.provider.variance() * reps;
     let f = share(est.val[0], den, v, 2.0 * v, v, rounding);
     publish_or_unreliable(criterion, f, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the measurement, the reconciled municipalities add up to the region's estimate,
+        /// which lies between the region's measurement and the municipal sum; a measurement that
+        /// already agrees is left as it is.
+        #[test]
+        #[allow(clippy::needless_range_loop)]
+        fn reconciliation_is_consistent(
+            cells in proptest::collection::vec(-50i64..500, 3 * 2 * BINS),
+            region in proptest::collection::vec(-50i64..1500, 2 * BINS),
+            lambda_fp in 0i128..(FP / 3),
+        ) {
+            let (m_n, t_n) = (3, 2);
+            let as_bins = |v: &[i64]| -> Vec<Bins> {
+                v.chunks(BINS).map(|c| c.try_into().expect("bins")).collect()
+            };
+            let m = Measurement {
+                muni: as_bins(&cells),
+                region: as_bins(&region),
+                provider_repeat: Vec::new(),
+            };
+            let lambda = [lambda_fp; MEASURES.len()];
+            let est = reconcile(&m, &lambda, m_n, t_n);
+            for t in 0..t_n {
+                for b in 0..BINS {
+                    let s: i128 = (0..m_n).map(|mi| i128::from(m.muni[mi * t_n + t][b])).sum();
+                    let r = i128::from(m.region[t][b]);
+                    let total: i128 = (0..m_n).map(|mi| est[mi * t_n + t][b]).sum();
+                    // total = S + M lambda (r - S): between S and r, since M lambda < 1.
+                    prop_assert_eq!(total, s * FP + m_n as i128 * lambda_fp * (r - s));
+                    let (lo, hi) = (s.min(r) * FP, s.max(r) * FP);
+                    prop_assert!(lo <= total && total <= hi);
+                }
+            }
+            let agreeing = Measurement {
+                region: (0..t_n)
+                    .map(|t| {
+                        let mut b = [0i64; BINS];
+                        for mi in 0..m_n {
+                            super::super::aggregate::add_into(&mut b, &m.muni[mi * t_n + t]);
+                        }
+                        b
+                    })
+                    .collect(),
+                ..m.clone()
+            };
+            let est = reconcile(&agreeing, &lambda, m_n, t_n);
+            for (e, x) in est.iter().zip(&agreeing.muni) {
+                prop_assert_eq!(*e, x.map(|v| i128::from(v) * FP));
+            }
+        }
+    }
 }
