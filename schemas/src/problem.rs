@@ -128,9 +128,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable => "The service is temporarily unavailable",
             Self::RateLimited => "Too many requests for this token",
-            Self::BudgetExhausted => {
-                "The privacy budget of a data year this round reads is spent"
-            }
+            Self::BudgetExhausted => "The privacy budget of a data year this round reads is spent",
             Self::Internal => "Internal error",
             Self::NotReleased => "This period has not been released",
             Self::PeriodNotFinal => "This period cannot be published yet",

@@ -208,8 +208,9 @@ mod iso_date {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<time::Date, D::Error> {
         let text = String::deserialize(d)?;
-        time::Date::parse(&text, FORMAT)
-            .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a date like 2026-07-01")))
+        time::Date::parse(&text, FORMAT).map_err(|_| {
+            serde::de::Error::custom(format!("`{text}` is not a date like 2026-07-01"))
+        })
     }
 }
 
@@ -495,7 +496,10 @@ impl RegionConfig {
                 }
             }
         }
-        for (what, d) in [("delta", q.delta), ("suppression_delta", q.suppression_delta)] {
+        for (what, d) in [
+            ("delta", q.delta),
+            ("suppression_delta", q.suppression_delta),
+        ] {
             let (num, den) = d.fraction();
             if num >= den {
                 return Err(format!("privacy.{what} must be below 1"));

@@ -524,10 +524,9 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Round(RoundCommand::List) => {
-            let (rounds, planned) =
-                crate::rounds::list_rounds(state.store.as_ref(), &state.region)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
+            let (rounds, planned) = crate::rounds::list_rounds(state.store.as_ref(), &state.region)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             if rounds.is_empty() {
                 println!("no rounds");
             }
@@ -574,7 +573,13 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                     y.data_year, y.spent_total, y.remaining
                 );
                 for s in &y.spent {
-                    println!("  {} {} rho {} at {}", s.kind, s.subject, s.rho, timestamp(s.at));
+                    println!(
+                        "  {} {} rho {} at {}",
+                        s.kind,
+                        s.subject,
+                        s.rho,
+                        timestamp(s.at)
+                    );
                 }
             }
         }

@@ -189,11 +189,20 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let deps = state.round_deps();
     let outcome = publish_round(&deps, period, &actor, false)
         .await
-        .map_err(|e| anyhow::anyhow!("publishing the round of {period}: {}", e.to_string_detail()))?;
+        .map_err(|e| {
+            anyhow::anyhow!("publishing the round of {period}: {}", e.to_string_detail())
+        })?;
     let privacy = crate::release::privacy_statement(&crate::release::RoundContext {
         region: &state.region,
-        plan: &crate::release::NoisePlan::new(&state.region, outcome.round.charges.first().map_or(state.region.privacy.year_round, |c| c.rho))
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        plan: &crate::release::NoisePlan::new(
+            &state.region,
+            outcome
+                .round
+                .charges
+                .first()
+                .map_or(state.region.privacy.year_round, |c| c.rho),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
         charges: &[],
     });
     let charged: Vec<String> = outcome

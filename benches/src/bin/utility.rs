@@ -151,7 +151,11 @@ fn round_cells(
     let round = compute_round(input, rho, noise)?;
     let _ = region;
     let mut out = BTreeMap::new();
-    for r in round.releases.iter().filter(|r| r.scope != ReleaseScope::Providers) {
+    for r in round
+        .releases
+        .iter()
+        .filter(|r| r.scope != ReleaseScope::Providers)
+    {
         for row in &r.rows {
             for c in &row.cells {
                 let value = c.value.map(units).unwrap_or(f64::NAN);
@@ -186,7 +190,13 @@ fn legacy_cells(
 ) -> anyhow::Result<BTreeMap<Key, Cell>> {
     let tables = legacy::PeriodTables::build_indexed(input, policy)?;
     let mut scopes = vec![ReleaseScope::Region];
-    scopes.extend(input.region.municipalities.iter().map(|m| ReleaseScope::Municipality(m.code)));
+    scopes.extend(
+        input
+            .region
+            .municipalities
+            .iter()
+            .map(|m| ReleaseScope::Municipality(m.code)),
+    );
     let mut out = BTreeMap::new();
     for scope in scopes {
         let r = tables.release(scope, noise)?;
@@ -227,10 +237,7 @@ fn report(
         for (key, cell) in run {
             let is_region = key.0 == "region";
             let kind = Kind::of(&key.2);
-            let t = truth
-                .get(key)
-                .filter(|t| t.published)
-                .map(|t| t.value);
+            let t = truth.get(key).filter(|t| t.published).map(|t| t.value);
             tallies.entry((is_region, kind)).or_default().add(*cell, t);
         }
     }
@@ -243,7 +250,11 @@ fn report(
     for ((is_region, kind), t) in tallies.iter_mut() {
         let label = format!(
             "{} {:?}",
-            if *is_region { "region" } else { "municipalities" },
+            if *is_region {
+                "region"
+            } else {
+                "municipalities"
+            },
             kind
         );
         println!("{}", t.line(&label, *kind));
@@ -303,7 +314,12 @@ fn main() -> anyhow::Result<()> {
         region: &exact_region,
         ..input
     };
-    let truth = round_cells(&exact_region, &exact_input, "1000000".parse()?, &mut NoNoise)?;
+    let truth = round_cells(
+        &exact_region,
+        &exact_input,
+        "1000000".parse()?,
+        &mut NoNoise,
+    )?;
     let truth_legacy = legacy_cells(
         &exact_input,
         &legacy::LegacyPolicy {
@@ -317,8 +333,17 @@ fn main() -> anyhow::Result<()> {
     let mut old_runs = Vec::new();
     let today = legacy::LegacyPolicy::today();
     for run in 0..args.runs {
-        new_runs.push(round_cells(&region, &input, rho, &mut SeededNoise::from_seed(run))?);
-        old_runs.push(legacy_cells(&input, &today, &mut SeededNoise::from_seed(1_000_000 + run))?);
+        new_runs.push(round_cells(
+            &region,
+            &input,
+            rho,
+            &mut SeededNoise::from_seed(run),
+        )?);
+        old_runs.push(legacy_cells(
+            &input,
+            &today,
+            &mut SeededNoise::from_seed(1_000_000 + run),
+        )?);
     }
     let mut new = report("Release rounds (this build)", &new_runs, &truth);
     report(
@@ -339,7 +364,11 @@ fn main() -> anyhow::Result<()> {
         println!(
             "target {}: median width of published percentages {w:.1} points (<= {target_width}), \
              published {:.0}% (>= {:.0}%): {}",
-            if is_region { "region" } else { "municipalities" },
+            if is_region {
+                "region"
+            } else {
+                "municipalities"
+            },
             100.0 * share,
             100.0 * target_share,
             if ok { "met" } else { "NOT met" }

@@ -409,7 +409,12 @@ impl TrueTables {
 type Rank = (bool, [u8; 32], u32);
 
 #[cfg(test)]
-pub(crate) fn bound(client: &[Traj], rows: &[EngineRow], key: &OrderKey, max_rows: usize) -> Vec<u8> {
+pub(crate) fn bound(
+    client: &[Traj],
+    rows: &[EngineRow],
+    key: &OrderKey,
+    max_rows: usize,
+) -> Vec<u8> {
     let mut masks = Vec::new();
     bound_into(client, rows, key, max_rows, &mut masks);
     masks

@@ -29,18 +29,19 @@ impl Measurement {
         for (i, cell) in tables.muni.iter().enumerate() {
             add_into(&mut region[i % t_n], cell);
         }
-        let mut noisy = |cells: &[Bins], dists: &[super::plan::Dist]| -> Result<Vec<Bins>, ReleaseError> {
-            cells
-                .iter()
-                .map(|cell| {
-                    let mut out = *cell;
-                    for (b, v) in out.iter_mut().enumerate() {
-                        *v = v.saturating_add(dists[measure_of(b)].draw(noise)?);
-                    }
-                    Ok(out)
-                })
-                .collect()
-        };
+        let mut noisy =
+            |cells: &[Bins], dists: &[super::plan::Dist]| -> Result<Vec<Bins>, ReleaseError> {
+                cells
+                    .iter()
+                    .map(|cell| {
+                        let mut out = *cell;
+                        for (b, v) in out.iter_mut().enumerate() {
+                            *v = v.saturating_add(dists[measure_of(b)].draw(noise)?);
+                        }
+                        Ok(out)
+                    })
+                    .collect()
+            };
         let muni = noisy(&tables.muni, &plan.muni)?;
         let region = noisy(&region, &plan.region)?;
         let provider_repeat = tables

@@ -13,7 +13,7 @@
 //! Every rounding of a parameter goes the safe way: a variance or scale up, an epsilon down. So the
 //! rho spent is at most the rho charged.
 
-use kwm_schemas::region::{Decimal, Mechanism, MeasureWeights, Rho};
+use kwm_schemas::region::{Decimal, MeasureWeights, Mechanism, Rho};
 use kwm_schemas::release::{MeasureNoise, Rational, YearCharge};
 use kwm_schemas::{Period, RegionConfig};
 
@@ -64,13 +64,9 @@ pub(crate) const MEASURES: [MeasureSpec; 10] = [
     ),
     MeasureSpec {
         reads_window: true,
-        ..spec(
-            "herhaald_beroep",
-            &[REPEAT_YES],
-            &["herhaald"],
-            1,
-            |w| w.herhaald_beroep,
-        )
+        ..spec("herhaald_beroep", &[REPEAT_YES], &["herhaald"], 1, |w| {
+            w.herhaald_beroep
+        })
     },
     spec(
         "zonder_hulp",
@@ -86,13 +82,9 @@ pub(crate) const MEASURES: [MeasureSpec; 10] = [
         1,
         |w| w.probleemafname,
     ),
-    spec(
-        "tevredenheid_aantal",
-        &[GRADE_COUNT],
-        &["aantal"],
-        1,
-        |w| w.tevredenheid_aantal,
-    ),
+    spec("tevredenheid_aantal", &[GRADE_COUNT], &["aantal"], 1, |w| {
+        w.tevredenheid_aantal
+    }),
     spec(
         "tevredenheid_som",
         &[GRADE_SUM],
@@ -168,7 +160,9 @@ impl Frac {
 
     pub fn add(self, o: Self) -> Option<Self> {
         Some(Self::new(
-            self.n.checked_mul(o.d)?.checked_add(o.n.checked_mul(self.d)?)?,
+            self.n
+                .checked_mul(o.d)?
+                .checked_add(o.n.checked_mul(self.d)?)?,
             self.d.checked_mul(o.d)?,
         ))
     }
@@ -378,7 +372,9 @@ impl NoisePlan {
         let overflow = || ReleaseError::Plan("the privacy parameters are too fine to compute with");
         let total_weight = MEASURES
             .iter()
-            .try_fold(Frac::new(0, 1), |acc, m| acc.add(Frac::of((m.weight)(&q.weights))))
+            .try_fold(Frac::new(0, 1), |acc, m| {
+                acc.add(Frac::of((m.weight)(&q.weights)))
+            })
             .ok_or_else(overflow)?;
         let round = Frac::of(rho);
         let eps_round_micro = {
@@ -407,19 +403,21 @@ impl NoisePlan {
         let region_rho = split(region_share)?;
         let dist = |rho_m: Frac, sensitivity: u64| -> Result<Dist, ReleaseError> {
             if rho_m.n == 0 {
-                return Err(ReleaseError::Plan("a measure has no budget: check the weights and levels"));
+                return Err(ReleaseError::Plan(
+                    "a measure has no budget: check the weights and levels",
+                ));
             }
             let cd2 = u128::from(c) * u128::from(sensitivity) * u128::from(sensitivity);
             match q.mechanism {
                 Mechanism::DiscreteGaussian => {
                     // s2 = c D^2 / (2 rho_m), rounded up.
-                    let s2 = Frac::new(cd2, 2)
-                        .mul(rho_m.inv())
-                        .ok_or_else(overflow)?;
+                    let s2 = Frac::new(cd2, 2).mul(rho_m.inv()).ok_or_else(overflow)?;
                     let (n, d) = s2.fit_up(MAX_VARIANCE_PART);
                     Variance::new(n as u64, d as u64)
                         .map(Dist::Gaussian)
-                        .map_err(|_| ReleaseError::Plan("a noise variance is out of the sampler's range"))
+                        .map_err(|_| {
+                            ReleaseError::Plan("a noise variance is out of the sampler's range")
+                        })
                 }
                 Mechanism::DiscreteLaplace => {
                     // Pure DP: the round's epsilon = sqrt(2 rho) (rounded down to millionths) is split
@@ -438,7 +436,9 @@ impl NoisePlan {
                     let (n, d) = scale.fit_up(MAX_SCALE_PART);
                     Scale::new(n as u64, d as u64)
                         .map(Dist::Laplace)
-                        .map_err(|_| ReleaseError::Plan("a noise scale is out of the sampler's range"))
+                        .map_err(|_| {
+                            ReleaseError::Plan("a noise scale is out of the sampler's range")
+                        })
                 }
             }
         };
@@ -463,11 +463,14 @@ impl NoisePlan {
 
     /// The data years the round reads and what each is charged, in nano-rho: the period's year the
     /// whole round; each year the herhaald beroep window reaches into, what herhaald beroep spends.
-    pub fn charges(&self, region: &RegionConfig, period: Period) -> Result<Vec<(u16, i64)>, ReleaseError> {
-        let whole = self
-            .round_rho
-            .to_nanos()
-            .ok_or(ReleaseError::Plan("a round's rho must have at most nine decimals"))?;
+    pub fn charges(
+        &self,
+        region: &RegionConfig,
+        period: Period,
+    ) -> Result<Vec<(u16, i64)>, ReleaseError> {
+        let whole = self.round_rho.to_nanos().ok_or(ReleaseError::Plan(
+            "a round's rho must have at most nine decimals",
+        ))?;
         let mut out = vec![(period.year(), whole)];
         let last = period.last_month();
         let reach = last.plus_months(region.policy.herhaald_beroep_window_months);
@@ -478,12 +481,16 @@ impl NoisePlan {
                     window = window
                         .add(self.muni_rho[i])
                         .and_then(|w| w.add(self.region_rho[i]))
-                        .ok_or(ReleaseError::Plan("the privacy parameters are too fine to compute with"))?;
+                        .ok_or(ReleaseError::Plan(
+                            "the privacy parameters are too fine to compute with",
+                        ))?;
                 }
             }
             let nanos = window
                 .ceil_nanos()
-                .ok_or(ReleaseError::Plan("the privacy parameters are too fine to compute with"))?
+                .ok_or(ReleaseError::Plan(
+                    "the privacy parameters are too fine to compute with",
+                ))?
                 .min(whole);
             for year in last.year() + 1..=reach.year() {
                 out.push((year, nanos));
@@ -494,7 +501,12 @@ impl NoisePlan {
 
     /// What the release says about its noise.
     pub fn describe(&self) -> Vec<MeasureNoise> {
-        let one = |name: &str, table: Table, values: Vec<String>, sensitivity: u64, rho: Frac, d: Dist| {
+        let one = |name: &str,
+                   table: Table,
+                   values: Vec<String>,
+                   sensitivity: u64,
+                   rho: Frac,
+                   d: Dist| {
             MeasureNoise {
                 name: name.into(),
                 table: table.as_str().into(),
@@ -517,14 +529,26 @@ impl NoisePlan {
                 },
             }
         };
-        let values = |m: &MeasureSpec| m.values.iter().map(|v| (*v).to_string()).collect::<Vec<_>>();
+        let values = |m: &MeasureSpec| {
+            m.values
+                .iter()
+                .map(|v| (*v).to_string())
+                .collect::<Vec<_>>()
+        };
         let mut out = Vec::new();
         for (table, dists, rhos) in [
             (Table::Municipality, &self.muni, &self.muni_rho),
             (Table::Region, &self.region, &self.region_rho),
         ] {
             for (i, m) in MEASURES.iter().enumerate() {
-                out.push(one(m.name, table, values(m), m.sensitivity, rhos[i], dists[i]));
+                out.push(one(
+                    m.name,
+                    table,
+                    values(m),
+                    m.sensitivity,
+                    rhos[i],
+                    dists[i],
+                ));
             }
         }
         out.push(one(
@@ -606,7 +630,8 @@ mod tests {
         assert!(charges[1].1 > 0 && charges[1].1 < charges[0].1);
         // A first half-year's window ends in the same year: one charge.
         let h1: Period = "2025-H1".parse().expect("period");
-        let plan = NoisePlan::new(&region, region.privacy.half_year_round.expect("h")).expect("plan");
+        let plan =
+            NoisePlan::new(&region, region.privacy.half_year_round.expect("h")).expect("plan");
         assert_eq!(plan.charges(&region, h1).expect("charges").len(), 1);
     }
 
@@ -623,9 +648,17 @@ mod tests {
         // And each variance spends at most its share: c D^2 / (2 s2) <= rho_m.
         let c = f64::from(region.policy.max_cells_per_client);
         for (i, m) in MEASURES.iter().enumerate() {
-            for (d, rho_m) in [(plan.muni[i], plan.muni_rho[i]), (plan.region[i], plan.region_rho[i])] {
+            for (d, rho_m) in [
+                (plan.muni[i], plan.muni_rho[i]),
+                (plan.region[i], plan.region_rho[i]),
+            ] {
                 let spent = c * (m.sensitivity as f64).powi(2) / (2.0 * d.variance());
-                assert!(spent <= rho_m.approx() * (1.0 + 1e-12), "{} spends {spent} > {}", m.name, rho_m.approx());
+                assert!(
+                    spent <= rho_m.approx() * (1.0 + 1e-12),
+                    "{} spends {spent} > {}",
+                    m.name,
+                    rho_m.approx()
+                );
             }
         }
     }

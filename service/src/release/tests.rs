@@ -160,17 +160,65 @@ fn rows() -> Vec<(AgbCode, WireRecord)> {
     use CarryOn::{No, Unknown, Yes};
     vec![
         // c1: plan, grade 8, yes, CBCL 70 -> 60 (a drop of 10 >= 8.77: improved), goals 4/4.
-        ended(traj(1, 1, A, M0, "P01", "2024-09"), "2025-03", 31, Some(8), Some(Yes), Some((70, 60)), Some((4, 4))),
+        ended(
+            traj(1, 1, A, M0, "P01", "2024-09"),
+            "2025-03",
+            31,
+            Some(8),
+            Some(Yes),
+            Some((70, 60)),
+            Some((4, 4)),
+        ),
         // c2: plan, grade 7, yes, 65 -> 58 (7: not improved), goals 3/2 (66.7%).
-        ended(traj(2, 2, A, M0, "P01", "2025-01"), "2025-06", 31, Some(7), Some(Yes), Some((65, 58)), Some((3, 2))),
+        ended(
+            traj(2, 2, A, M0, "P01", "2025-01"),
+            "2025-06",
+            31,
+            Some(7),
+            Some(Yes),
+            Some((65, 58)),
+            Some((3, 2)),
+        ),
         // c3: drop-out, grade 4, no.
-        ended(traj(3, 3, A, M0, "P01", "2025-02"), "2025-05", 32, Some(4), Some(No), None, Some((2, 1))),
+        ended(
+            traj(3, 3, A, M0, "P01", "2025-02"),
+            "2025-05",
+            32,
+            Some(4),
+            Some(No),
+            None,
+            Some((2, 1)),
+        ),
         // c4: plan, grade 9, unknown, goals 5/5.
-        ended(traj(4, 4, B, M0, "P01", "2025-02"), "2025-08", 31, Some(9), Some(Unknown), None, Some((5, 5))),
+        ended(
+            traj(4, 4, B, M0, "P01", "2025-02"),
+            "2025-08",
+            31,
+            Some(9),
+            Some(Unknown),
+            None,
+            Some((5, 5)),
+        ),
         // c5: ended by the provider (33), no grade, no.
-        ended(traj(5, 5, B, M0, "P01", "2025-03"), "2025-09", 33, None, Some(No), Some((60, 50)), None),
+        ended(
+            traj(5, 5, B, M0, "P01", "2025-03"),
+            "2025-09",
+            33,
+            None,
+            Some(No),
+            Some((60, 50)),
+            None,
+        ),
         // c6: plan, grade 6, yes.
-        ended(traj(6, 6, B, M0, "P01", "2025-04"), "2025-10", 31, Some(6), Some(Yes), None, None),
+        ended(
+            traj(6, 6, B, M0, "P01", "2025-04"),
+            "2025-10",
+            31,
+            Some(6),
+            Some(Yes),
+            None,
+            None,
+        ),
         // c7: running.
         traj(7, 7, A, M0, "P01", "2025-06"),
         // c1's repeat (starts 2026-02, within six months of 2025-03? no: 2025-03 + 6 = 2025-09).
@@ -178,8 +226,24 @@ fn rows() -> Vec<(AgbCode, WireRecord)> {
         // c2's repeat: C01 from 2025-11, within six months of 2025-06 (2025-12): a repeat.
         traj(9, 2, B, M0, "C01", "2025-11"),
         // GM0777 P01: two children.
-        ended(traj(10, 8, A, M1, "P01", "2025-01"), "2025-04", 31, Some(8), Some(Yes), None, None),
-        ended(traj(11, 9, B, M1, "P01", "2025-02"), "2025-05", 32, Some(5), Some(No), None, None),
+        ended(
+            traj(10, 8, A, M1, "P01", "2025-01"),
+            "2025-04",
+            31,
+            Some(8),
+            Some(Yes),
+            None,
+            None,
+        ),
+        ended(
+            traj(11, 9, B, M1, "P01", "2025-02"),
+            "2025-05",
+            32,
+            Some(5),
+            Some(No),
+            None,
+            None,
+        ),
     ]
 }
 
@@ -201,19 +265,32 @@ fn round(region: &RegionConfig) -> Vec<Release> {
         .releases
 }
 
-fn cell<'a>(r: &'a Release, group: Option<&str>, criterion: &str) -> &'a kwm_schemas::release::ReleaseCell {
+fn cell<'a>(
+    r: &'a Release,
+    group: Option<&str>,
+    criterion: &str,
+) -> &'a kwm_schemas::release::ReleaseCell {
     let row = r
         .rows
         .iter()
-        .find(|row| row.provider.is_none() && row.target_group.as_ref().map(|c| c.as_str()) == group)
+        .find(|row| {
+            row.provider.is_none() && row.target_group.as_ref().map(|c| c.as_str()) == group
+        })
         .expect("row");
-    let i = r.criteria.iter().position(|c| c.code == criterion).expect("criterion");
+    let i = r
+        .criteria
+        .iter()
+        .position(|c| c.code == criterion)
+        .expect("criterion");
     &row.cells[i]
 }
 
 fn scope<'a>(releases: &'a [Release], s: &str) -> &'a Release {
     let s: ReleaseScope = s.parse().expect("scope");
-    releases.iter().find(|r| r.scope == s).expect("release of scope")
+    releases
+        .iter()
+        .find(|r| r.scope == s)
+        .expect("release of scope")
 }
 
 #[test]
@@ -241,21 +318,39 @@ fn known_answers_with_noise_off() {
     assert_eq!(cell(gm0748, Some("P01"), "uitval").value, tenths(167));
     // Herhaald beroep: c2 (C01 from 2025-11, within 2025-06 + 6) only; c1's return in 2026-02 is
     // eleven months after 2025-03. 1 of 6: 16.7%.
-    assert_eq!(cell(gm0748, Some("P01"), "herhaald_beroep").value, tenths(167));
+    assert_eq!(
+        cell(gm0748, Some("P01"), "herhaald_beroep").value,
+        tenths(167)
+    );
     // Zonder hulp: yes c1, c2, c6; no c3, c5; unknown c4 left out: 3/5 = 60%.
     assert_eq!(cell(gm0748, Some("P01"), "zonder_hulp").value, tenths(600));
     // Tevredenheid: grades 8, 7, 4, 9, 6: mean 6.8.
     assert_eq!(cell(gm0748, Some("P01"), "tevredenheid").value, tenths(68));
     // Probleemafname: three measured (c1 70 -> 60 and c5 60 -> 50 improved: a drop of 10 >= 8.77;
     // c2 65 -> 58 not): 2/3 = 66.7%.
-    assert_eq!(cell(gm0748, Some("P01"), "probleemafname").value, tenths(667));
+    assert_eq!(
+        cell(gm0748, Some("P01"), "probleemafname").value,
+        tenths(667)
+    );
     // Doelrealisatie: 100%, 66.7%, 50%, 100% in tenths 1000, 667, 500, 1000: mean 791.75 -> 79.2%.
-    assert_eq!(cell(gm0748, Some("P01"), "doelrealisatie").value, tenths(792));
+    assert_eq!(
+        cell(gm0748, Some("P01"), "doelrealisatie").value,
+        tenths(792)
+    );
     // In zorg: c1..c7 = 7 -> 5; gestart in 2025: c2..c7 = 5 -> 5 (c1 started 2024).
-    assert_eq!(cell(gm0748, Some("P01"), "in_zorg").value, Some(Figure::Whole(5)));
-    assert_eq!(cell(gm0748, Some("P01"), "gestart").value, Some(Figure::Whole(5)));
+    assert_eq!(
+        cell(gm0748, Some("P01"), "in_zorg").value,
+        Some(Figure::Whole(5))
+    );
+    assert_eq!(
+        cell(gm0748, Some("P01"), "gestart").value,
+        Some(Figure::Whole(5))
+    );
     // GM0748 C01: only c2's repeat trajectory, running: 1 child < k.
-    assert_eq!(cell(gm0748, Some("C01"), "in_zorg").status, CellStatus::Suppressed);
+    assert_eq!(
+        cell(gm0748, Some("C01"), "in_zorg").status,
+        CellStatus::Suppressed
+    );
     // GM0777 P01: two children < k: every cell suppressed, with no distinction between none and few.
     let gm0777 = scope(&releases, M1);
     for c in &gm0777.rows[0].cells {
@@ -277,10 +372,16 @@ fn a_provider_sees_its_own_figures_exactly_and_herhaald_beroep_noised() {
     let row = providers
         .rows
         .iter()
-        .find(|r| r.provider == Some(a) && r.target_group.as_ref().map(|c| c.as_str()) == Some("P01"))
+        .find(|r| {
+            r.provider == Some(a) && r.target_group.as_ref().map(|c| c.as_str()) == Some("P01")
+        })
         .expect("provider A's P01 row");
     let at = |code: &str| {
-        let i = providers.criteria.iter().position(|c| c.code == code).expect("criterion");
+        let i = providers
+            .criteria
+            .iter()
+            .position(|c| c.code == code)
+            .expect("criterion");
         &row.cells[i]
     };
     // Provider A in P01: c1 (GM0748), c2, c3, c7 running, c8 (GM0777): in care 5, exactly, not rounded.
@@ -299,7 +400,8 @@ fn an_open_window_is_refused() {
     let shard = vec![engine_rows(&region, &rows())];
     let mut early = input(&region, &shard);
     early.as_of = month("2026-05");
-    let err = compute_round(&early, region.privacy.year_round, &mut NoNoise).expect_err("not final");
+    let err =
+        compute_round(&early, region.privacy.year_round, &mut NoNoise).expect_err("not final");
     assert!(matches!(err, ReleaseError::NotFinal(_)), "{err}");
 }
 
@@ -310,9 +412,16 @@ fn municipalities_add_up_to_the_region_whatever_the_noise() {
     let rho = "0.5".parse().expect("rho");
     let shard = vec![engine_rows(&region, &rows())];
     for seed in 0..20 {
-        let round = compute_round(&input(&region, &shard), rho, &mut SeededNoise::from_seed(seed))
-            .expect("round");
-        let (reg, munis) = (scope(&round.releases, "region"), [scope(&round.releases, M0), scope(&round.releases, M1)]);
+        let round = compute_round(
+            &input(&region, &shard),
+            rho,
+            &mut SeededNoise::from_seed(seed),
+        )
+        .expect("round");
+        let (reg, munis) = (
+            scope(&round.releases, "region"),
+            [scope(&round.releases, M0), scope(&round.releases, M1)],
+        );
         // Published region counts agree with the municipal counts up to the rounding of each.
         for crit in ["in_zorg", "gestart", "beeindigd"] {
             let region_total = cell(reg, None, crit);
@@ -320,7 +429,10 @@ fn municipalities_add_up_to_the_region_whatever_the_noise() {
             if let (Some(Figure::Whole(r)), Some(Figure::Whole(a)), Some(Figure::Whole(b))) =
                 (region_total.value, parts[0].value, parts[1].value)
             {
-                assert!((r - a - b).abs() <= 5, "{crit}: {r} vs {a} + {b} (seed {seed})");
+                assert!(
+                    (r - a - b).abs() <= 5,
+                    "{crit}: {r} vs {a} + {b} (seed {seed})"
+                );
             }
         }
     }
@@ -329,7 +441,15 @@ fn municipalities_add_up_to_the_region_whatever_the_noise() {
 /// The region's true sums, bins by municipality and group, with one child more in GM0748 P01.
 fn with_extra_child() -> Vec<(AgbCode, WireRecord)> {
     let mut rows = rows();
-    rows.push(ended(traj(20, 30, A, M0, "P01", "2025-03"), "2025-07", 31, Some(9), Some(CarryOn::Yes), None, None));
+    rows.push(ended(
+        traj(20, 30, A, M0, "P01", "2025-03"),
+        "2025-07",
+        31,
+        Some(9),
+        Some(CarryOn::Yes),
+        None,
+        None,
+    ));
     rows
 }
 
@@ -352,14 +472,24 @@ fn with_the_noise_fixed_one_child_changes_only_the_figures_it_is_in() {
         for data in [rows(), with_extra_child()] {
             let shard = vec![engine_rows(&region, &data)];
             let tables = TrueTables::build(&input(&region, &shard)).expect("tables");
-            let m = Measurement::draw(&tables, &plan, &mut SeededNoise::from_seed(seed)).expect("m");
+            let m =
+                Measurement::draw(&tables, &plan, &mut SeededNoise::from_seed(seed)).expect("m");
             out.push(assemble(&ctx, &tables.frame, &m, &tables.own).expect("releases"));
         }
         // GM0777 is untouched, and so is every C01 row.
-        assert_eq!(scope(&out[0], M1).rows, scope(&out[1], M1).rows, "seed {seed}");
+        assert_eq!(
+            scope(&out[0], M1).rows,
+            scope(&out[1], M1).rows,
+            "seed {seed}"
+        );
         for s in [M0, "region"] {
             let (a, b) = (scope(&out[0], s), scope(&out[1], s));
-            let c01 = |r: &Release| r.rows.iter().find(|row| row.target_group.as_ref().map(|c| c.as_str()) == Some("C01")).cloned();
+            let c01 = |r: &Release| {
+                r.rows
+                    .iter()
+                    .find(|row| row.target_group.as_ref().map(|c| c.as_str()) == Some("C01"))
+                    .cloned()
+            };
             assert_eq!(c01(a), c01(b), "{s} seed {seed}");
         }
     }
@@ -372,7 +502,9 @@ fn the_same_measurement_gives_the_same_round_whatever_the_true_data() {
     let region = region();
     let rho = "2".parse().expect("rho");
     let plan = NoisePlan::new(&region, rho).expect("plan");
-    let charges = plan.charges(&region, "2025".parse().expect("p")).expect("c");
+    let charges = plan
+        .charges(&region, "2025".parse().expect("p"))
+        .expect("c");
     let ctx = RoundContext {
         region: &region,
         plan: &plan,

@@ -374,7 +374,11 @@ async fn get_scores(
         period,
         criteria: benchmark.release.criteria.clone(),
         own: table(&own.release, own.version, own_rows),
-        benchmark: table(&benchmark.release, benchmark.version, benchmark.release.rows.clone()),
+        benchmark: table(
+            &benchmark.release,
+            benchmark.version,
+            benchmark.release.rows.clone(),
+        ),
         policy: benchmark.release.policy.clone(),
         privacy: benchmark.release.privacy.clone(),
     };
@@ -388,7 +392,8 @@ async fn post_round(
     AppJson(req): AppJson<PublishRound>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Region, Role::Admin])?;
-    let outcome = publish_round(&state.round_deps(), req.period, &api_actor(&caller), false).await?;
+    let outcome =
+        publish_round(&state.round_deps(), req.period, &api_actor(&caller), false).await?;
     let status = if outcome.outcome == "published" {
         StatusCode::CREATED
     } else {

@@ -309,4 +309,3 @@ pub(crate) fn mean(
         count: Some(rounded(cp, rounding)),
     }
 }
-

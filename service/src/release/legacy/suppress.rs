@@ -325,7 +325,6 @@ fn complement(
         .or_else(|| published().min_by_key(key))
 }
 
-
 /// The residual network of the hidden cells other than `skip`: a hidden cell may grow without bound and
 /// shrink to zero; a known cell cannot change.
 fn residual(
@@ -442,4 +441,3 @@ impl FlowNet {
         flow
     }
 }
-
