@@ -554,3 +554,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_pure_dp_region_gets_discrete_laplace_noise_within_its_epsilon() {
+    // mechanism = "discrete-laplace": every measure's scale is c D / epsilon_m with the epsilons adding
+    // up to at most sqrt(2 rho), so the round is epsilon-DP and rho-zCDP.
+    let text = REGION.replace(
+        "mechanism = \"discrete-gaussian\"",
+        "mechanism = \"discrete-laplace\"",
+    );
+    let region = RegionConfig::from_toml_str(&text, "laplace.toml").expect("valid");
+    let rho: kwm_schemas::region::Rho = "0.5".parse().expect("rho");
+    let plan = NoisePlan::new(&region, rho).expect("plan");
+    let c = f64::from(region.policy.max_cells_per_client);
+    let mut eps = 0.0;
+    for d in plan.describe() {
+        let s = d.scale.expect("a Laplace scale");
+        assert!(d.variance.is_none());
+        eps += c * d.sensitivity as f64 * s.denominator as f64 / s.numerator as f64;
+    }
+    assert!(eps <= (2.0f64 * 0.5).sqrt() + 1e-9, "epsilon {eps}");
+    assert!(eps > 0.99, "the budget is spent, not wasted: {eps}");
+    let shard = vec![engine_rows(&region, &rows())];
+    let round = compute_round(&input(&region, &shard), rho, &mut SeededNoise::from_seed(3))
+        .expect("round");
+    assert_eq!(round.releases.len(), 4);
+    assert_eq!(round.releases[0].noise.mechanism, "discrete-laplace");
+}
