@@ -307,6 +307,19 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         .get_latest_round_release("GM0748", &period.to_string())
         .await?;
     println!();
+    if opts.exit {
+        // Nothing serves the commands below any more: say how to get a service on this data.
+        let data = opts.dir.join("service");
+        println!("The demo service has stopped (--exit). To try the API on this data:");
+        println!(
+            "  kwm-service --data-dir {} serve        # then issue tokens with: kwm-service --data-dir {} admin token issue --role municipality --scope GM0748",
+            data.display(),
+            data.display()
+        );
+        println!("  or run the demo without --exit: it prints ready commands and tokens and serves until Ctrl-C.");
+        server.abort();
+        return Ok(());
+    }
     println!("Try it:");
     println!("  curl {base}/v1/keys");
     println!("  curl {base}/v1/openapi.json");
@@ -336,10 +349,6 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     );
     println!("  demo files: {}", opts.dir.display());
 
-    if opts.exit {
-        server.abort();
-        return Ok(());
-    }
     println!("\nServing until Ctrl-C.");
     server.await.context("server task")?
 }
