@@ -576,8 +576,8 @@ fn a_pure_dp_region_gets_discrete_laplace_noise_within_its_epsilon() {
     assert!(eps <= (2.0f64 * 0.5).sqrt() + 1e-9, "epsilon {eps}");
     assert!(eps > 0.99, "the budget is spent, not wasted: {eps}");
     let shard = vec![engine_rows(&region, &rows())];
-    let round = compute_round(&input(&region, &shard), rho, &mut SeededNoise::from_seed(3))
-        .expect("round");
+    let round =
+        compute_round(&input(&region, &shard), rho, &mut SeededNoise::from_seed(3)).expect("round");
     assert_eq!(round.releases.len(), 4);
     assert_eq!(round.releases[0].noise.mechanism, "discrete-laplace");
 }
