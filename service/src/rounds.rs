@@ -339,11 +339,15 @@ pub async fn latest_release(
             )));
         }
     }
-    match store
-        .get_latest_round_release(&scope.to_string(), &period.to_string())
-        .await?
-    {
-        Some(stored) => cache.insert(&stored),
+    // One small query for the id; the figures come from memory once read.
+    let id = store
+        .get_latest_round_release_id(&scope.to_string(), &period.to_string())
+        .await?;
+    match id {
+        Some(id) => cache
+            .get(store, id)
+            .await?
+            .ok_or_else(|| not_released(region, period)),
         None => Err(not_released(region, period)),
     }
 }

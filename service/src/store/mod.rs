@@ -477,6 +477,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         scope: &str,
         period: &str,
     ) -> Result<Option<StoredRoundRelease>, StoreError>;
+    /// The id of that release only (no figures): what a read by scope and period needs to find the
+    /// frozen release in memory.
+    async fn get_latest_round_release_id(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<Uuid>, StoreError>;
     /// Spend so far (nano-rho) per data year asked (0 for a year never charged), in the order asked.
     async fn privacy_spent(&self, years: &[u16]) -> Result<Vec<i64>, StoreError>;
     /// Every charge, ordered by data year, then time, then the order stored.

@@ -1134,6 +1134,26 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn get_latest_round_release_id(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT rr.id::text FROM round_releases rr \
+             WHERE rr.round_id = \
+               (SELECT id FROM rounds WHERE period = $2 ORDER BY version DESC LIMIT 1) \
+             AND rr.scope = $1",
+        )
+        .bind(scope)
+        .bind(period)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        id.map(|id| Uuid::parse_str(&id).map_err(|_| corrupt("round_releases.id")))
+            .transpose()
+    }
+
     async fn privacy_spent(&self, years: &[u16]) -> Result<Vec<i64>, StoreError> {
         let asked: Vec<i32> = years.iter().map(|&y| i32::from(y)).collect();
         let rows = sqlx::query(

@@ -1193,6 +1193,26 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn get_latest_round_release_id(
+        &self,
+        scope: &str,
+        period: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT rr.id FROM round_releases rr \
+             WHERE rr.round_id = \
+               (SELECT id FROM rounds WHERE period = ?2 ORDER BY version DESC LIMIT 1) \
+             AND rr.scope = ?1",
+        )
+        .bind(scope)
+        .bind(period)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        id.map(|id| Uuid::parse_str(&id).map_err(|_| corrupt("round_releases.id")))
+            .transpose()
+    }
+
     async fn privacy_spent(&self, years: &[u16]) -> Result<Vec<i64>, StoreError> {
         let asked = serde_json::to_string(years)
             .map_err(|e| StoreError::Other(anyhow::anyhow!("serialising a list: {e}")))?;
