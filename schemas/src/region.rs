@@ -133,6 +133,10 @@ pub struct PrivacyPolicy {
     pub half_year_round: Option<Rho>,
     #[serde(default)]
     pub quarter_round: Option<Rho>,
+    /// Rho of a correction (a new version of a round that exists), when below the span's rho: what
+    /// the rest of a data year allows after its planned rounds.
+    #[serde(default)]
+    pub correction_round: Option<Rho>,
     /// How a round's rho is split over its three tables (must add up to 1).
     pub levels: LevelShares,
     /// How each table's rho is split over the measures, by weight (any positive numbers).
@@ -486,6 +490,7 @@ impl RegionConfig {
             ("year_round", Some(q.year_round)),
             ("half_year_round", q.half_year_round),
             ("quarter_round", q.quarter_round),
+            ("correction_round", q.correction_round),
         ] {
             if let Some(rho) = rho {
                 if nanos(rho, what)? > cap - reserve {
@@ -644,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_round_above_the_cap_is_refused() {
-        let text = WBW_TOML.replace("year_round = \"0.75\"", "year_round = \"1.1\"");
+        let text = WBW_TOML.replace("year_round = \"0.6\"", "year_round = \"1.1\"");
         let err = RegionConfig::from_toml_str(&text, "x.toml").expect_err("must fail");
         assert!(err.to_string().contains("year_round"), "{err}");
     }

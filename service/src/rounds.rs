@@ -132,8 +132,6 @@ pub async fn publish_round(
             ),
         )
     })?;
-    let plan = NoisePlan::new(region, rho).map_err(engine_error)?;
-    let charges = plan.charges(region, period).map_err(engine_error)?;
     let cap = region.round_cap_nanos();
 
     let _one = deps.lock.lock().await;
@@ -141,21 +139,41 @@ pub async fn publish_round(
     // Cheap checks before computing: the newest version's data, and every year's budget.
     let synced = deps.index.sync(deps.store.as_ref()).await?;
     let data_version = data_version_of(synced.mark);
-    if let Some(newest) = deps
+    let newest = deps
         .store
         .list_rounds(Some(&period_key))
         .await?
         .into_iter()
-        .next()
-    {
+        .next();
+    if let Some(newest) = &newest {
         if first_only || newest.data_version == data_version {
-            return outcome("unchanged", &newest);
+            return outcome("unchanged", newest);
         }
     }
+    // A correction (a new version of a round) spends the region's correction rho, if it sets one.
+    let rho = match (&newest, region.privacy.correction_round) {
+        (Some(_), Some(c)) if c.to_nanos() < rho.to_nanos() => c,
+        _ => rho,
+    };
+    let plan = NoisePlan::new(region, rho).map_err(engine_error)?;
+    let charges = plan.charges(region, period).map_err(engine_error)?;
     let years: Vec<u16> = charges.iter().map(|(y, _)| *y).collect();
     let spent = deps.store.privacy_spent(&years).await?;
     for ((year, ask), spent) in charges.iter().zip(&spent) {
         if spent + ask > cap {
+            // Another instance may have stored this very round between the two reads above: then
+            // the answer is that round, not a refusal.
+            if let Some(newest) = deps
+                .store
+                .list_rounds(Some(&period_key))
+                .await?
+                .into_iter()
+                .next()
+            {
+                if first_only || newest.data_version == data_version {
+                    return outcome("unchanged", &newest);
+                }
+            }
             return Err(budget_exhausted(*year, *spent, cap));
         }
     }

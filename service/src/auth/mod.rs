@@ -237,8 +237,11 @@ mod tests {
         let gm = caller(Role::Municipality, Some("GM0748"));
         assert!(gm.may_read_release_scope("GM0748").is_ok());
         assert!(gm.may_read_release_scope("GM0777").is_err());
-        assert!(gm.may_read_release_scope("region").is_err());
+        // The region's table is a municipality's benchmark; the per-provider table is nobody's.
+        assert!(gm.may_read_release_scope("region").is_ok());
+        assert!(gm.may_read_release_scope("providers").is_err());
         let region = caller(Role::Region, None);
+        assert!(region.may_read_release_scope("providers").is_err());
         assert!(region.may_read_release_scope("region").is_ok());
         assert!(region.may_read_release_scope("GM0777").is_ok());
         for role in [Role::Provider, Role::Researcher, Role::Admin] {

@@ -219,10 +219,12 @@ async fn get_releases(
     caller.require(&[Role::Municipality, Role::Region])?;
     let Query(q) = query.map_err(|e| bad_request(format!("query string: {e}")))?;
     // A municipality token may leave its own scope out.
-    let scope_text = match (&q.scope, caller.role) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Role::Municipality) => caller.scope.clone(),
-        (None, _) => None,
+    // With a period, a municipality token may leave its own scope out; without one, the list shows
+    // everything the caller may read (its own municipality and the region).
+    let scope_text = match (&q.scope, caller.role, &q.period) {
+        (Some(s), _, _) => Some(s.clone()),
+        (None, Role::Municipality, Some(_)) => caller.scope.clone(),
+        (None, _, _) => None,
     };
     let scope = scope_text
         .as_deref()

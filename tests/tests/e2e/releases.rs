@@ -109,7 +109,7 @@ async fn a_round_is_read(app: TestApp) {
     );
     // What it says about its privacy and its noise.
     assert_eq!(first.privacy.mechanism, "discrete-gaussian");
-    assert_eq!(first.privacy.round_rho.to_string(), "0.75");
+    assert_eq!(first.privacy.round_rho.to_string(), "0.6");
     assert_eq!(first.privacy.rho_per_data_year.to_string(), "1.125");
     assert_eq!(first.privacy.charges, round.charges);
     let years: Vec<u16> = first.privacy.charges.iter().map(|c| c.data_year).collect();
@@ -118,7 +118,7 @@ async fn a_round_is_read(app: TestApp) {
         [2025, 2026],
         "herhaald beroep's window reaches into 2026"
     );
-    assert_eq!(first.privacy.charges[0].rho.to_string(), "0.75");
+    assert_eq!(first.privacy.charges[0].rho.to_string(), "0.6");
     assert!(first.privacy.guarantee_en.contains("zCDP"));
     assert!(!first.noise.measures.is_empty());
     assert!(!first.noise.thresholds.is_empty());

@@ -191,7 +191,7 @@ async fn published_once_then_corrected(backend: Backend) {
         .iter()
         .map(|c| (c.data_year, c.rho.to_string()))
         .collect();
-    assert_eq!(charged[0], (2025, "0.75".to_string()));
+    assert_eq!(charged[0], (2025, "0.6".to_string()));
     assert_eq!(
         charged.iter().map(|c| c.0).collect::<Vec<_>>(),
         [2025, 2026],
@@ -215,7 +215,7 @@ async fn published_once_then_corrected(backend: Backend) {
         assert_eq!(y.spent[0].kind, "round");
         assert_eq!(y.spent[0].subject, first.round.id.to_string());
     }
-    assert_eq!(report.years[0].spent_total, "0.75");
+    assert_eq!(report.years[0].spent_total, "0.6");
     assert_eq!(report.years[0].cap.to_string(), "2.125");
     assert!(
         report.years[0].remaining.starts_with("1.375"),
@@ -321,7 +321,10 @@ async fn a_year_round_can_be_corrected_under_the_shipped_region_file() {
         StatusCode::CREATED,
         "a correction of the 2025 year round under wbw.toml: {text}"
     );
-    assert_eq!(outcome_of(&text).round.version, 2);
+    let corrected = outcome_of(&text).round;
+    assert_eq!(corrected.version, 2);
+    // A correction spends the region's correction rho, not the year round's again.
+    assert_eq!(corrected.charges[0].rho.to_string(), "0.15");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -590,7 +593,9 @@ fn region_small_cap() -> String {
     region_edited(&[
         ("rho_per_data_year = \"1.125\"", "rho_per_data_year = \"1\""),
         ("research_reserve = \"0.125\"", ""),
-        ("year_round = \"0.75\"", "year_round = \"0.4\""),
+        ("year_round = \"0.6\"", "year_round = \"0.4\""),
+        // Corrections at the year round's rho, so that the arithmetic below is about 0.4 alone.
+        ("correction_round = \"0.15\"", ""),
     ])
 }
 
