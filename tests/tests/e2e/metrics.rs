@@ -210,7 +210,7 @@ async fn series_move_with_uploads_refusals_and_releases() {
     assert_eq!(after.sum("kwm_rho_spent", &[("data_year", "2025")]), 0.6);
     assert_eq!(
         after.sum("kwm_rho_remaining", &[("data_year", "2025")]),
-        0.375
+        0.525
     );
     let spent_2026 = after.sum("kwm_rho_spent", &[("data_year", "2026")]);
     assert!(spent_2026 > 0.0 && spent_2026 < 0.6, "{spent_2026}");

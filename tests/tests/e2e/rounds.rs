@@ -218,7 +218,7 @@ async fn published_once_then_corrected(backend: Backend) {
     assert_eq!(report.years[0].spent_total, "0.6");
     assert_eq!(report.years[0].cap.to_string(), "2.125");
     assert!(
-        report.years[0].remaining.starts_with("1.375"),
+        report.years[0].remaining.starts_with("1.525"),
         "{}",
         report.years[0].remaining
     );
@@ -231,7 +231,22 @@ async fn published_once_then_corrected(backend: Backend) {
     let second = publish_round(&app, &region, "2025").await;
     assert_eq!(second.round.version, 2);
     assert_ne!(second.round.id, first.round.id);
-    assert_eq!(second.round.charges, first.round.charges);
+    // A correction spends the region's correction rho (0.15), in the same data years.
+    assert_eq!(second.round.charges[0].rho.to_string(), "0.15");
+    assert_eq!(
+        second
+            .round
+            .charges
+            .iter()
+            .map(|c| c.data_year)
+            .collect::<Vec<_>>(),
+        first
+            .round
+            .charges
+            .iter()
+            .map(|c| c.data_year)
+            .collect::<Vec<_>>()
+    );
     for r in &second.round.releases {
         assert!(
             first.round.releases.iter().all(|f| f.id != r.id),
@@ -285,7 +300,8 @@ async fn published_once_then_corrected(backend: Backend) {
     assert_eq!(stored.len(), 2);
     assert_ledger_whole(&stored, &charges);
     let years = per_year(&charges);
-    assert_eq!(years[&2025], (2, 2 * 3 * NANOS / 4));
+    // The round (0.6) and its correction (the region's correction rho, 0.15).
+    assert_eq!(years[&2025], (2, 3 * NANOS / 5 + 3 * NANOS / 20));
     assert_eq!(years[&2026].0, 2);
     let audited = round_audit_entries(&app).await;
     assert_eq!(audited.len(), 2, "{audited:?}");
@@ -567,7 +583,7 @@ async fn two_instances_publish_once(backend: Backend) {
         years.values().all(|(n, _)| *n == 1),
         "charged once: {years:?}"
     );
-    assert_eq!(years[&2025].1, 3 * NANOS / 4);
+    assert_eq!(years[&2025].1, 3 * NANOS / 5, "the year round of 0.6");
     assert_eq!(round_audit_entries(&a).await.len(), 1);
     assert_audit_intact(&a).await;
     // Every instance serves it.
