@@ -263,3 +263,33 @@ async fn the_api_listener_does_not_serve_metrics() {
     let other = app.metrics_url.replace("/metrics", "/v1/keys");
     assert_eq!(reqwest::get(other).await.expect("request").status(), 404);
 }
+
+/// Made-up methods are counted under one label: a client cannot create series without bound.
+#[tokio::test]
+async fn unknown_methods_share_one_label() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    for m in ["FOOBAR", "BREW", "X-ANYTHING-1"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).expect("a method token");
+        let res = client
+            .request(method, format!("{}/v1/keys", app.base_url))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(res.status(), reqwest::StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = reqwest::get(&app.metrics_url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    for m in ["FOOBAR", "BREW", "X-ANYTHING-1"] {
+        assert!(!text.contains(m), "{m} became a label");
+    }
+    let after = Scrape::of(&app).await;
+    assert_eq!(
+        after.sum("kwm_http_requests_total", &[("method", "other")]),
+        3.0
+    );
+}
