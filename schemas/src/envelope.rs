@@ -134,9 +134,31 @@ pub struct BatchHeader {
     /// The service HPKE key the batch is sealed to.
     pub key_id: KeyId,
     pub record_count: u32,
-    #[serde(with = "time::serde::rfc3339")]
+    /// RFC 3339; in UTC between the years 2000 and 2999.
+    #[serde(with = "created_at")]
     #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
+}
+
+/// `created_at` on the wire: RFC 3339, refused unless its UTC time lies in 2000..=2999, so that
+/// no offset can carry it out of the range the canonical encoding (in UTC) can write.
+mod created_at {
+    use serde::{Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        time::serde::rfc3339::serialize(t, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let t: OffsetDateTime = time::serde::rfc3339::deserialize(d)?;
+        match t.checked_to_offset(time::UtcOffset::UTC) {
+            Some(utc) if (2000..=2999).contains(&utc.year()) => Ok(t),
+            _ => Err(serde::de::Error::custom(
+                "created_at must be an RFC 3339 time between the years 2000 and 2999 (UTC)",
+            )),
+        }
+    }
 }
 
 impl BatchHeader {
@@ -145,7 +167,8 @@ impl BatchHeader {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let created = self
             .created_at
-            .to_offset(time::UtcOffset::UTC)
+            .checked_to_offset(time::UtcOffset::UTC)
+            .unwrap_or(self.created_at)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         format!(
@@ -410,5 +433,25 @@ mod tests {
             back.header.canonical_bytes(),
             batch.header.canonical_bytes()
         );
+    }
+
+    #[test]
+    fn a_created_at_out_of_range_is_refused_with_a_clear_error() {
+        let header = |created_at: &str| {
+            format!(
+                r#"{{"version":1,"provider":"12345678","batch_id":"0190c3a1-0000-7000-8000-000000000000","key_id":"0123456789abcdef","record_count":1,"created_at":"{created_at}"}}"#
+            )
+        };
+        for bad in [
+            "9999-12-31T23:59:59-23:59",
+            "1970-01-01T00:00:00Z",
+            "3000-01-01T00:00:00Z",
+        ] {
+            let err = serde_json::from_str::<BatchHeader>(&header(bad)).expect_err(bad);
+            assert!(err.to_string().contains("created_at"), "{bad}: {err}");
+        }
+        let ok: BatchHeader =
+            serde_json::from_str(&header("2026-12-02T10:00:00+01:00")).expect("a valid time");
+        assert!(!ok.canonical_bytes().is_empty());
     }
 }
