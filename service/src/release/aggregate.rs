@@ -229,31 +229,12 @@ impl Pass {
     fn shard(&self, rows: &[EngineRow], acc: &mut Partial) {
         // The rows the period reads, ordered by child: by eight bytes of the pseudonym (the first is
         // the shard's, the same for all), the whole pseudonym only where those tie.
-        let prefix = |r: &EngineRow| {
-            u64::from_be_bytes(
-                r.client[1..9]
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!("8 bytes")),
-            )
-        };
-        let mut order: Vec<(u64, u32)> = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| self.deriver.reads(r))
-            .map(|(i, r)| (prefix(r), i as u32))
-            .collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| rows[a.1 as usize].client.cmp(&rows[b.1 as usize].client))
-                .then(a.1.cmp(&b.1))
-        });
+        let order = by_child(rows, |r| self.deriver.reads(r));
 
         let t_n = self.t_n;
         let mut trajs: Vec<Traj> = Vec::new();
         let mut masks: Vec<u8> = Vec::new();
-        for client in order
-            .chunk_by(|a, b| a.0 == b.0 && rows[a.1 as usize].client == rows[b.1 as usize].client)
-        {
+        for client in each_child(rows, &order) {
             trajs.clear();
             for (_, i) in client {
                 let row = &rows[*i as usize];
@@ -331,27 +312,8 @@ impl TrueTables {
             .map(|t| (t.code.clone(), t.label_nl.clone(), t.label_en.clone()))
             .collect();
 
-        // The providers of every row the period reads, in AGB order.
-        let mut providers: Vec<AgbCode> = input
-            .shards
-            .par_iter()
-            .fold(FxHashSet::default, |mut set, shard| {
-                let mut last = None;
-                for row in shard.iter().filter(|r| deriver.active(r)) {
-                    if last != Some(row.provider) {
-                        set.insert(row.provider);
-                        last = Some(row.provider);
-                    }
-                }
-                set
-            })
-            .reduce(FxHashSet::default, |mut a, b| {
-                a.extend(b);
-                a
-            })
-            .into_iter()
-            .collect();
-        providers.sort_unstable();
+        // The providers with a trajectory in care in the period, in AGB order.
+        let providers = providers_of(input.shards, |r| deriver.active(r));
 
         let (m_n, t_n, p_n) = (munis.len(), groups.len(), providers.len());
         let pass = Pass {
@@ -402,6 +364,66 @@ impl TrueTables {
             own: partial.own,
         })
     }
+}
+
+/// The rows of one shard that `keep` selects, as (pseudonym prefix, row index), ordered by child: by
+/// eight bytes of the pseudonym (the first is the shard's, the same for all), the whole pseudonym
+/// only where those tie. [`each_child`] walks them child by child.
+pub(crate) fn by_child(rows: &[EngineRow], keep: impl Fn(&EngineRow) -> bool) -> Vec<(u64, u32)> {
+    let prefix = |r: &EngineRow| {
+        u64::from_be_bytes(
+            r.client[1..9]
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("8 bytes")),
+        )
+    };
+    let mut order: Vec<(u64, u32)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| keep(r))
+        .map(|(i, r)| (prefix(r), i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| rows[a.1 as usize].client.cmp(&rows[b.1 as usize].client))
+            .then(a.1.cmp(&b.1))
+    });
+    order
+}
+
+/// The runs of [`by_child`]'s order that belong to one child each.
+pub(crate) fn each_child<'a>(
+    rows: &'a [EngineRow],
+    order: &'a [(u64, u32)],
+) -> impl Iterator<Item = &'a [(u64, u32)]> + 'a {
+    order.chunk_by(move |a, b| a.0 == b.0 && rows[a.1 as usize].client == rows[b.1 as usize].client)
+}
+
+/// The providers of the rows `keep` selects, in AGB order.
+pub(crate) fn providers_of(
+    shards: &[Vec<EngineRow>],
+    keep: impl Fn(&EngineRow) -> bool + Sync,
+) -> Vec<AgbCode> {
+    let mut providers: Vec<AgbCode> = shards
+        .par_iter()
+        .fold(FxHashSet::default, |mut set, shard| {
+            let mut last = None;
+            for row in shard.iter().filter(|r| keep(r)) {
+                if last != Some(row.provider) {
+                    set.insert(row.provider);
+                    last = Some(row.provider);
+                }
+            }
+            set
+        })
+        .reduce(FxHashSet::default, |mut a, b| {
+            a.extend(b);
+            a
+        })
+        .into_iter()
+        .collect();
+    providers.sort_unstable();
+    providers
 }
 
 /// Position in the keyed order: administrative endings last (end histogram only), then the HMAC, then

@@ -9,14 +9,15 @@
 use std::fmt;
 
 use rayon::prelude::*;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use kwm_schemas::criteria::{catalogue, Criterion, CriterionKind};
 use kwm_schemas::release::{Rational, ReleaseScope};
 use kwm_schemas::{AgbCode, Code, Month, MunicipalityCode, Period};
 
 use super::super::aggregate::{
-    bound_into, Traj, D_ENDED, D_GOAL, D_GRADE, D_HELP, D_IN_CARE, D_PROBLEM, D_REPEAT, D_STARTED,
+    bound_into, by_child, each_child, providers_of, Traj, D_ENDED, D_GOAL, D_GRADE, D_HELP,
+    D_IN_CARE, D_PROBLEM, D_REPEAT, D_STARTED,
 };
 use super::super::bounding::OrderKey;
 use super::super::measures::{is_repeat, Deriver, EndClass, Measures};
@@ -432,33 +433,14 @@ impl Pass {
     fn shard(&self, rows: &[EngineRow], acc: &mut Partial) {
         // The rows the period reads, ordered by client: by eight bytes of the pseudonym (the first is
         // the shard's, the same for all), the whole pseudonym only where those tie.
-        let prefix = |r: &EngineRow| {
-            u64::from_be_bytes(
-                r.client[1..9]
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!("8 bytes")),
-            )
-        };
-        let mut order: Vec<(u64, u32)> = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| self.deriver.reads(r))
-            .map(|(i, r)| (prefix(r), i as u32))
-            .collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| rows[a.1 as usize].client.cmp(&rows[b.1 as usize].client))
-                .then(a.1.cmp(&b.1))
-        });
+        let order = by_child(rows, |r| self.deriver.reads(r));
 
         let dn = Denominator::ALL.len();
         let mut trajs: Vec<Traj> = Vec::new();
         let mut masks: Vec<u8> = Vec::new();
         let mut seen_munis: Vec<u16> = Vec::new();
         let mut seen_providers: Vec<u32> = Vec::new();
-        for client in order
-            .chunk_by(|a, b| a.0 == b.0 && rows[a.1 as usize].client == rows[b.1 as usize].client)
-        {
+        for client in each_child(rows, &order) {
             // The client's trajectories in care, with their measures; herhaald beroep from the
             // client's own other starts (at any provider, in any municipality).
             trajs.clear();
@@ -554,26 +536,7 @@ impl PeriodTables {
             .collect();
 
         // The providers of every row the period reads, in AGB order.
-        let mut providers: Vec<AgbCode> = input
-            .shards
-            .par_iter()
-            .fold(FxHashSet::default, |mut set, shard| {
-                let mut last = None;
-                for row in shard.iter().filter(|r| deriver.reads(r)) {
-                    if last != Some(row.provider) {
-                        set.insert(row.provider);
-                        last = Some(row.provider);
-                    }
-                }
-                set
-            })
-            .reduce(FxHashSet::default, |mut a, b| {
-                a.extend(b);
-                a
-            })
-            .into_iter()
-            .collect();
-        providers.sort_unstable();
+        let providers = providers_of(input.shards, |r| deriver.reads(r));
 
         let (m_n, t_n, p_n) = (munis.len(), groups.len(), providers.len());
         let pass = Pass {
