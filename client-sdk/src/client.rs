@@ -11,7 +11,7 @@ use kwm_schemas::api::{
 };
 use kwm_schemas::envelope::{HpkePublicKey, KeyId, SealedBatch};
 use kwm_schemas::problem::{Problem, ProblemType};
-use kwm_schemas::{Pseudonym, WireRecord};
+use kwm_schemas::{ExportedRecord, Pseudonym};
 use rand::Rng;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -319,8 +319,8 @@ impl Client {
         self.decode("/v1/trajectories/{trajectory}", &body)
     }
 
-    /// `GET /v1/export`: the provider's stored records (client pseudonyms as the service stores them).
-    pub async fn export(&self) -> Result<Vec<WireRecord>, ClientError> {
+    /// `GET /v1/export`: the provider's stored records as it sent them, without client pseudonyms.
+    pub async fn export(&self) -> Result<Vec<ExportedRecord>, ClientError> {
         let (_, body) = self.call(Method::GET, "/v1/export", None, true).await?;
         body.split(|b| *b == b'\n')
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))

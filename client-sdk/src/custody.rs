@@ -5,14 +5,15 @@
 use std::io::Write;
 
 use kwm_schemas::api::WithdrawalReceipt;
-use kwm_schemas::{Pseudonym, WireRecord};
+use kwm_schemas::{ExportedRecord, Pseudonym};
 
 use crate::client::{Client, ClientError};
 use crate::keys::ProviderKeys;
 
 /// The columns of `kwm export`, in the order of the record schema.
-pub const EXPORT_COLUMNS: [&str; 18] = [
-    "client",
+/// There is no client column: the service never hands out a client pseudonym (see
+/// [`kwm_schemas::ExportedRecord`]).
+pub const EXPORT_COLUMNS: [&str; 17] = [
     "trajectory",
     "municipality",
     "target_group",
@@ -90,7 +91,7 @@ pub async fn withdraw(
 }
 
 /// Writes records as CSV with a header of [`EXPORT_COLUMNS`]; absent fields are empty.
-pub fn write_csv<W: Write>(records: &[WireRecord], out: W) -> std::io::Result<()> {
+pub fn write_csv<W: Write>(records: &[ExportedRecord], out: W) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     w.write_record(EXPORT_COLUMNS)?;
     for r in records {
@@ -143,9 +144,8 @@ mod tests {
     use super::*;
     use kwm_schemas::codes::AgeBand;
 
-    fn record() -> WireRecord {
-        WireRecord {
-            client: Pseudonym([1; 32]),
+    fn record() -> ExportedRecord {
+        ExportedRecord {
             trajectory: Pseudonym([2; 32]),
             municipality: "GM0748".parse().expect("valid"),
             target_group: "P01".parse().expect("valid"),
@@ -175,12 +175,11 @@ mod tests {
         assert_eq!(lines.next(), Some(EXPORT_COLUMNS.join(",").as_str()));
         let row: Vec<&str> = lines.next().expect("a row").split(',').collect();
         assert_eq!(row.len(), EXPORT_COLUMNS.len());
-        assert_eq!(row[0], "01".repeat(32));
-        assert_eq!(row[1], "02".repeat(32));
-        assert_eq!(&row[2..4], ["GM0748", "P01"]);
-        assert_eq!(row[6], "2024-02");
-        assert_eq!(row[8], "12-17");
-        assert!(row[9..].iter().all(|f| f.is_empty()));
+        assert_eq!(row[0], "02".repeat(32));
+        assert_eq!(&row[1..3], ["GM0748", "P01"]);
+        assert_eq!(row[5], "2024-02");
+        assert_eq!(row[7], "12-17");
+        assert!(row[8..].iter().all(|f| f.is_empty()));
     }
 
     #[test]
@@ -189,7 +188,7 @@ mod tests {
             CarryOn, EndReason, GoalCount, Intensity, ProductCategory, Respondent, Satisfaction,
             TScore,
         };
-        let full = WireRecord {
+        let full = ExportedRecord {
             intensity: Some(Intensity::new(2).expect("valid")),
             product_category: Some(ProductCategory::new(45).expect("valid")),
             end_month: Some("2024-11".parse().expect("valid")),

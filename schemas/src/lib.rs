@@ -12,7 +12,7 @@ pub mod region;
 pub mod release;
 
 pub use codes::{AgbCode, Bsn, Code, Month, MunicipalityCode, ParseError, Pseudonym, Role};
-pub use record::{BatchPayload, WireRecord};
+pub use record::{BatchPayload, ExportedRecord, WireRecord};
 pub use region::RegionConfig;
 pub use release::Period;
 
@@ -26,6 +26,10 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
     }
     vec![
         ("record.schema.json", schema::<record::WireRecord>()),
+        (
+            "exported-record.schema.json",
+            schema::<record::ExportedRecord>(),
+        ),
         (
             "batch-payload.schema.json",
             schema::<record::BatchPayload>(),

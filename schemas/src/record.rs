@@ -13,13 +13,39 @@ use crate::region::RegionConfig;
 /// The record schema version this crate speaks.
 pub const RECORD_SCHEMA_VERSION: u16 = 1;
 
-/// One trajectory, as sealed into a batch. Holds no BSN, no trajectory number, no birth date and no exact
-/// date. `Debug` shows no pseudonym (see [`Pseudonym`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WireRecord {
-    /// Stage-1 client pseudonym: HMAC-SHA256(regional key, normalised BSN).
-    pub client: Pseudonym,
+/// Defines [`WireRecord`] and [`ExportedRecord`] from one list of fields: the export is the record as
+/// the provider sent it, minus the client pseudonym, and the two must never drift apart.
+macro_rules! trajectory_records {
+    ($($(#[$attr:meta])* pub $field:ident: $ty:ty,)*) => {
+        /// One trajectory, as sealed into a batch. Holds no BSN, no trajectory number, no birth date and no
+        /// exact date. `Debug` shows no pseudonym (see [`Pseudonym`]).
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct WireRecord {
+            /// Stage-1 client pseudonym: HMAC-SHA256(regional key, normalised BSN).
+            pub client: Pseudonym,
+            $($(#[$attr])* pub $field: $ty,)*
+        }
+
+        /// One stored trajectory as `GET /v1/export` gives it back to its provider: what the provider sent,
+        /// without the client. The service keeps only its own second-stage client pseudonym, and handing
+        /// that out would let a holder of the regional key build a BSN -> stored pseudonym dictionary, which
+        /// is what the second stage exists to prevent.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct ExportedRecord {
+            $($(#[$attr])* pub $field: $ty,)*
+        }
+
+        impl From<&WireRecord> for ExportedRecord {
+            fn from(r: &WireRecord) -> Self {
+                Self { $($field: r.$field.clone(),)* }
+            }
+        }
+    };
+}
+
+trajectory_records! {
     /// Trajectory pseudonym: HMAC-SHA256(provider's trajectory key, trajectory id).
     pub trajectory: Pseudonym,
     pub municipality: MunicipalityCode,

@@ -41,6 +41,16 @@ pub struct Config {
     /// Seconds between checks of the region calendar for rounds that are due (only when the region
     /// file has a calendar).
     pub calendar_check_secs: u64,
+    /// A connection that has not sent a request's whole header within this many seconds is closed.
+    pub header_read_timeout_secs: u64,
+    /// At most this many API connections are served at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// At most this many uploads are opened and validated at once (each may hold a batch of up to the
+    /// region's size limit in memory); more wait their turn.
+    pub max_concurrent_ingests: usize,
+    /// Seconds between maintenance runs: the change feed's pseudonyms of withdrawn trajectories are
+    /// erased after a day, and SQLite's write-ahead log is checkpointed so deleted rows leave the disk.
+    pub maintenance_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +75,10 @@ impl Default for Config {
             strict_transport_security: false,
             release_index_sync_secs: 5,
             calendar_check_secs: 60,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
+            max_concurrent_ingests: 4,
+            maintenance_secs: 600,
         }
     }
 }
@@ -87,6 +101,10 @@ impl std::fmt::Debug for Config {
             .field("strict_transport_security", &self.strict_transport_security)
             .field("release_index_sync_secs", &self.release_index_sync_secs)
             .field("calendar_check_secs", &self.calendar_check_secs)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("max_concurrent_ingests", &self.max_concurrent_ingests)
+            .field("maintenance_secs", &self.maintenance_secs)
             .finish()
     }
 }

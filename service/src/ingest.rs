@@ -8,7 +8,8 @@ use std::sync::Arc;
 use kwm_schemas::envelope::{self, SealedBatch, PROTOCOL_VERSION};
 use kwm_schemas::problem::{ProblemType, RecordError};
 use kwm_schemas::{AgbCode, BatchPayload, Pseudonym, WireRecord};
-use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
@@ -135,7 +136,7 @@ fn open_and_validate(
     })?;
 
     let content_digest = envelope::content_digest(&plaintext);
-    let payload = parse_payload(&plaintext)?;
+    let payload = parse_payload(&plaintext, header.record_count)?;
     if payload.records.len() != header.record_count as usize {
         return Err(ApiError::new(
             ProblemType::BadRequest,
@@ -212,36 +213,140 @@ pub fn now_micros() -> OffsetDateTime {
         .unwrap_or(now)
 }
 
-/// Parses the plaintext; on failure, finds the first bad record and field so the error can say where.
-fn parse_payload(plaintext: &[u8]) -> Result<BatchPayload, ApiError> {
-    if let Ok(p) = serde_json::from_slice::<BatchPayload>(plaintext) {
-        return Ok(p);
-    }
-    #[derive(Deserialize)]
-    struct Loose {
-        records: Vec<serde_json::Value>,
-    }
-    let loose: Loose = serde_json::from_slice(plaintext).map_err(|_| {
-        ApiError::new(
+/// Parses the plaintext in one streaming pass: the records up to the `declared` count of the header, each
+/// checked where it lies in the plaintext (borrowed, not copied), so that a bad batch costs no more memory
+/// than a good one. A record that does not parse is listed with its field (up to [`MAX_LISTED_ERRORS`],
+/// the total in the detail); once one has failed, the good ones are no longer kept.
+fn parse_payload(plaintext: &[u8], declared: u32) -> Result<BatchPayload, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(plaintext);
+    let mut parsed = Parsed {
+        declared,
+        records: Vec::with_capacity(declared.min(4096) as usize),
+        errors: Vec::new(),
+        total_errors: 0,
+        too_many: false,
+    };
+    let shape = PayloadSeed(&mut parsed)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if parsed.too_many {
+        return Err(ApiError::new(
             ProblemType::BadRequest,
-            "the decrypted batch is not a JSON object with a `records` array",
-        )
-    })?;
-    let mut errors = Vec::new();
-    for (i, value) in loose.records.into_iter().enumerate() {
-        if let Err(e) = serde_path_to_error::deserialize::<_, WireRecord>(value) {
-            let field = e.path().to_string();
-            // The inner message comes from our parsers and serde: it names the expected form, never echoes
-            // a value of ours. It is sent back only to the provider who sent the record.
-            errors.push(RecordError {
-                record: i as u32,
-                field: if field == "." { "record".into() } else { field },
-                reason: e.into_inner().to_string(),
-            });
-            if errors.len() >= MAX_LISTED_ERRORS {
-                break;
+            format!("the header announces {declared} records but the batch holds more"),
+        ));
+    }
+    if shape.is_err() {
+        return Err(ApiError::new(
+            ProblemType::BadRequest,
+            "the decrypted batch is not a JSON object with a `records` array (and nothing else)",
+        ));
+    }
+    if parsed.total_errors > 0 {
+        let total = parsed.total_errors;
+        let mut err = ApiError::invalid_records(parsed.errors);
+        if let ApiError::Problem { detail, .. } = &mut err {
+            if total > MAX_LISTED_ERRORS {
+                detail.push_str(&format!(
+                    " Only the first {MAX_LISTED_ERRORS} of {total} are listed."
+                ));
             }
         }
+        return Err(err);
     }
-    Err(ApiError::invalid_records(errors))
+    Ok(BatchPayload {
+        records: parsed.records,
+    })
+}
+
+struct Parsed {
+    declared: u32,
+    records: Vec<WireRecord>,
+    errors: Vec<RecordError>,
+    total_errors: usize,
+    /// More records than declared: parsing stopped there.
+    too_many: bool,
+}
+
+/// The payload object: `{"records": [...]}` and no other key.
+struct PayloadSeed<'p>(&'p mut Parsed);
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object with a `records` array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "records" || seen {
+                return Err(de::Error::custom("unexpected key"));
+            }
+            seen = true;
+            map.next_value_seed(RecordsSeed(&mut *self.0))?;
+        }
+        if seen {
+            Ok(())
+        } else {
+            Err(de::Error::missing_field("records"))
+        }
+    }
+}
+
+/// The `records` array, one record at a time.
+struct RecordsSeed<'p>(&'p mut Parsed);
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let p = self.0;
+        let mut index = 0u32;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if index >= p.declared {
+                p.too_many = true;
+                return Err(de::Error::custom("more records than declared"));
+            }
+            let mut one = serde_json::Deserializer::from_str(raw.get());
+            match serde_path_to_error::deserialize::<_, WireRecord>(&mut one) {
+                Ok(record) if p.total_errors == 0 => p.records.push(record),
+                Ok(_) => {}
+                Err(e) => {
+                    if p.total_errors == 0 {
+                        // The batch will be refused: what parsed so far is not needed any more.
+                        p.records = Vec::new();
+                    }
+                    p.total_errors += 1;
+                    if p.errors.len() < MAX_LISTED_ERRORS {
+                        let field = e.path().to_string();
+                        // The inner message comes from our parsers and serde: it names the expected
+                        // form, never echoes a value of ours. It goes back only to the provider who
+                        // sent the record.
+                        p.errors.push(RecordError {
+                            record: index,
+                            field: if field == "." { "record".into() } else { field },
+                            reason: e.into_inner().to_string(),
+                        });
+                    }
+                }
+            }
+            index += 1;
+        }
+        Ok(())
+    }
 }

@@ -19,6 +19,7 @@ pub mod noise;
 pub mod release;
 pub mod rounds;
 pub mod routes;
+pub mod server;
 pub mod startup;
 pub mod store;
 pub mod tables;

@@ -77,8 +77,7 @@ pub struct Application {
 /// Opens the data dir, keys, region and store the configuration names. Used by `serve` and by the
 /// admin commands, so both see the same service.
 pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupReport)> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    private_dir(&config.data_dir)?;
     let region = config.region()?;
     let keys_dir = config.keys_dir();
     let master_key = MasterKey::from_env()?.map(Arc::new);
@@ -217,12 +216,64 @@ impl Application {
                 }
             });
         }
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        if self.config.maintenance_secs > 0 {
+            let maintenance = maintain(
+                self.state.store.clone(),
+                Duration::from_secs(self.config.maintenance_secs),
+            );
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = maintenance => {}
+                    _ = rx.wait_for(|v| *v) => {}
+                }
+            });
+        }
+        let limits = crate::server::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.config.header_read_timeout_secs.max(1)),
+            max_connections: self.config.max_connections,
+            shutdown_grace: Duration::from_secs(self.config.request_timeout_secs.max(1)),
+        };
+        let result = crate::server::serve(self.listener, app, limits, shutdown).await;
         let _ = tx.send(true);
         drop(rx);
         result.context("serving the API")
+    }
+}
+
+/// Creates a directory, and any missing parents, readable by the service's user alone (0700). An
+/// existing directory is left as the operator made it.
+pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))
+}
+
+/// Erases what withdrawals left behind, on its own schedule (not only when a release is computed): the
+/// change feed's pseudonyms of withdrawn trajectories after a day, and, on SQLite, deleted pages in
+/// the write-ahead log. Failures are logged and retried at the next run.
+async fn maintain(store: Arc<dyn crate::store::Store>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before = time::OffsetDateTime::now_utc() - crate::index::REMOVAL_RETENTION;
+        match store.prune_change_feed(before).await {
+            Ok(0) => {}
+            Ok(erased) => {
+                tracing::info!(erased, "withdrawn trajectories erased from the change feed")
+            }
+            Err(e) => tracing::warn!(error = %e, "maintenance: pruning the change feed failed"),
+        }
+        if let Err(e) = store.erase_deleted().await {
+            tracing::warn!(error = %e, "maintenance: erasing deleted rows failed");
+        }
     }
 }
 
@@ -243,6 +294,12 @@ pub fn api_router(state: AppState, config: &Config) -> Router {
         // A handler that panics is answered with the internal problem (logged by the panic hook),
         // instead of a dropped connection.
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_ingests.max(1),
+            )),
+            one_of_few_uploads,
+        ))
         .layer(from_fn_with_state(deadline, stop_at_deadline))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn(problem_for_bare_errors))
@@ -294,6 +351,25 @@ pub fn api_router(state: AppState, config: &Config) -> Router {
         )
     });
     router.layer(trace).with_state(state)
+}
+
+/// Middleware: an upload waits for one of the instance's few ingest slots before its body is read, so
+/// that concurrent uploads (each up to the region's batch size, decrypted and parsed) cannot take the
+/// memory of the machine. The wait counts toward the request's deadline.
+async fn one_of_few_uploads(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() != axum::http::Method::POST || req.uri().path() != "/v1/batches" {
+        return next.run(req).await;
+    }
+    match slots.acquire().await {
+        Ok(_slot) => next.run(req).await,
+        Err(_) => {
+            ApiError::Internal(anyhow::anyhow!("the ingest slots are closed")).into_response()
+        }
+    }
 }
 
 /// Middleware: stops a request that runs past the configured deadline and answers a retryable

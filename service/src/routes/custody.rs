@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use kwm_schemas::api::{WithdrawalKind, WithdrawalReceipt};
 use kwm_schemas::problem::ProblemType;
-use kwm_schemas::{AgbCode, Pseudonym, Role, WireRecord};
+use kwm_schemas::{AgbCode, ExportedRecord, Pseudonym, Role};
 use ring::digest::{Context, SHA256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -29,7 +29,7 @@ pub const NDJSON: &str = "application/x-ndjson";
 pub const EXPORT_COUNT_HEADER: &str = "kwm-record-count";
 
 fn record_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schema_of::<WireRecord>(g)
+    schema_of::<ExportedRecord>(g)
 }
 
 pub fn endpoints() -> Vec<Endpoint> {
@@ -82,8 +82,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             method: Method::Get,
             path: "/v1/export",
             operation_id: "exportRecords",
-            summary: "The calling provider's stored records, one JSON record per line (client \
-                      pseudonyms as stored: the service's second stage)",
+            summary: "The calling provider's stored records as it sent them, one JSON record per \
+                      line, without client pseudonyms (the service hands out none)",
             roles: &[Role::Provider],
             request: None,
             query: &[],
@@ -205,7 +205,7 @@ async fn export(
     let records = state.store.list_trajectories(agb).await?;
     let mut body = Vec::with_capacity(records.len() * 420);
     for r in &records {
-        serde_json::to_writer(&mut body, r)
+        serde_json::to_writer(&mut body, &ExportedRecord::from(r))
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a record: {e}")))?;
         body.push(b'\n');
     }

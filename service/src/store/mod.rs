@@ -413,6 +413,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// may have missed it and must load from 0.
     async fn prune_change_feed(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
+    /// Makes deleted content leave the disk where the backend can do so online. SQLite (with
+    /// `secure_delete` on) keeps earlier versions of pages in its write-ahead log until a checkpoint:
+    /// this checkpoints and truncates it. PostgreSQL keeps dead rows until VACUUM reuses their space,
+    /// which autovacuum does; `VACUUM FULL` rewrites the tables (README, "Erasure").
+    async fn erase_deleted(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A short string that changes whenever stored data change in a way a release could see: a batch
     /// that stored or corrected rows, or a withdrawal that removed rows (the change feed's newest
     /// number). Cheap: called on every release request.

@@ -205,6 +205,45 @@ pub struct SqliteStore {
     writer: tokio::sync::Mutex<()>,
 }
 
+/// Creates the database's directory (0700) and file (0600) if missing, and takes group and other
+/// access away from an existing file: the database holds pseudonymised records. SQLite gives its
+/// `-wal` and `-shm` files the database file's mode.
+fn private_database_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        StoreError::Other(anyhow::anyhow!("{what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail("creating the directory for the database", e))?;
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| fail("reading the mode of", e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+                    .map_err(|e| fail("making the database private:", e))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(fail("creating the database", e)),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating file and parent directory if missing) the database at `sqlite://PATH` and
     /// runs the migrations. `sqlite::memory:` gives a private in-memory database.
@@ -217,6 +256,8 @@ impl SqliteStore {
             // last commits but never corrupts the file.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Deleted content (withdrawn rows) is overwritten with zeros, not left in free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool_options = if in_memory {
@@ -227,16 +268,7 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None)
         } else {
-            if let Some(dir) = options.get_filename().parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Other(anyhow::anyhow!(
-                            "creating the directory {} for the database: {e}",
-                            dir.display()
-                        ))
-                    })?;
-                }
-            }
+            private_database_file(options.get_filename())?;
             SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(15))
@@ -855,6 +887,17 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+
+    async fn erase_deleted(&self) -> Result<(), StoreError> {
+        // A checkpoint waits for no reader; TRUNCATE then empties the log if no reader is in it, and a
+        // busy answer only means the next run does it.
+        let _w = self.writer.lock().await;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     async fn data_version(&self) -> Result<String, StoreError> {

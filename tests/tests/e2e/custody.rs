@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use kwm_schemas::api::WithdrawalKind;
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::release::Release;
-use kwm_schemas::{Role, WireRecord};
+use kwm_schemas::{ExportedRecord, Role};
 use kwm_sdk::custody::{self, Withdrawal};
 use kwm_sdk::{upload_file, RegionalKey};
 use kwm_service::audit_trail::{load_chain, verify};
@@ -262,13 +262,17 @@ async fn export(app: TestApp) {
         .list_trajectories(a.agb)
         .await
         .expect("stored");
-    let set = |rs: &[WireRecord]| -> BTreeSet<String> {
+    let set = |rs: Vec<ExportedRecord>| -> BTreeSet<String> {
         rs.iter()
             .map(|r| serde_json::to_string(r).expect("json"))
             .collect()
     };
     assert_eq!(exported.len() as u64, out.providers[0].rows);
-    assert_eq!(set(&exported), set(&stored), "exactly the stored rows");
+    assert_eq!(
+        set(exported.clone()),
+        set(stored.iter().map(ExportedRecord::from).collect()),
+        "exactly the stored rows"
+    );
     let others: BTreeSet<_> = app
         .state
         .store
@@ -279,7 +283,9 @@ async fn export(app: TestApp) {
         .map(|r| r.trajectory)
         .collect();
     assert!(exported.iter().all(|r| !others.contains(&r.trajectory)));
-    // Client pseudonyms as stored (the service's second stage), not the provider's own stage 1.
+    // What the provider sent, minus the client: no pseudonym of the service's second stage leaves
+    // (with the regional key, it would make a BSN -> stored pseudonym dictionary), and no client field
+    // at all is in the body.
     let ctx = kwm_sdk::PrepareContext::new(
         kwm_schemas::RegionConfig::wbw(),
         kwm_sdk::Pseudonymiser::new(&regional, &a.keys),
@@ -287,8 +293,33 @@ async fn export(app: TestApp) {
     let sent = kwm_sdk::prepare::prepare_file(&out.providers[0].path, &ctx)
         .expect("prepared")
         .records;
-    let stage1: BTreeSet<_> = sent.iter().map(|r| r.client).collect();
-    assert!(exported.iter().all(|r| !stage1.contains(&r.client)));
+    assert_eq!(
+        set(exported.clone()),
+        set(sent.iter().map(ExportedRecord::from).collect()),
+        "the export gives back what was sent"
+    );
+    let raw = reqwest::Client::new()
+        .get(format!("{}/v1/export", app.base_url))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    assert!(!raw.contains("\"client\""), "no client field in the export");
+    let hex = |p: &kwm_schemas::Pseudonym| {
+        p.as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    for r in stored.iter().chain(&sent) {
+        assert!(
+            !raw.contains(&hex(&r.client)),
+            "a client pseudonym in the export"
+        );
+    }
 
     // As CSV, the way `kwm export --out` writes it.
     let file = dir.path().join("export.csv");
@@ -298,7 +329,7 @@ async fn export(app: TestApp) {
     assert_eq!(n, exported.len());
     let text = std::fs::read_to_string(&file).expect("csv");
     assert_eq!(text.lines().count(), n + 1);
-    assert!(text.starts_with("client,trajectory,municipality,target_group,"));
+    assert!(text.starts_with("trajectory,municipality,target_group,"));
 
     // Only providers export; the export is on the record.
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
@@ -314,7 +345,7 @@ async fn export(app: TestApp) {
         .iter()
         .filter(|e| e.entry.action.as_str() == "export")
         .collect::<Vec<_>>();
-    assert_eq!(exports.len(), 2);
+    assert_eq!(exports.len(), 3);
     assert!(exports.iter().all(|e| e.entry.provider == Some(a.agb)));
     assert_eq!(
         exports[0].entry.subject,

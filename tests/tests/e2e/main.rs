@@ -7,6 +7,7 @@ mod authz;
 mod custody;
 mod hardening;
 mod helpers;
+mod limits;
 mod metrics;
 mod rawdb;
 mod releases;
