@@ -350,3 +350,85 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(trajectory: u8) -> serde_json::Value {
+        serde_json::json!({
+            "client": "01".repeat(32),
+            "trajectory": format!("{trajectory:02x}").repeat(32),
+            "municipality": "GM0748",
+            "target_group": "P01",
+            "start_month": "2024-02",
+            "age_band": "12-17",
+        })
+    }
+
+    fn payload(records: Vec<serde_json::Value>) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "records": records })).expect("json")
+    }
+
+    fn problem(e: ApiError) -> (ProblemType, String, Vec<RecordError>) {
+        match e {
+            ApiError::Problem {
+                kind,
+                detail,
+                errors,
+                ..
+            } => (kind, detail, errors),
+            other => panic!("not a problem: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_payload_parses_whole() {
+        let p = parse_payload(&payload(vec![record(2), record(3)]), 2).expect("parses");
+        assert_eq!(p.records.len(), 2);
+    }
+
+    #[test]
+    fn parsing_stops_at_the_declared_count() {
+        let e = parse_payload(&payload(vec![record(2), record(3), record(4)]), 2)
+            .expect_err("more than declared");
+        let (kind, detail, _) = problem(e);
+        assert_eq!(kind, ProblemType::BadRequest);
+        assert!(detail.contains("announces 2 records"), "{detail}");
+    }
+
+    #[test]
+    fn every_bad_record_is_listed_with_its_field() {
+        let mut bad = record(3);
+        bad["satisfaction"] = serde_json::json!(11);
+        let mut worse = record(5);
+        worse["municipality"] = serde_json::json!("nowhere");
+        let text = payload(vec![record(2), bad, record(4), worse]);
+        let (kind, _, errors) = problem(parse_payload(&text, 4).expect_err("invalid"));
+        assert_eq!(kind, ProblemType::InvalidRecord);
+        let found: Vec<(u32, &str)> = errors
+            .iter()
+            .map(|e| (e.record, e.field.as_str()))
+            .collect();
+        assert_eq!(found, [(1, "satisfaction"), (3, "municipality")]);
+    }
+
+    #[test]
+    fn a_payload_of_another_shape_is_a_bad_request() {
+        for text in [
+            &b"[]"[..],
+            b"{}",
+            b"{\"records\": [], \"more\": 1}",
+            b"{\"records\": []} trailing",
+            b"not json",
+        ] {
+            let (kind, _, _) = problem(parse_payload(text, 0).expect_err("refused"));
+            assert_eq!(
+                kind,
+                ProblemType::BadRequest,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+}
