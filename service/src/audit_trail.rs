@@ -70,7 +70,8 @@ pub const OPERATOR_AS_PROVIDERS_SEE_IT: &str = "operator";
 /// `USERNAME`, else the name of the process's user id in `/etc/passwd` (services and containers
 /// often run without those variables), else `uid N`.
 pub fn os_user() -> Option<String> {
-    let usable = |u: &str| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic());
+    let usable =
+        |u: &str| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic());
     for var in ["SUDO_USER", "USER", "LOGNAME", "USERNAME"] {
         if let Ok(u) = std::env::var(var) {
             if usable(&u) {

@@ -675,11 +675,15 @@ async fn check_scope(
 /// comments). Anything else is named for what it is, and what is needed instead; a private key is
 /// never echoed.
 pub fn read_signing_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    const NEED: &str = "`--signing-key` needs the provider's signing.pub from `kwm keygen` (one line: \
+    const NEED: &str =
+        "`--signing-key` needs the provider's signing.pub from `kwm keygen` (one line: \
                         the base64 of a 32-byte Ed25519 public key)";
     let shown = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let secret_names = [
         kwm_sdk::keys::SIGNING_KEY_FILE,
         kwm_sdk::keys::TRAJECTORY_KEY_FILE,

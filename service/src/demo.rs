@@ -79,8 +79,7 @@ fn go_on_commands(dir: &Path, region: Option<&Path>) -> String {
 fn shell_word(p: &Path) -> String {
     let s = p.display().to_string();
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@".contains(c))
     {
         s

@@ -9,7 +9,15 @@ use common::{
 
 fn add_provider(data: &std::path::Path, agb: &str, key: &std::path::Path) -> std::process::Output {
     kwm_service_cmd(data)
-        .args(["admin", "provider", "add", "--agb", agb, "--name", "Voorbeeld"])
+        .args([
+            "admin",
+            "provider",
+            "add",
+            "--agb",
+            agb,
+            "--name",
+            "Voorbeeld",
+        ])
         .arg("--signing-key")
         .arg(key)
         .output()
@@ -33,7 +41,10 @@ fn token_issue_refuses_a_municipality_outside_the_region_and_an_unregistered_pro
         err.contains("GM9999") && err.contains("not a municipality of region wbw"),
         "{err}"
     );
-    assert!(err.contains("GM0748"), "names the region's municipalities: {err}");
+    assert!(
+        err.contains("GM0748"),
+        "names the region's municipalities: {err}"
+    );
 
     let out = issue("provider", "12345678");
     assert!(!out.status.success(), "12345678 is not registered");
@@ -74,14 +85,19 @@ fn provider_add_says_what_it_got_when_given_a_private_key() {
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("binary DER data") && err.contains("private key") && err.contains("signing.pub"),
+        err.contains("binary DER data")
+            && err.contains("private key")
+            && err.contains("signing.pub"),
         "{err}"
     );
     // Some other text file.
     std::fs::write(data.join("notes.txt"), "hello\n").expect("written");
     let out = add_provider(data, "12345678", &data.join("notes.txt"));
     let err = text(&out.stderr);
-    assert!(err.contains("not base64") && err.contains("signing.pub"), "{err}");
+    assert!(
+        err.contains("not base64") && err.contains("signing.pub"),
+        "{err}"
+    );
     assert!(ok(kwm_service(data, &["admin", "provider", "list"])).is_empty());
 
     ok(add_provider(data, "12345678", &public));
@@ -95,7 +111,10 @@ fn one_signing_key_registers_one_provider_and_set_key_replaces_it_audited() {
     let second = provider_keys(&data.join("k2"));
     ok(add_provider(data, "12345678", &first));
     let out = add_provider(data, "87654321", &first);
-    assert!(!out.status.success(), "the same public key for a second AGB code");
+    assert!(
+        !out.status.success(),
+        "the same public key for a second AGB code"
+    );
     let err = text(&out.stderr);
     assert!(
         err.contains("already registered for provider 12345678"),
@@ -108,7 +127,14 @@ fn one_signing_key_registers_one_provider_and_set_key_replaces_it_audited() {
     // Replacing the key: not with another provider's, not for an unregistered provider.
     let set_key = |agb: &str, key: &std::path::Path| {
         kwm_service_cmd(data)
-            .args(["admin", "provider", "set-key", "--agb", agb, "--signing-key"])
+            .args([
+                "admin",
+                "provider",
+                "set-key",
+                "--agb",
+                agb,
+                "--signing-key",
+            ])
             .arg(key)
             .output()
             .expect("runs")
@@ -128,7 +154,10 @@ fn one_signing_key_registers_one_provider_and_set_key_replaces_it_audited() {
 
     let third = provider_keys(&data.join("k3"));
     let said = ok(set_key("12345678", &third));
-    assert!(said.contains("Replaced the signing key of provider 12345678"), "{said}");
+    assert!(
+        said.contains("Replaced the signing key of provider 12345678"),
+        "{said}"
+    );
     let audit = ok(kwm_service(data, &["admin", "audit", "list"]));
     let changed: Vec<&str> = audit
         .lines()
@@ -160,9 +189,19 @@ fn keys_list_shows_the_dates_of_each_key() {
         assert!(lines[0].contains(h), "{list}");
     }
     let year = time::OffsetDateTime::now_utc().year().to_string();
-    let active = lines.iter().find(|l| l.contains("active")).expect("an active key");
-    assert_eq!(active.matches(&year).count(), 2, "created and activated: {list}");
-    let pending = lines.iter().find(|l| l.contains("pending")).expect("the new key");
+    let active = lines
+        .iter()
+        .find(|l| l.contains("active"))
+        .expect("an active key");
+    assert_eq!(
+        active.matches(&year).count(),
+        2,
+        "created and activated: {list}"
+    );
+    let pending = lines
+        .iter()
+        .find(|l| l.contains("pending"))
+        .expect("the new key");
     assert_eq!(pending.matches(&year).count(), 1, "created only: {list}");
 }
 
@@ -182,7 +221,10 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(status.success());
     let logged = std::fs::read_to_string(data.join("admin.log")).expect("log");
     assert!(logged.lines().count() > 1, "something was logged: {logged}");
-    assert!(!logged.contains('\u{1b}'), "no escape codes in a file:\n{logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "no escape codes in a file:\n{logged}"
+    );
 }
 
 #[test]
@@ -206,7 +248,13 @@ fn the_audit_actor_is_the_os_user_who_ran_the_command() {
     let actors: Vec<String> = audit
         .lines()
         .skip(1)
-        .map(|l| l.split_whitespace().skip(5).take(2).collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(5)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     let me = std::process::Command::new("id")
         .arg("-un")
@@ -229,13 +277,17 @@ fn providers_see_the_operator_by_role_and_the_operator_sees_the_login() {
     let token = printed_token(&ok(add_provider(data, "12345678", &public)));
     ok(kwm_service(
         data,
-        &["admin", "token", "issue", "--role", "provider", "--scope", "12345678"],
+        &[
+            "admin", "token", "issue", "--role", "provider", "--scope", "12345678",
+        ],
     ));
     let service = serve(data);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client =
         kwm_sdk::Client::new(&service.base_url, Some(kwm_sdk::Token::new(token))).expect("client");
-    let page = rt.block_on(client.audit(0, 100)).expect("the provider's audit view");
+    let page = rt
+        .block_on(client.audit(0, 100))
+        .expect("the provider's audit view");
     let actions: Vec<&str> = page.entries.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -243,7 +295,10 @@ fn providers_see_the_operator_by_role_and_the_operator_sees_the_login() {
         "{page:?}"
     );
     for e in &page.entries {
-        assert_eq!((e.actor_role.as_str(), e.actor_id.as_str()), ("admin", "operator"));
+        assert_eq!(
+            (e.actor_role.as_str(), e.actor_id.as_str()),
+            ("admin", "operator")
+        );
     }
     let body = serde_json::to_string(&page).expect("json");
     assert!(!body.contains("alice"), "{body}");
@@ -295,11 +350,18 @@ fn the_demo_leaves_its_data_where_serve_and_admin_look_and_says_how_to_go_on() {
         "kwm-service --data-dir {} admin provider list",
         abs.display()
     )));
-    assert_eq!(providers.lines().count(), 2, "the demo's providers: {providers}");
+    assert_eq!(
+        providers.lines().count(),
+        2,
+        "the demo's providers: {providers}"
+    );
     let issued = ok(run(&issue_line));
     let token = printed_token(&issued);
     let tokens = ok(kwm_service(&abs, &["admin", "token", "list"]));
-    assert!(tokens.lines().count() > 3, "the demo's tokens and the new one: {tokens}");
+    assert!(
+        tokens.lines().count() > 3,
+        "the demo's tokens and the new one: {tokens}"
+    );
 
     // `serve` on it answers with the demo's published round.
     let service = serve(&abs);
@@ -327,7 +389,9 @@ async fn reqwest_get(url: &str, token: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http");
     let (host, path) = rest.split_at(rest.find('/').expect("a path"));
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connects");
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connects");
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );

@@ -343,7 +343,11 @@ async fn one_signing_key_belongs_to_one_provider(store: Arc<dyn Store>) -> TestR
         StoreError::Conflict(why) => assert!(why.contains(provider_a().as_str()), "{why}"),
         other => panic!("a conflict expected, got {other:?}"),
     }
-    assert_eq!(store.get_provider(provider_b()).await?, None, "nothing stored");
+    assert_eq!(
+        store.get_provider(provider_b()).await?,
+        None,
+        "nothing stored"
+    );
 
     let b = Provider {
         agb: provider_b(),
