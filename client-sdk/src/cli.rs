@@ -235,8 +235,12 @@ where
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KWM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colour codes only for a person at a terminal, never in a file or a pipe (and not with NO_COLOR).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
@@ -346,18 +350,82 @@ fn synth_cmd(a: SynthArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Prints bad rows the moment pass 1 finds them.
+/// Bad rows printed in full; after them only a summary per column, so that one systematic error
+/// (a column Excel reformatted) does not bury the screen under thousands of lines.
+pub const BAD_ROWS_SHOWN: u64 = 20;
+/// Line numbers a column's summary names.
+const LINES_NAMED: usize = 5;
+
+/// Prints the first bad rows the moment pass 1 finds them, and at the end a summary per column.
+#[derive(Default)]
 struct PrintBadRows {
     skip_invalid: bool,
     bad: u64,
+    /// Per column (by its number; whole-row problems last): rows, their first lines, the first reason.
+    by_column: std::collections::BTreeMap<(usize, String), ColumnTally>,
+}
+
+struct ColumnTally {
+    rows: u64,
+    first_lines: Vec<u64>,
+    first_reason: String,
 }
 
 impl UploadObserver for PrintBadRows {
     fn bad_row(&mut self, file: &Path, row: &BadRow) {
         self.bad += 1;
-        eprintln!("{}", row.render(file));
+        if self.bad <= BAD_ROWS_SHOWN {
+            eprintln!("{}", row.render(file));
+        } else if self.bad == BAD_ROWS_SHOWN + 1 {
+            eprintln!(
+                "... more bad rows; a summary per column follows once the whole file is read"
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &row.errors {
+            let key = match (e.column, e.column_number) {
+                (Some(c), Some(n)) => (n, format!("column {c} (col {n})")),
+                (Some(c), None) => (usize::MAX - 1, format!("column {c} (not in the file)")),
+                (None, Some(n)) => (n, format!("col {n}")),
+                (None, None) => (usize::MAX, "the row as a whole".to_string()),
+            };
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let t = self.by_column.entry(key).or_insert_with(|| ColumnTally {
+                rows: 0,
+                first_lines: Vec::new(),
+                first_reason: e.reason.to_string(),
+            });
+            t.rows += 1;
+            if t.first_lines.len() < LINES_NAMED {
+                t.first_lines.push(row.line);
+            }
+        }
     }
     fn validated(&mut self, v: &Validation) {
+        if self.bad > BAD_ROWS_SHOWN {
+            eprintln!(
+                "{} of {} rows are not valid; per column (the first lines, and the first reason):",
+                self.bad, v.rows
+            );
+            for ((_, column), t) in &self.by_column {
+                let lines: Vec<String> = t.first_lines.iter().map(u64::to_string).collect();
+                eprintln!(
+                    "  {column}: {} row{}, line{} {}{}: {}",
+                    t.rows,
+                    if t.rows == 1 { "" } else { "s" },
+                    if t.first_lines.len() == 1 { "" } else { "s" },
+                    lines.join(", "),
+                    if t.rows > t.first_lines.len() as u64 {
+                        ", ..."
+                    } else {
+                        ""
+                    },
+                    t.first_reason
+                );
+            }
+        }
         if self.skip_invalid && v.bad_rows > 0 {
             eprintln!(
                 "warning: {} of {} rows are not valid and will be left out (--skip-invalid)",
@@ -384,10 +452,17 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
             )
         })?;
     let service = a.service.clone().or_else(|| cfg.service.clone());
-    if service.is_none() && !a.dry_run {
-        return Err(CliError::usage(
-            "no service URL: pass --service URL or set service in kwm.toml",
-        ));
+    match &service {
+        None if !a.dry_run => {
+            return Err(CliError::usage(
+                "no service URL: pass --service URL or set service in kwm.toml",
+            ))
+        }
+        // A URL that cannot work is said before the whole file is read.
+        Some(url) if !a.dry_run => {
+            Client::new(url, None).map_err(|e| CliError::usage(e.to_string()))?;
+        }
+        _ => {}
     }
     let token = a
         .token
@@ -425,9 +500,22 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
     opts.provider = provider;
     opts.progress = !a.json && !a.dry_run && std::io::stderr().is_terminal();
 
+    if let Ok(reader) = crate::export::ExportReader::open(
+        &a.file,
+        &crate::export::ExportOptions {
+            ignore_columns: opts.ignore_columns.clone(),
+        },
+    ) {
+        if reader.delimiter() == b'\t' {
+            eprintln!(
+                "note: {} is tab-separated; it is read with tabs as the delimiter",
+                a.file.display()
+            );
+        }
+    }
     let mut observer = PrintBadRows {
         skip_invalid: opts.skip_invalid,
-        bad: 0,
+        ..PrintBadRows::default()
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -69,6 +69,10 @@ pub enum ClientError {
     InvalidUrl(String),
     #[error("this call needs a bearer token (--token, KWM_TOKEN or token in kwm.toml)")]
     NoToken,
+    /// The URL's scheme and the service disagree: https to a service that speaks plain http, or
+    /// the other way round. Retrying cannot help.
+    #[error("could not talk to the service at {url}: {hint}")]
+    WrongScheme { url: String, hint: String },
     #[error("could not reach the service at {url}: {}", transport_reason(source))]
     Transport {
         url: String,
@@ -107,6 +111,43 @@ fn transport_reason(e: &reqwest::Error) -> String {
     }
 }
 
+/// When https meets a plain-http service (or the other way round), what to write instead; `None`
+/// for any other transport failure. rustls reports the plain-http answer to its hello as a corrupt
+/// record; a plain-http request to a TLS port gets bytes that are no HTTP.
+fn scheme_mismatch(url: &str, e: &reqwest::Error) -> Option<String> {
+    let mut chain = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    let chain = chain.to_ascii_lowercase();
+    if let Some(rest) = url.strip_prefix("https://") {
+        let tls_saw_http = [
+            "corrupt message",
+            "invalidcontenttype",
+            "wrong version number",
+        ]
+        .iter()
+        .any(|n| chain.contains(n));
+        if tls_saw_http {
+            return Some(format!(
+                "the URL says https, but the service answered in plain http (no TLS); use \
+                 http://{rest} for a local service, or put TLS in front of the service"
+            ));
+        }
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        if chain.contains("invalid http version") || chain.contains("invalid http status") {
+            return Some(format!(
+                "the URL says http, but the service did not answer in plain http (it may expect \
+                 TLS); try https://{rest}"
+            ));
+        }
+    }
+    None
+}
+
 fn render_problem(status: u16, p: &Problem) -> String {
     let slug = p
         .kind()
@@ -116,6 +157,13 @@ fn render_problem(status: u16, p: &Problem) -> String {
         "the service refused the request (HTTP {status}, {slug}): {}",
         p.detail
     );
+    if status == 401 {
+        s.push_str(
+            "\n  pass the token the custodian issued for you with --token TOKEN or set KWM_TOKEN \
+             (or token in kwm.toml); the custodian's operator issues tokens \
+             (`kwm-service admin token issue`)",
+        );
+    }
     for e in p.errors.iter().take(20) {
         s.push_str(&format!(
             "\n  record {} field {}: {}",
@@ -203,6 +251,12 @@ impl Client {
     /// without a path prefix), with the default retry policy.
     pub fn new(base_url: &str, token: Option<Token>) -> Result<Self, ClientError> {
         let trimmed = base_url.trim().trim_end_matches('/');
+        if !trimmed.is_empty() && !trimmed.contains("://") {
+            return Err(ClientError::InvalidUrl(format!(
+                "`{trimmed}` has no scheme; write https://{trimmed} (or http://{trimmed} for a \
+                 service on this machine without TLS)"
+            )));
+        }
         let url =
             reqwest::Url::parse(trimmed).map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -389,9 +443,15 @@ impl Client {
             let result = match req.send().await {
                 Ok(resp) => read_response(&shown, resp).await,
                 Err(source) => Err((
-                    ClientError::Transport {
-                        url: shown.clone(),
-                        source: source.without_url(),
+                    match scheme_mismatch(&self.base, &source) {
+                        Some(hint) => ClientError::WrongScheme {
+                            url: shown.clone(),
+                            hint,
+                        },
+                        None => ClientError::Transport {
+                            url: shown.clone(),
+                            source: source.without_url(),
+                        },
                     },
                     None,
                 )),

@@ -1,5 +1,5 @@
-//! Reading a provider's CSV export (DESIGN section 4): the header row, the delimiter (`,` or `;` as Dutch
-//! Excel writes it), a UTF-8 byte order mark, columns in any order, and a stream of raw rows with the line
+//! Reading a provider's CSV export (DESIGN section 4): the header row, the delimiter (`,`, `;` as Dutch
+//! Excel writes it, or a tab), a UTF-8 byte order mark, columns in any order, and a stream of raw rows with the line
 //! number a text editor shows. What the fields mean is for [`crate::prepare`].
 
 use std::collections::VecDeque;
@@ -163,6 +163,8 @@ pub struct Header {
     /// Columns with an empty name (a trailing delimiter in the header): allowed, but must stay empty.
     blank: Vec<usize>,
     len: usize,
+    /// The delimiter the header row was read with (set by [`ExportReader`]; `,` otherwise).
+    delimiter: u8,
 }
 
 impl Header {
@@ -234,6 +236,7 @@ impl Header {
                 positions,
                 blank,
                 len: record.len(),
+                delimiter: b',',
             })
         } else {
             Err(problems)
@@ -269,6 +272,27 @@ impl Header {
     /// Positions of columns without a name.
     pub fn blank_columns(&self) -> &[usize] {
         &self.blank
+    }
+
+    /// The delimiter of the header row.
+    pub fn delimiter(&self) -> u8 {
+        self.delimiter
+    }
+
+    /// When a row does not have the header's number of fields: the other delimiter that would give
+    /// it exactly that many (a header and rows saved with different delimiters), if there is one.
+    pub fn other_delimiter_of(&self, record: &ByteRecord) -> Option<u8> {
+        let mut line = Vec::new();
+        for (i, f) in record.iter().enumerate() {
+            if i > 0 {
+                line.push(self.delimiter);
+            }
+            line.extend_from_slice(f);
+        }
+        DELIMITERS
+            .into_iter()
+            .filter(|d| *d != self.delimiter)
+            .find(|d| line.iter().filter(|b| *b == d).count() + 1 == self.len)
     }
 }
 
@@ -332,10 +356,11 @@ impl<R: Read> ExportReader<R> {
                 path: path.to_path_buf(),
             });
         }
-        let header = Header::parse(&record, opts).map_err(|problems| ExportError::Header {
+        let mut header = Header::parse(&record, opts).map_err(|problems| ExportError::Header {
             path: path.to_path_buf(),
             problems,
         })?;
+        header.delimiter = delimiter;
         Ok(Self {
             csv,
             path: path.to_path_buf(),
@@ -463,13 +488,27 @@ fn csv_kind_name(kind: &csv::ErrorKind) -> &'static str {
     }
 }
 
-/// `;` when the header row has more semicolons than commas (Dutch Excel), else `,`. Column names hold
-/// neither, so the header decides unambiguously.
+/// The delimiters an export may use.
+pub const DELIMITERS: [u8; 3] = [b',', b';', b'\t'];
+
+/// How a delimiter is named in messages.
+pub fn delimiter_name(d: u8) -> &'static str {
+    match d {
+        b';' => "semicolons (;)",
+        b'\t' => "tabs",
+        _ => "commas (,)",
+    }
+}
+
+/// The delimiter the header row uses most: a tab (a tab-separated file), `;` (Dutch Excel) or `,`.
+/// Column names hold none of them, so the header decides unambiguously.
 fn sniff_delimiter(head: &[u8]) -> u8 {
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let semis = line.iter().filter(|b| **b == b';').count();
-    let commas = line.iter().filter(|b| **b == b',').count();
-    if semis > commas {
+    let count = |d: u8| line.iter().filter(|b| **b == d).count();
+    let (tabs, semis, commas) = (count(b'\t'), count(b';'), count(b','));
+    if tabs > semis && tabs > commas {
+        b'\t'
+    } else if semis > commas {
         b';'
     } else {
         b','

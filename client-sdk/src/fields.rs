@@ -168,11 +168,31 @@ pub fn trajectory_id(raw: &[u8]) -> Result<&str, Reason> {
     Ok(t)
 }
 
-/// A CBS municipality code: `GM0748`, `gm0748` or `0748`.
+/// A CBS municipality code: `GM0748`, `gm0748` or `0748`. A code of one to three digits is what a
+/// spreadsheet leaves of `0748` when it takes the column for numbers: the reason names the code with
+/// its zeros (a municipality code is public, not a record value).
 pub fn municipality(raw: &[u8]) -> Result<MunicipalityCode, Reason> {
-    text(raw)?
-        .parse()
-        .map_err(|e: kwm_schemas::ParseError| Reason::Owned(e.0))
+    let t = text(raw)?;
+    t.parse().map_err(|e: kwm_schemas::ParseError| {
+        let digits = t
+            .strip_prefix("GM")
+            .or_else(|| t.strip_prefix("gm"))
+            .unwrap_or(t);
+        let lost_zeros = (1..=3).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.bytes().any(|b| b != b'0');
+        if lost_zeros {
+            Reason::Owned(format!(
+                "{digits} has {} digit{} but a CBS code has 4: did a spreadsheet drop the leading \
+                 zero? Write {digits:0>4} (or GM{digits:0>4}), and keep the column as text when \
+                 saving from Excel",
+                digits.len(),
+                if digits.len() == 1 { "" } else { "s" }
+            ))
+        } else {
+            Reason::Owned(e.0)
+        }
+    })
 }
 
 /// A codebook code (target group, instrument); upper-cased.

@@ -14,7 +14,7 @@ use csv::ByteRecord;
 use kwm_schemas::{Pseudonym, RegionConfig, WireRecord};
 
 use crate::coarsen;
-use crate::export::{Column, ExportError, ExportOptions, ExportReader, Header};
+use crate::export::{delimiter_name, Column, ExportError, ExportOptions, ExportReader, Header};
 use crate::fields::{self, optional, required, Reason};
 use crate::pseudonym::Pseudonymiser;
 
@@ -180,13 +180,23 @@ impl<'c> RowParser<'c> {
     pub fn parse(&self, rec: &ByteRecord) -> ParsedRow {
         let h = &self.header;
         if rec.len() != h.len() {
-            return ParsedRow {
-                trajectory: None,
-                result: Err(vec![FieldError::row(Reason::Owned(format!(
-                    "the row has {} fields but the header has {}; check the delimiter and the quotes of this row",
+            let reason = match h.other_delimiter_of(rec) {
+                Some(d) => format!(
+                    "this row is separated by {} but the header by {}; save the whole file with one \
+                     delimiter (in Excel: Save as, CSV UTF-8)",
+                    delimiter_name(d),
+                    delimiter_name(h.delimiter())
+                ),
+                None => format!(
+                    "the row has {} fields but the header has {}; check the delimiter and the quotes \
+                     of this row",
                     rec.len(),
                     h.len()
-                )))]),
+                ),
+            };
+            return ParsedRow {
+                trajectory: None,
+                result: Err(vec![FieldError::row(Reason::Owned(reason))]),
             };
         }
         let mut errors: Vec<FieldError> = Vec::new();

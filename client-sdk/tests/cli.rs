@@ -328,3 +328,194 @@ fn missing_settings_are_usage_errors() {
         "clap usage error"
     );
 }
+
+/// A synthetic export of `trajectories` rows, its path, in a working directory with keys.
+fn setup_with(trajectories: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    assert!(kwm(&["keygen", "--out", "keys"], d).status.success());
+    assert!(kwm(&["keygen", "--regional", "--out", "regional.key"], d)
+        .status
+        .success());
+    let n = trajectories.to_string();
+    let out = kwm(
+        &[
+            "synth",
+            "--out-dir",
+            "synth",
+            "--providers",
+            "1",
+            "--trajectories",
+            &n,
+            "--seed",
+            "4",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let agb = std::fs::read_to_string(d.join("synth/providers.txt")).expect("providers.txt");
+    let export = d.join("synth").join(format!("{}.csv", agb.trim()));
+    (dir, export)
+}
+
+fn dry_run(d: &Path, file: &Path) -> Output {
+    kwm(
+        &[
+            "upload",
+            file.to_str().expect("utf-8 path"),
+            "--keys",
+            "keys",
+            "--regional-key",
+            "regional.key",
+            "--dry-run",
+        ],
+        d,
+    )
+}
+
+/// The export with every field rewritten by `f(column name, value)`, written with `delimiter`
+/// between the header's fields and `row_delimiter` between each row's.
+fn rewrite(
+    export: &Path,
+    to: &Path,
+    delimiter: &str,
+    row_delimiter: &str,
+    f: impl Fn(&str, &str) -> String,
+) -> usize {
+    let text = std::fs::read_to_string(export).expect("export");
+    let text = text.trim_start_matches('\u{feff}');
+    let mut lines = text.lines();
+    let first = lines.next().expect("header");
+    let src = if first.contains(';') { ';' } else { ',' };
+    let header: Vec<&str> = first.split(src).collect();
+    let mut out = header.join(delimiter);
+    out.push('\n');
+    let mut rows = 0;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let fields: Vec<String> = line.split(src).zip(&header).map(|(v, h)| f(h, v)).collect();
+        out.push_str(&fields.join(row_delimiter));
+        out.push('\n');
+        rows += 1;
+    }
+    std::fs::write(to, out).expect("written");
+    rows
+}
+
+#[test]
+fn a_tab_separated_export_is_recognised_and_said() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    let tsv = d.join("export.tsv");
+    rewrite(&export, &tsv, "\t", "\t", |_, v| v.to_string());
+    let out = dry_run(d, &tsv);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tab-separated"), "{err}");
+    let records = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"client\""))
+        .count();
+    assert!(records > 0, "the rows were read: {err}");
+}
+
+#[test]
+fn a_header_and_rows_with_different_delimiters_are_named() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    let mixed = d.join("mixed.csv");
+    let rows = rewrite(&export, &mixed, ",", ";", |_, v| v.to_string());
+    let out = dry_run(d, &mixed);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("this row is separated by semicolons (;) but the header by commas (,)"),
+        "{err}"
+    );
+    // One systematic error: a few rows in full, then one line for it, not one per row.
+    assert!(err.lines().count() < 30, "{err}");
+    assert!(
+        err.contains(&format!("the row as a whole: {rows} rows")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_municipality_without_its_leading_zero_suggests_it_and_920_bad_rows_are_summarised() {
+    let (dir, export) = setup_with(920);
+    let d = dir.path();
+    let excel = d.join("excel.csv");
+    // What Excel makes of a column of 0748, 0777, ...: numbers (1674 stays as it was).
+    let lost = std::cell::Cell::new(0usize);
+    let rows = rewrite(&export, &excel, ",", ",", |h, v| {
+        if h == "municipality" {
+            let digits = v.trim_start_matches("GM");
+            if digits.starts_with('0') {
+                lost.set(lost.get() + 1);
+            }
+            digits.trim_start_matches('0').to_string()
+        } else {
+            v.to_string()
+        }
+    });
+    let bad = lost.get();
+    assert!(rows >= 900 && bad > 100, "{rows} {bad}");
+    let out = dry_run(d, &excel);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("did a spreadsheet drop the leading zero? Write 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("748 has 3 digits") || err.contains("777 has 3 digits"),
+        "{err}"
+    );
+    let lines = err.lines().count();
+    assert!(
+        lines < 40,
+        "a short summary, not a line per row ({lines} lines):\n{err}"
+    );
+    assert!(
+        err.contains(&format!("{bad} of {rows} rows are not valid; per column")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("column municipality (col 3): {bad} rows, lines ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_service_url_without_a_scheme_is_named() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    let out = kwm(&["batches", "--service", "kwm.example", "--token", "t"], d);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`kwm.example` has no scheme; write https://kwm.example"),
+        "{err}"
+    );
+    // An upload says so before reading the file.
+    let out = kwm(
+        &[
+            "upload",
+            export.to_str().expect("utf-8"),
+            "--service",
+            "localhost:8080",
+            "--token",
+            "t",
+            "--keys",
+            "keys",
+            "--regional-key",
+            "regional.key",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`localhost:8080` has no scheme; write https://localhost:8080 (or http://localhost:8080"),
+        "{err}"
+    );
+}

@@ -102,10 +102,12 @@ pub struct AuditRecord {
     pub at: OffsetDateTime,
     /// `provider`, `municipality`, `region`, `researcher`, `admin` or `system`.
     pub actor_role: String,
-    /// `token N` for an API caller (the token's id, never the token), `cli USER` for an operator.
+    /// `token N` for an API caller (the token's id, never the token), `cli USER` for an operator
+    /// (a provider's own view shows `operator` instead of the login).
     pub actor_id: String,
     /// `upload`, `upload-replayed`, `upload-refused`, `withdraw`, `export`, `release`, `token-issued`,
-    /// `token-revoked`, `provider-registered`, `key-rotated`, `policy-changed` or `forbidden`.
+    /// `token-revoked`, `provider-registered`, `provider-key-changed`, `key-rotated`, `policy-changed`
+    /// or `forbidden`.
     pub action: String,
     /// What the action was about: `batch <id>`, `release <id> ...`, `token <id>`, `GET /v1/...`.
     pub subject: String,

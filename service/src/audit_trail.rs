@@ -54,17 +54,50 @@ pub fn api_actor(caller: &Caller) -> Actor {
     }
 }
 
-/// The actor of an operator command: `admin`, `cli USER`.
+/// The actor of an operator command: `admin`, `cli USER`, USER being the person who ran it
+/// ([`os_user`]); `cli unknown` only when the system cannot say.
 pub fn operator() -> Actor {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
-        .unwrap_or_else(|| "unknown".into());
     Actor {
         role: Role::Admin.as_str().into(),
-        id: format!("cli {user}"),
+        id: format!("cli {}", os_user().unwrap_or_else(|| "unknown".into())),
     }
+}
+
+/// What a provider sees of an operator's login in its audit view.
+pub const OPERATOR_AS_PROVIDERS_SEE_IT: &str = "operator";
+
+/// Who runs this process: the user behind `sudo` (`SUDO_USER`), else `USER`, `LOGNAME` or
+/// `USERNAME`, else the name of the process's user id in `/etc/passwd` (services and containers
+/// often run without those variables), else `uid N`.
+pub fn os_user() -> Option<String> {
+    let usable =
+        |u: &str| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic());
+    for var in ["SUDO_USER", "USER", "LOGNAME", "USERNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if usable(&u) {
+                return Some(u);
+            }
+        }
+    }
+    let uid = process_uid()?;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?.parse::<u32>().ok()?;
+        (id == uid && usable(name)).then(|| name.to_string())
+    });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
+}
+
+/// The real user id of this process, from `/proc/self/status` (no libc call needed).
+fn process_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
 }
 
 /// The subject of an upload, replay or refusal of one batch; verification looks for it.
@@ -120,6 +153,16 @@ pub async fn append_best_effort(state: &AppState, entry: NewAuditEntry) {
             "the audit entry of a refusal could not be written"
         );
     }
+}
+
+/// An entry as a provider's own audit view shows it: an operator appears by role
+/// ([`OPERATOR_AS_PROVIDERS_SEE_IT`]), never by login; the full actor stays in the admin's view.
+pub fn to_provider_record(e: &AuditEntry) -> AuditRecord {
+    let mut r = to_record(e);
+    if r.actor_role == Role::Admin.as_str() {
+        r.actor_id = OPERATOR_AS_PROVIDERS_SEE_IT.into();
+    }
+    r
 }
 
 /// An entry as the API shows it.
@@ -460,5 +503,6 @@ mod tests {
         assert_eq!((a.role.as_str(), a.id.as_str()), ("provider", "token 9"));
         assert_eq!(operator().role, "admin");
         assert!(operator().id.starts_with("cli "));
+        assert!(process_uid().is_some(), "the process's uid is readable");
     }
 }

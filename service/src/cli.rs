@@ -1,7 +1,7 @@
 //! The `kwm-service` command line: `serve`, and the `admin` commands of the custodian's operator.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -34,8 +34,9 @@ pub struct GlobalArgs {
     /// Configuration file (TOML); default: ./kwm-service.toml if present. `KWM__...` variables override it.
     #[arg(long, global = true, env = "KWM_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Directory of the SQLite database and the key files [default: ./data]
-    #[arg(long, global = true)]
+    /// Directory of the SQLite database and the key files [default: ./data; for `demo`: ./demo-data,
+    /// which `serve` and `admin` then use with the same --data-dir]
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// `sqlite://PATH` or `postgres://USER@HOST/DB` [default: SQLite in the data dir]
     #[arg(long, global = true)]
@@ -60,7 +61,9 @@ pub enum Command {
     #[command(subcommand)]
     Admin(AdminCommand),
     /// Run the whole flow on this machine: the service on SQLite, synthetic providers uploading
-    /// through the SDK. Uses ./demo-data (or --data-dir), wiped at the next demo.
+    /// through the SDK. Its data dir is ./demo-data (or --data-dir DIR): the database and keys stay
+    /// there, so `kwm-service --data-dir DIR serve` and `admin ...` go on with the demo's data
+    /// afterwards; the next demo wipes it.
     Demo {
         /// Number of synthetic providers
         #[arg(long, default_value_t = 12)]
@@ -151,6 +154,16 @@ pub enum ProviderCommand {
         #[arg(long)]
         signing_key: PathBuf,
     },
+    /// Replace a provider's signing public key (a lost or leaked signing.key): batches signed with
+    /// the old key are refused from now on. Recorded in the audit chain.
+    SetKey {
+        /// AGB code of the registered provider
+        #[arg(long)]
+        agb: String,
+        /// The provider's new `signing.pub` from `kwm keygen`
+        #[arg(long)]
+        signing_key: PathBuf,
+    },
     /// List registered providers.
     List,
 }
@@ -162,7 +175,8 @@ pub enum TokenCommand {
         /// provider, municipality, region, researcher or admin
         #[arg(long)]
         role: String,
-        /// AGB code (provider), CBS code such as GM0748 (municipality), project (researcher)
+        /// AGB code of a registered provider (provider), CBS code of a municipality of the region
+        /// such as GM0748 (municipality), project (researcher)
         #[arg(long)]
         scope: Option<String>,
         /// A note for the operator, e.g. who holds the token
@@ -191,7 +205,7 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 7 * 86_400)]
         retire_after: i64,
     },
-    /// List the keys with their states.
+    /// List the keys with their states and dates (created, activated, retired; UTC).
     List,
 }
 
@@ -344,18 +358,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             signing_key,
         }) => {
             let agb: AgbCode = agb.parse().context("--agb")?;
-            let text = std::fs::read_to_string(&signing_key)
-                .with_context(|| format!("reading {}", signing_key.display()))?;
-            let public = base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .ok()
-                .filter(|b| b.len() == 32)
-                .with_context(|| {
-                    format!(
-                        "{} is not a signing.pub from `kwm keygen` (base64 of a 32-byte Ed25519 key)",
-                        signing_key.display()
-                    )
-                })?;
+            let public = read_signing_public_key(&signing_key)?;
             let provider = Provider {
                 agb,
                 name: name.clone(),
@@ -364,9 +367,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             };
             match state.store.put_provider(&provider).await {
                 Ok(()) => {}
-                Err(StoreError::Conflict(_)) => {
-                    anyhow::bail!("provider {agb} is already registered")
-                }
+                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; nothing was registered"),
                 Err(e) => return Err(e.into()),
             }
             let actor = audit_trail::operator();
@@ -398,6 +399,43 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             println!("Its bearer token (shown once, store it safely):");
             println!("{}", token.as_str());
         }
+        AdminCommand::Provider(ProviderCommand::SetKey { agb, signing_key }) => {
+            let agb: AgbCode = agb.parse().context("--agb")?;
+            let public = read_signing_public_key(&signing_key)?;
+            let Some(old) = state.store.get_provider(agb).await? else {
+                anyhow::bail!(
+                    "provider {agb} is not registered; `admin provider list` shows the registered ones"
+                );
+            };
+            if old.signing_public_key == public {
+                println!("Provider {agb} already has this signing key; nothing changed.");
+                return Ok(());
+            }
+            match state.store.put_provider_key(agb, &public).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; the key was not changed"),
+                Err(StoreError::NotFound) => anyhow::bail!("provider {agb} is not registered"),
+                Err(e) => return Err(e.into()),
+            }
+            let e = audit_trail::entry(
+                &audit_trail::operator(),
+                AuditAction::ProviderKeyChanged,
+                format!("provider {agb}"),
+                Some(agb),
+                &serde_json::json!({
+                    "agb": agb.as_str(),
+                    "old_signing_public_key": hex::encode(&old.signing_public_key),
+                    "signing_public_key": hex::encode(&public),
+                }),
+            );
+            state.store.append_audit(&e).await.with_context(|| {
+                format!("the signing key of provider {agb} was replaced, but its audit entry could not be written")
+            })?;
+            println!(
+                "Replaced the signing key of provider {agb} ({}); batches signed with the old key are refused from now on.",
+                old.name
+            );
+        }
         AdminCommand::Provider(ProviderCommand::List) => {
             for p in state.store.list_providers().await? {
                 println!("{}  {}", p.agb, p.name);
@@ -405,6 +443,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Token(TokenCommand::Issue { role, scope, label }) => {
             let role: Role = role.parse().context("--role")?;
+            check_scope(&state, role, scope.as_deref()).await?;
             let (id, token) = audit_trail::issue_token(
                 state.store.as_ref(),
                 &audit_trail::operator(),
@@ -584,12 +623,137 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Keys(KeysCommand::List) => {
-            for k in state.keyring.public_infos() {
-                println!("{}  {:?}", k.key_id, k.state);
-            }
+            print!("{}", key_table(&state.keyring.public_infos()));
         }
     }
     Ok(())
+}
+
+/// Refuses a token for something that does not exist: a municipality outside the region, a
+/// provider that is not registered. (The format of a scope is checked when the token is stored.)
+async fn check_scope(
+    state: &crate::startup::AppState,
+    role: Role,
+    scope: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(raw) = scope else { return Ok(()) };
+    match role {
+        Role::Municipality => {
+            let code: kwm_schemas::MunicipalityCode = raw.parse().context("--scope")?;
+            if state.region.municipality(code).is_none() {
+                let codes: Vec<String> = state
+                    .region
+                    .municipalities
+                    .iter()
+                    .map(|m| format!("{} {}", m.code, m.name))
+                    .collect();
+                anyhow::bail!(
+                    "--scope {code}: not a municipality of region {} ({}); its municipalities are: {}",
+                    state.region.code,
+                    state.region.name,
+                    codes.join(", ")
+                );
+            }
+        }
+        Role::Provider => {
+            let agb: AgbCode = raw.parse().context("--scope")?;
+            if state.store.get_provider(agb).await?.is_none() {
+                anyhow::bail!(
+                    "--scope {agb}: no provider with this AGB code is registered; register it first \
+                     with `admin provider add --agb {agb} --name NAME --signing-key signing.pub` \
+                     (which prints its token), or see `admin provider list`"
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A provider's signing public key from the file the operator was given: `signing.pub` of `kwm
+/// keygen`, one line with the base64 of the raw 32-byte Ed25519 key (lines starting with `#` are
+/// comments). Anything else is named for what it is, and what is needed instead; a private key is
+/// never echoed.
+pub fn read_signing_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    const NEED: &str =
+        "`--signing-key` needs the provider's signing.pub from `kwm keygen` (one line: \
+                        the base64 of a 32-byte Ed25519 public key)";
+    let shown = path.display();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let secret_names = [
+        kwm_sdk::keys::SIGNING_KEY_FILE,
+        kwm_sdk::keys::TRAJECTORY_KEY_FILE,
+        "regional.key",
+    ];
+    if secret_names.contains(&name) {
+        anyhow::bail!(
+            "{shown} is a provider's private key file ({name}), not its public key; {NEED}. \
+             A private key stays with the provider: ask for signing.pub, and if {name} was sent \
+             over an open channel, have the provider make new keys"
+        );
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        let what = if bytes.first() == Some(&0x30) {
+            "binary DER data, which looks like a private key (PKCS#8, as in signing.key)"
+        } else {
+            "binary data, not text"
+        };
+        anyhow::bail!("{shown} holds {what}; {NEED}");
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if text.contains("PRIVATE KEY") {
+        anyhow::bail!("{shown} holds a PEM private key; {NEED}");
+    }
+    let [line] = lines[..] else {
+        anyhow::bail!(
+            "{shown} holds {} lines of text instead of one; {NEED}",
+            lines.len()
+        );
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(line) else {
+        anyhow::bail!("{shown} holds text that is not base64; {NEED}");
+    };
+    match decoded.len() {
+        32 => Ok(decoded),
+        n if decoded.first() == Some(&0x30) => anyhow::bail!(
+            "{shown} holds the base64 of {n} bytes of DER data, which looks like a private key; {NEED}"
+        ),
+        n => anyhow::bail!("{shown} holds the base64 of {n} bytes, not of 32; {NEED}"),
+    }
+}
+
+/// The service's HPKE keys as a table: id, state, created, activated, retired (UTC).
+pub fn key_table(keys: &[kwm_schemas::api::PublicKeyInfo]) -> String {
+    if keys.is_empty() {
+        return "no keys\n".into();
+    }
+    let mut s = format!(
+        "{:<16}  {:<8}  {:<19}  {:<19}  {:<19}\n",
+        "KEY ID", "STATE", "CREATED (UTC)", "ACTIVATED (UTC)", "RETIRED (UTC)"
+    );
+    for k in keys {
+        let state = serde_json::to_value(k.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", k.state).to_lowercase());
+        s.push_str(&format!(
+            "{:<16}  {:<8}  {:<19}  {:<19}  {:<19}\n",
+            k.key_id.to_string(),
+            state,
+            timestamp(k.created_at),
+            k.activated_at.map_or_else(|| "-".to_string(), timestamp),
+            k.retired_at.map_or_else(|| "-".to_string(), timestamp),
+        ));
+    }
+    s
 }
 
 /// What a problem says to a person at a terminal: its detail, and the date it names if any.

@@ -58,6 +58,36 @@ const NAMES: [&str; 16] = [
     "Stichting Samen Verder",
 ];
 
+/// The exact commands that go on with the demo's data after it stops: its directory is the data dir
+/// of `serve` and `admin` (absolute, so they work from any directory).
+fn go_on_commands(dir: &Path, region: Option<&Path>) -> String {
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut base = format!("kwm-service --data-dir {}", shell_word(&abs(dir)));
+    if let Some(r) = region {
+        base.push_str(&format!(" --region {}", shell_word(&abs(r))));
+    }
+    format!(
+        "To go on with this data (database and keys in {}), run:\n\
+         \x20 {base} serve\n\
+         \x20 {base} admin token issue --role municipality --scope GM0748\n\
+         \x20 {base} admin provider list\n",
+        abs(dir).display()
+    )
+}
+
+/// A path as one shell word: quoted when it holds anything but plain characters.
+fn shell_word(p: &Path) -> String {
+    let s = p.display().to_string();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         if !dir.join(MARKER).exists() {
@@ -80,7 +110,9 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
 pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     prepare_dir(&opts.dir)?;
-    config.data_dir = opts.dir.join("service");
+    // The demo's directory is the service's data dir, as `--data-dir` says: `kwm-service --data-dir
+    // DIR serve` and `admin ...` afterwards open this database and these keys.
+    config.data_dir = opts.dir.clone();
     config.database_url = None;
     config.listen = opts.listen;
     config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -307,16 +339,11 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         .get_latest_round_release("GM0748", &period.to_string())
         .await?;
     println!();
+    let go_on = go_on_commands(&opts.dir, config.region_file.as_deref());
     if opts.exit {
-        // Nothing serves the commands below any more: say how to get a service on this data.
-        let data = opts.dir.join("service");
-        println!("The demo service has stopped (--exit). To try the API on this data:");
-        println!(
-            "  kwm-service --data-dir {} serve        # then issue tokens with: kwm-service --data-dir {} admin token issue --role municipality --scope GM0748",
-            data.display(),
-            data.display()
-        );
-        println!("  or run the demo without --exit: it prints ready commands and tokens and serves until Ctrl-C.");
+        // Nothing serves the commands of "Try it" any more: only how to get a service on this data.
+        println!("The demo service has stopped (--exit).");
+        print!("{go_on}");
         server.abort();
         return Ok(());
     }
@@ -348,6 +375,8 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         region_token.as_str()
     );
     println!("  demo files: {}", opts.dir.display());
+    println!();
+    print!("{go_on}");
 
     println!("\nServing until Ctrl-C.");
     server.await.context("server task")?

@@ -178,7 +178,8 @@ async fn register(store: &dyn Store, agb: AgbCode) -> TestResult {
         .put_provider(&kwm_service::store::Provider {
             agb,
             name: format!("Zorgaanbieder {agb}"),
-            signing_public_key: vec![7; 32],
+            // One key per provider: the store refuses a key registered for another AGB code.
+            signing_public_key: agb.as_str().bytes().cycle().take(32).collect(),
             created_at: OffsetDateTime::now_utc(),
         })
         .await?;

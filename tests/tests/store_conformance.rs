@@ -81,6 +81,7 @@ macro_rules! conformance_tests {
 conformance_tests!(
     ping_answers,
     providers_are_stored_once,
+    one_signing_key_belongs_to_one_provider,
     tokens_are_found_by_hash,
     a_new_batch_stores_every_record,
     a_replay_returns_the_original_receipt_and_writes_nothing,
@@ -165,7 +166,8 @@ async fn register(store: &dyn Store, agb: AgbCode) -> TestResult {
         .put_provider(&Provider {
             agb,
             name: format!("Zorgaanbieder {agb}"),
-            signing_public_key: vec![7; 32],
+            // One key per provider: the store refuses a key registered for another AGB code.
+            signing_public_key: agb.as_str().bytes().cycle().take(32).collect(),
             created_at: now(),
         })
         .await?;
@@ -316,6 +318,77 @@ async fn providers_are_stored_once(store: Arc<dyn Store>) -> TestResult {
         .map(|p| p.agb)
         .collect();
     assert_eq!(listed, vec![provider_a(), provider_b()]);
+    Ok(())
+}
+
+async fn one_signing_key_belongs_to_one_provider(store: Arc<dyn Store>) -> TestResult {
+    let key_a: Vec<u8> = (0u8..32).collect();
+    let key_b: Vec<u8> = (100u8..132).collect();
+    let a = Provider {
+        agb: provider_a(),
+        name: "Jeugdhulp West".into(),
+        signing_public_key: key_a.clone(),
+        created_at: now(),
+    };
+    store.put_provider(&a).await?;
+    let err = store
+        .put_provider(&Provider {
+            agb: provider_b(),
+            name: "Another".into(),
+            ..a.clone()
+        })
+        .await
+        .expect_err("the same key for a second AGB code");
+    match &err {
+        StoreError::Conflict(why) => assert!(why.contains(provider_a().as_str()), "{why}"),
+        other => panic!("a conflict expected, got {other:?}"),
+    }
+    assert_eq!(
+        store.get_provider(provider_b()).await?,
+        None,
+        "nothing stored"
+    );
+
+    let b = Provider {
+        agb: provider_b(),
+        name: "Another".into(),
+        signing_public_key: key_b.clone(),
+        created_at: now(),
+    };
+    store.put_provider(&b).await?;
+    // Replacing a key: not with another provider's, not for an unregistered provider.
+    let err = store
+        .put_provider_key(provider_a(), &key_b)
+        .await
+        .expect_err("b's key");
+    assert!(matches!(err, StoreError::Conflict(_)), "got {err:?}");
+    let err = store
+        .put_provider_key(agb("11111111"), &[9; 32])
+        .await
+        .expect_err("not registered");
+    assert!(matches!(err, StoreError::NotFound), "got {err:?}");
+    assert_eq!(store.get_provider(provider_a()).await?, Some(a.clone()));
+
+    let key_c: Vec<u8> = (50u8..82).collect();
+    store.put_provider_key(provider_a(), &key_c).await?;
+    // Setting the key a provider already has is no conflict.
+    store.put_provider_key(provider_a(), &key_c).await?;
+    let now_a = store.get_provider(provider_a()).await?.expect("a");
+    assert_eq!(now_a.signing_public_key, key_c);
+    assert_eq!(
+        (now_a.name.as_str(), now_a.created_at),
+        (a.name.as_str(), a.created_at),
+        "only the key changed"
+    );
+    // The old key is free for someone else now.
+    store
+        .put_provider(&Provider {
+            agb: agb("22222222"),
+            name: "Third".into(),
+            signing_public_key: key_a,
+            created_at: now(),
+        })
+        .await?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! `GET /v1/audit`: the audit chain, paged. The admin sees every entry; a provider sees the entries
-//! about its own data only.
+//! about its own data only, with the operator named by role (`operator`), not by login.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use super::{json, schema_of, Endpoint, Method, QueryParam};
-use crate::audit_trail::to_record;
+use crate::audit_trail::{to_provider_record, to_record};
 use crate::auth::Caller;
 use crate::error::{ApiError, AppJson};
 use crate::startup::AppState;
@@ -86,7 +86,14 @@ async fn get_audit(
         None
     };
     Ok(AppJson(AuditPage {
-        entries: entries.iter().map(to_record).collect(),
+        entries: entries
+            .iter()
+            .map(if provider.is_some() {
+                to_provider_record
+            } else {
+                to_record
+            })
+            .collect(),
         next_after,
     }))
 }

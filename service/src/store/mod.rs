@@ -35,6 +35,14 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+/// The conflict of a signing public key that `holder` registered already.
+pub fn key_taken(holder: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "this signing public key is already registered for provider {holder}; every provider signs \
+         with its own key (`kwm keygen` makes one)"
+    ))
+}
+
 /// A provider as registered by the admin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provider {
@@ -347,8 +355,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
-    /// Registers a provider. `Conflict` if the AGB code is already registered.
+    /// Registers a provider. `Conflict` if the AGB code is already registered, or if another
+    /// provider registered the same signing public key (one key signs for one AGB code only).
     async fn put_provider(&self, provider: &Provider) -> Result<(), StoreError>;
+    /// Replaces a provider's signing public key: batches signed with the old key are refused from
+    /// now on. `NotFound` if the provider is not registered, `Conflict` if another provider holds
+    /// the key.
+    async fn put_provider_key(
+        &self,
+        agb: AgbCode,
+        signing_public_key: &[u8],
+    ) -> Result<(), StoreError>;
     async fn get_provider(&self, agb: AgbCode) -> Result<Option<Provider>, StoreError>;
     async fn list_providers(&self) -> Result<Vec<Provider>, StoreError>;
 

@@ -572,6 +572,29 @@ impl Store for PgStore {
     }
 
     async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Registrations queue behind each other, so that two cannot take the same key at once
+        // (readers are not blocked).
+        sqlx::query("LOCK TABLE providers IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT agb FROM providers WHERE signing_public_key = $1 LIMIT 1")
+                .bind(&p.signing_public_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        match holder {
+            Some(h) if h == p.agb.as_str() => {
+                return Err(StoreError::Conflict(format!(
+                    "provider {} is already registered",
+                    p.agb
+                )))
+            }
+            Some(h) => return Err(super::key_taken(&h)),
+            None => {}
+        }
         let done = sqlx::query(
             "INSERT INTO providers (agb, name, signing_public_key, created_at) \
              VALUES ($1, $2, $3, $4::timestamptz) ON CONFLICT (agb) DO NOTHING",
@@ -580,7 +603,7 @@ impl Store for PgStore {
         .bind(&p.name)
         .bind(&p.signing_public_key)
         .bind(format_ts(p.created_at)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
         if done.rows_affected() == 0 {
@@ -589,6 +612,37 @@ impl Store for PgStore {
                 p.agb
             )));
         }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn put_provider_key(&self, agb: AgbCode, key: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("LOCK TABLE providers IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT agb FROM providers WHERE signing_public_key = $1 AND agb <> $2 LIMIT 1",
+        )
+        .bind(key)
+        .bind(agb.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(h) = holder {
+            return Err(super::key_taken(&h));
+        }
+        let done = sqlx::query("UPDATE providers SET signing_public_key = $1 WHERE agb = $2")
+            .bind(key)
+            .bind(agb.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 

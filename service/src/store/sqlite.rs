@@ -514,6 +514,28 @@ impl Store for SqliteStore {
 
     async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
+        // One write transaction: no other process registers the same key in between.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT agb FROM providers WHERE signing_public_key = ?1 LIMIT 1")
+                .bind(&p.signing_public_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        match holder {
+            Some(h) if h == p.agb.as_str() => {
+                return Err(StoreError::Conflict(format!(
+                    "provider {} is already registered",
+                    p.agb
+                )))
+            }
+            Some(h) => return Err(super::key_taken(&h)),
+            None => {}
+        }
         let done = sqlx::query(
             "INSERT INTO providers (agb, name, signing_public_key, created_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (agb) DO NOTHING",
@@ -522,7 +544,7 @@ impl Store for SqliteStore {
         .bind(&p.name)
         .bind(&p.signing_public_key)
         .bind(format_ts(p.created_at)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
         if done.rows_affected() == 0 {
@@ -531,6 +553,38 @@ impl Store for SqliteStore {
                 p.agb
             )));
         }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn put_provider_key(&self, agb: AgbCode, key: &[u8]) -> Result<(), StoreError> {
+        let _w = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT agb FROM providers WHERE signing_public_key = ?1 AND agb <> ?2 LIMIT 1",
+        )
+        .bind(key)
+        .bind(agb.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(h) = holder {
+            return Err(super::key_taken(&h));
+        }
+        let done = sqlx::query("UPDATE providers SET signing_public_key = ?1 WHERE agb = ?2")
+            .bind(key)
+            .bind(agb.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 

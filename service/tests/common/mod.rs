@@ -1,0 +1,210 @@
+//! What the CLI tests share: `kwm-service` as the operator runs it (this package's binary), `kwm` as a
+//! provider runs it (built on first use: a test of one package builds no other package's binaries),
+//! and a running `kwm-service serve`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `kwm-service --data-dir DIR ...` without configuration from this environment, as user `alice`.
+pub fn kwm_service_cmd(data_dir: &Path) -> Command {
+    let mut cmd = kwm_service_in(data_dir);
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+/// `kwm-service ...` in `cwd` without configuration from this environment, as user `alice`.
+pub fn kwm_service_in(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kwm-service"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KWM_") {
+            cmd.env_remove(key);
+        }
+    }
+    // No kwm-service.toml of the working directory.
+    cmd.current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .env("USER", "alice")
+        .env_remove("SUDO_USER")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn kwm_service(data_dir: &Path, args: &[&str]) -> Output {
+    kwm_service_cmd(data_dir)
+        .args(args)
+        .output()
+        .expect("kwm-service runs")
+}
+
+/// Runs and asserts success; stdout.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}):\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The token `admin provider add` or `admin token issue` printed: the line after the announcement.
+pub fn printed_token(stdout: &str) -> String {
+    let mut lines = stdout.lines().map(str::trim);
+    lines
+        .by_ref()
+        .find(|l| l.contains("shown once"))
+        .expect("the token is announced");
+    lines
+        .find(|l| !l.is_empty())
+        .expect("the token is printed")
+        .to_string()
+}
+
+/// `kwm keygen --out DIR` done by the SDK's library (the same code): signing.key, signing.pub,
+/// trajectory.key.
+pub fn provider_keys(dir: &Path) -> PathBuf {
+    kwm_sdk::ProviderKeys::generate()
+        .expect("keys")
+        .write_to(dir, false)
+        .expect("written");
+    dir.join("signing.pub")
+}
+
+/// A `kwm-service serve` on a free port of 127.0.0.1; stopped when dropped.
+pub struct Served {
+    child: Child,
+    pub base_url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kwm-service --data-dir DIR serve` on port 0 and reads the address it bound from what it
+/// prints (it binds before it says so: no waiting on a guess).
+pub fn serve(data_dir: &Path) -> Served {
+    let mut child = kwm_service_cmd(data_dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kwm-service serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let base_url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some(rest) = line.trim().strip_prefix("API") {
+                    break rest
+                        .split_whitespace()
+                        .next()
+                        .expect("the API address")
+                        .to_string();
+                }
+            }
+            _ => panic!("kwm-service serve stopped before it served:\n{seen}"),
+        }
+    };
+    // Keep reading, so that the service never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, base_url }
+}
+
+/// The `kwm` binary of the profile these tests were built with, built (or brought up to date) once
+/// per test process by cargo; `KWM_BIN` names another.
+pub fn kwm_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("KWM_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let deps = exe.parent().expect("its directory");
+        let profile_dir = if deps.ends_with("deps") {
+            deps.parent().expect("the profile directory")
+        } else {
+            deps
+        };
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a profile directory name")
+            .to_string();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        // Without the variables cargo set for this test: build scripts watch some of them, and a
+        // different value would rebuild them here and again in the next outer build.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_CRATE_")
+                || k.starts_with("NEXTEST")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.args(["build", "--quiet", "-p", "kwm-sdk", "--bin", "kwm"])
+            .arg("--target-dir")
+            .arg(profile_dir.parent().expect("the target directory"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build -p kwm-sdk --bin kwm failed");
+        let bin = profile_dir.join(format!("kwm{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} is missing", bin.display());
+        bin
+    })
+}
+
+/// `kwm ...` in `cwd`, as a provider runs it (no KWM_ variables of this environment).
+pub fn kwm(cwd: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(kwm_binary());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KWM_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kwm runs")
+}
