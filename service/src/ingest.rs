@@ -213,7 +213,7 @@ pub fn now_micros() -> OffsetDateTime {
 }
 
 /// Parses the plaintext; on failure, finds the first bad record and field so the error can say where.
-fn parse_payload(plaintext: &[u8]) -> Result<BatchPayload, ApiError> {
+pub fn parse_payload(plaintext: &[u8]) -> Result<BatchPayload, ApiError> {
     if let Ok(p) = serde_json::from_slice::<BatchPayload>(plaintext) {
         return Ok(p);
     }
