@@ -87,12 +87,14 @@ pub const PATH_PARAMS: &[PathParam] = &[
     },
     PathParam {
         name: "trajectory",
-        description: "the trajectory pseudonym, 64 hex digits, as `kwm withdraw --trajectory` computes it",
+        description:
+            "the trajectory pseudonym, 64 hex digits, as `kwm withdraw --trajectory` computes it",
         schema: schema_of::<kwm_schemas::Pseudonym>,
     },
     PathParam {
         name: "release",
-        description: "a release id (a UUID), optionally with the format: `.json`, `.csv` or `.xlsx`",
+        description:
+            "a release id (a UUID), optionally with the format: `.json`, `.csv` or `.xlsx`",
         schema: releases::release_name_schema,
     },
 ];

@@ -208,10 +208,11 @@ pub fn document() -> Value {
                 Some(body) => body(&mut generator).to_value(),
                 None => json!({ "type": "string", "format": "binary" }),
             };
-            responses
-                .entry(r.status)
-                .or_default()
-                .add(r.description.to_string(), r.media_type, schema);
+            responses.entry(r.status).or_default().add(
+                r.description.to_string(),
+                r.media_type,
+                schema,
+            );
         }
         // One response entry per status, listing the problem types it can carry.
         let mut by_status: BTreeMap<u16, Vec<ProblemType>> = BTreeMap::new();
@@ -311,8 +312,8 @@ mod tests {
     }
 
     fn problem_types_of(response: &Value) -> Vec<String> {
-        response["content"]["application/problem+json"]["schema"]["allOf"][1]["properties"]
-            ["type"]["enum"]
+        response["content"]["application/problem+json"]["schema"]["allOf"][1]["properties"]["type"]
+            ["enum"]
             .as_array()
             .map(|a| {
                 a.iter()
@@ -335,7 +336,10 @@ mod tests {
                 r429["headers"]["Retry-After"]["required"], true,
                 "{name}: 429 without Retry-After"
             );
-            assert!(o["responses"]["503"]["headers"]["Retry-After"].is_object(), "{name}");
+            assert!(
+                o["responses"]["503"]["headers"]["Retry-After"].is_object(),
+                "{name}"
+            );
             if e.roles.is_empty() {
                 assert!(o["responses"]["401"].is_null(), "{name}: public, no 401");
             } else {
@@ -361,16 +365,15 @@ mod tests {
         for t in ["bad-request", "unknown-key", "unsupported-version"] {
             assert!(upload_400.contains(&t.to_string()), "{t} in {upload_400:?}");
         }
-        assert_eq!(
-            problem_types_of(&upload["responses"]["413"]),
-            ["too-large"]
-        );
+        assert_eq!(problem_types_of(&upload["responses"]["413"]), ["too-large"]);
         // The document answers 200 with itself.
         let me = op(&doc, "get", "/v1/openapi.json");
         assert!(me["responses"]["200"]["content"]["application/json"].is_object());
         // readyz keeps its JSON 503 next to the problem documents of a deadline.
         let ready = &op(&doc, "get", "/readyz")["responses"]["503"]["content"];
-        assert!(ready["application/json"].is_object() && ready["application/problem+json"].is_object());
+        assert!(
+            ready["application/json"].is_object() && ready["application/problem+json"].is_object()
+        );
     }
 
     #[test]
