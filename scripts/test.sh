@@ -53,3 +53,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+log "API fuzzing (schemathesis against the real service)"
+bash scripts/api-fuzz.sh

@@ -241,8 +241,8 @@ impl fmt::Display for MunicipalityCode {
 string_type!(
     MunicipalityCode,
     "MunicipalityCode",
-    "^GM[0-9]{4}$",
-    "CBS municipality code, e.g. GM0748"
+    "^GM(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})$",
+    "CBS municipality code, e.g. GM0748 (GM0000 is none)"
 );
 
 /// A code from a region's codebook (target groups, instruments): upper-case letters, digits and `_`,

@@ -127,6 +127,7 @@ impl JsonSchema for Base64Bytes {
 #[serde(deny_unknown_fields)]
 pub struct BatchHeader {
     /// Batch protocol version; this service speaks [`PROTOCOL_VERSION`].
+    #[schemars(schema_with = "version_schema")]
     pub version: u16,
     pub provider: AgbCode,
     /// Unique per provider; a retry sends the same id.
@@ -136,8 +137,17 @@ pub struct BatchHeader {
     pub record_count: u32,
     /// RFC 3339; in UTC between the years 2000 and 2999.
     #[serde(with = "created_at")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "created_at::schema")]
     pub created_at: OffsetDateTime,
+}
+
+/// The one protocol version this build speaks: any other is refused (`unsupported-version`).
+fn version_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "integer",
+        "const": PROTOCOL_VERSION,
+        "description": "batch protocol version; this service speaks version 1 only"
+    })
 }
 
 /// `created_at` on the wire: RFC 3339, refused unless its UTC time lies in 2000..=2999, so that
@@ -148,6 +158,17 @@ mod created_at {
 
     pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
         time::serde::rfc3339::serialize(t, s)
+    }
+
+    /// RFC 3339 (the `date-time` of JSON Schema) with a year 2000..2999; a time just after New Year
+    /// with a positive offset can still fall outside in UTC, which the service refuses.
+    pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "pattern": "^2[0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+            "description": "RFC 3339 time of sealing; in UTC between the years 2000 and 2999"
+        })
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {

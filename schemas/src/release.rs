@@ -174,8 +174,8 @@ impl fmt::Display for Period {
 string_wire!(
     Period,
     "Period",
-    "^[0-9]{4}(-(H[12]|Q[1-4]))?$",
-    "release period: a year (2025), a half-year (2025-H1) or a quarter (2025-Q3)"
+    "^(19[0-9]{2}|2[0-9]{3})(-(H[12]|Q[1-4]))?$",
+    "release period: a year (2025), a half-year (2025-H1) or a quarter (2025-Q3), years 1900..2999"
 );
 
 /// Whose figures a release holds: one municipality (`GM0748`), the whole region (`region`), or the

@@ -37,6 +37,10 @@ pub enum ApiError {
         detail: String,
         available_from: Option<String>,
     },
+    /// No valid bearer token. `presented`: a token was sent but is unknown or revoked (RFC 6750
+    /// `invalid_token`); otherwise none was sent.
+    #[error("unauthenticated")]
+    Unauthenticated { presented: bool },
     /// Too many requests for one token: retry after this many seconds.
     #[error("rate limited")]
     RateLimited { retry_after: u64 },
@@ -100,6 +104,7 @@ impl ApiError {
     pub fn kind(&self) -> ProblemType {
         match self {
             Self::Problem { kind, .. } => *kind,
+            Self::Unauthenticated { .. } => ProblemType::Unauthenticated,
             Self::RateLimited { .. } => ProblemType::RateLimited,
             Self::BudgetExhausted { .. } => ProblemType::BudgetExhausted,
             Self::NotYet { kind, .. } => *kind,
@@ -113,11 +118,14 @@ impl ApiError {
         self.to_problem().detail
     }
 
+    /// No bearer token was sent.
     pub fn unauthenticated() -> Self {
-        Self::new(
-            ProblemType::Unauthenticated,
-            "send a valid bearer token in the Authorization header",
-        )
+        Self::Unauthenticated { presented: false }
+    }
+
+    /// A bearer token was sent, but the service does not know it or it was revoked.
+    pub fn invalid_token() -> Self {
+        Self::Unauthenticated { presented: true }
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -166,6 +174,14 @@ impl ApiError {
                 p.available_from = available_from.clone();
                 p
             }
+            Self::Unauthenticated { presented: false } => Problem::new(
+                ProblemType::Unauthenticated,
+                "send a valid bearer token in the Authorization header",
+            ),
+            Self::Unauthenticated { presented: true } => Problem::new(
+                ProblemType::Unauthenticated,
+                "the bearer token is not valid (unknown or revoked); ask the operator for a new one",
+            ),
             Self::RateLimited { retry_after } => {
                 let mut p = Problem::new(
                     ProblemType::RateLimited,
@@ -217,7 +233,13 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-/// Renders a problem document with its status and media type.
+/// The `WWW-Authenticate` challenge of every 401 answer (RFC 6750 section 3): the realm alone when no
+/// token was sent, with `error="invalid_token"` when the token sent is not valid.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"kwm\"";
+pub const BEARER_CHALLENGE_INVALID_TOKEN: &str =
+    "Bearer realm=\"kwm\", error=\"invalid_token\", error_description=\"the token is unknown or revoked\"";
+
+/// Renders a problem document with its status and media type (and, for a 401, the bearer challenge).
 pub fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_default();
@@ -228,6 +250,12 @@ pub fn problem_response(problem: &Problem) -> Response {
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(BEARER_CHALLENGE),
+        );
     }
     res
 }
@@ -241,11 +269,18 @@ impl IntoResponse for ApiError {
                 tracing::warn!(after_secs, "request stopped at its deadline")
             }
             Self::Problem { .. }
+            | Self::Unauthenticated { .. }
             | Self::RateLimited { .. }
             | Self::BudgetExhausted { .. }
             | Self::NotYet { .. } => {}
         }
         let mut res = problem_response(&self.to_problem());
+        if let Self::Unauthenticated { presented: true } = self {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(BEARER_CHALLENGE_INVALID_TOKEN),
+            );
+        }
         res.extensions_mut().insert(self.kind());
         res
     }

@@ -217,7 +217,7 @@ pub fn now_micros() -> OffsetDateTime {
 /// checked where it lies in the plaintext (borrowed, not copied), so that a bad batch costs no more memory
 /// than a good one. A record that does not parse is listed with its field (up to [`MAX_LISTED_ERRORS`],
 /// the total in the detail); once one has failed, the good ones are no longer kept.
-fn parse_payload(plaintext: &[u8], declared: u32) -> Result<BatchPayload, ApiError> {
+pub fn parse_payload(plaintext: &[u8], declared: u32) -> Result<BatchPayload, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(plaintext);
     let mut parsed = Parsed {
         declared,

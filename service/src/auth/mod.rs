@@ -159,14 +159,14 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(ApiError::unauthenticated)?;
         let record = match state.store.get_token(&token_hash(token)).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(ApiError::unauthenticated()),
+            Ok(None) => return Err(ApiError::invalid_token()),
             Err(StoreError::Unavailable(e)) => {
                 return Err(ApiError::Unavailable(StoreError::Unavailable(e)))
             }
             Err(e) => return Err(e.into()),
         };
         if record.revoked_at.is_some() {
-            return Err(ApiError::unauthenticated());
+            return Err(ApiError::invalid_token());
         }
         if let Err(wait) = state.rate_limiter.check(record.id) {
             return Err(ApiError::RateLimited {

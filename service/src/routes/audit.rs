@@ -7,6 +7,7 @@ use axum::routing::get;
 use kwm_schemas::api::AuditPage;
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::Role;
+use schemars::{json_schema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use tracing::instrument;
 
@@ -36,17 +37,27 @@ pub fn endpoints() -> Vec<Endpoint> {
                 description: "entries with a higher sequence number (default 0: from the start); \
                               pass the previous page's next_after",
                 required: false,
+                schema: after_schema,
             },
             QueryParam {
                 name: "limit",
                 description: "entries per page, 1..1000 (default 100)",
                 required: false,
+                schema: limit_schema,
             },
         ],
         replies: vec![json(200, "a page of entries", schema_of::<AuditPage>)],
         problems: &[ProblemType::BadRequest],
         handler: || get(get_audit),
     }]
+}
+
+fn after_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": i64::MAX, "default": 0 })
+}
+
+fn limit_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT })
 }
 
 #[derive(Debug, Deserialize)]

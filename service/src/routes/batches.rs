@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kwm_schemas::api::{BatchList, BatchReceipt};
 use kwm_schemas::envelope::SealedBatch;
-use kwm_schemas::problem::{Problem, ProblemType};
+use kwm_schemas::problem::ProblemType;
 use kwm_schemas::Role;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{json, schema_of, Endpoint, Method, Reply};
+use super::{json, schema_of, Endpoint, Method};
 use crate::audit::AuditAction;
 use crate::audit_trail::{
     api_actor, append_best_effort, append_required, batch_subject, entry, AlreadyAudited,
@@ -24,7 +24,6 @@ use crate::startup::AppState;
 use crate::store::PutBatch;
 
 pub fn endpoints() -> Vec<Endpoint> {
-    const PROBLEM: Reply = json(400, "a problem document", schema_of::<Problem>);
     vec![
         Endpoint {
             method: Method::Post,
@@ -41,7 +40,6 @@ pub fn endpoints() -> Vec<Endpoint> {
                     "this batch was stored before; the original receipt",
                     schema_of::<BatchReceipt>,
                 ),
-                PROBLEM,
             ],
             problems: &[
                 ProblemType::BadSignature,
@@ -52,6 +50,7 @@ pub fn endpoints() -> Vec<Endpoint> {
                 ProblemType::BatchConflict,
                 ProblemType::TooLarge,
                 ProblemType::UnsupportedVersion,
+                ProblemType::BadRequest,
             ],
             handler: || post(post_batch),
         },
@@ -76,7 +75,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             request: None,
             query: &[],
             replies: vec![json(200, "the receipt", schema_of::<BatchReceipt>)],
-            problems: &[ProblemType::NotFound],
+            problems: &[ProblemType::BadRequest, ProblemType::NotFound],
             handler: || get(get_batch),
         },
     ]

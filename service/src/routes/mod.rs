@@ -59,12 +59,49 @@ pub const fn json(status: u16, description: &'static str, body: SchemaFn) -> Rep
     }
 }
 
-/// One documented query parameter.
+/// One documented query parameter, with the schema of the values the handler accepts (so that a
+/// generated client, or a fuzzer, sends what the service takes).
 #[derive(Debug, Clone, Copy)]
 pub struct QueryParam {
     pub name: &'static str,
     pub description: &'static str,
     pub required: bool,
+    pub schema: SchemaFn,
+}
+
+/// One path parameter. A name has one meaning wherever it appears in a path, so the parameters are
+/// described once, in [`PATH_PARAMS`]; a path that names another one fails the document's test.
+#[derive(Debug, Clone, Copy)]
+pub struct PathParam {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub schema: SchemaFn,
+}
+
+/// Every path parameter of the API.
+pub const PATH_PARAMS: &[PathParam] = &[
+    PathParam {
+        name: "batch_id",
+        description: "the batch id (a UUID), as in the receipt",
+        schema: schema_of::<uuid::Uuid>,
+    },
+    PathParam {
+        name: "trajectory",
+        description:
+            "the trajectory pseudonym, 64 hex digits, as `kwm withdraw --trajectory` computes it",
+        schema: schema_of::<kwm_schemas::Pseudonym>,
+    },
+    PathParam {
+        name: "release",
+        description:
+            "a release id (a UUID), optionally with the format: `.json`, `.csv` or `.xlsx`",
+        schema: releases::release_name_schema,
+    },
+];
+
+/// The description of the path parameter `name`, if the API has one by that name.
+pub fn path_param(name: &str) -> Option<&'static PathParam> {
+    PATH_PARAMS.iter().find(|p| p.name == name)
 }
 
 /// One route of the API.

@@ -51,11 +51,13 @@ pub fn endpoints() -> Vec<Endpoint> {
                         "a CBS code (GM0748) or `region`; a municipality token may leave it out \
                          for its own",
                     required: false,
+                    schema: schema_of::<ReleaseScope>,
                 },
                 QueryParam {
                     name: "period",
                     description: "2025, 2025-H1 or 2025-Q3; without it, the list of releases",
                     required: false,
+                    schema: schema_of::<Period>,
                 },
             ],
             replies: vec![
@@ -114,6 +116,7 @@ pub fn endpoints() -> Vec<Endpoint> {
                 name: "period",
                 description: "2025, 2025-H1 or 2025-Q3",
                 required: true,
+                schema: schema_of::<Period>,
             }],
             replies: vec![json(
                 200,
@@ -179,6 +182,15 @@ pub fn endpoints() -> Vec<Endpoint> {
             handler: || get(get_privacy),
         },
     ]
+}
+
+/// The `{release}` path parameter: a release id, optionally with the format as an extension.
+pub fn release_name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(\\.(json|csv|xlsx))?$",
+        "description": "a release id (UUID), optionally followed by .json, .csv or .xlsx"
+    })
 }
 
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";

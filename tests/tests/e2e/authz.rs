@@ -486,11 +486,30 @@ async fn matrix(app: TestApp) {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_string();
+                let challenge = res
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let body = res.text().await.unwrap_or_default();
                 let label = format!("{} ({}) as {caller:?}", op.key(), call.what);
                 if got != want {
                     failures.push(format!("{label}: {got}, expected {want}: {body:.200}"));
                     continue;
+                }
+                // RFC 6750: every 401 challenges for a bearer token, naming invalid_token only when
+                // one was sent.
+                if got == 401 {
+                    let ok = match (caller, challenge.as_deref()) {
+                        (Caller::NoToken, Some(c)) => c == r#"Bearer realm="kwm""#,
+                        (_, Some(c)) => {
+                            c.starts_with(r#"Bearer realm="kwm", error="invalid_token""#)
+                        }
+                        (_, None) => false,
+                    };
+                    if !ok {
+                        failures.push(format!("{label}: 401 with WWW-Authenticate {challenge:?}"));
+                    }
                 }
                 let problem = match want {
                     401 => Some(ProblemType::Unauthenticated),
