@@ -27,7 +27,7 @@ fn text(b: &[u8]) -> String {
 fn verify_passes_an_untouched_chain_and_names_a_changed_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
-    for scope in ["GM0748", "GM0777", "GM0785"] {
+    for scope in ["GM0748", "GM0777", "GM1709"] {
         let out = kwm_service(
             data,
             &[
