@@ -145,6 +145,14 @@ pub fn kwm_binary() -> &'static Path {
         } else {
             deps
         };
+        // A workspace test build (the test command's) builds `kwm` beside this executable: use it when it
+        // is newer than every source it is built from, instead of a build of one package, whose own
+        // feature set would compile the dependencies again.
+        let bin = profile_dir.join(format!("kwm{}", std::env::consts::EXE_SUFFIX));
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if built.is_some_and(|built| newest_sdk_source() <= Some(built)) {
+            return bin;
+        }
         let profile = profile_dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -192,6 +200,38 @@ pub fn kwm_binary() -> &'static Path {
         assert!(bin.is_file(), "{} is missing", bin.display());
         bin
     })
+}
+
+/// The newest modification time among the sources the `kwm` binary is built from.
+fn newest_sdk_source() -> Option<std::time::SystemTime> {
+    fn walk(path: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), newest);
+            }
+        } else if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(Some(m));
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let mut newest = None;
+    for part in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "schemas/Cargo.toml",
+        "schemas/src",
+        "schemas/regions",
+        "client-sdk/Cargo.toml",
+        "client-sdk/src",
+    ] {
+        walk(&root.join(part), &mut newest);
+    }
+    newest
 }
 
 /// `kwm ...` in `cwd`, as a provider runs it (no KWM_ variables of this environment).
