@@ -101,10 +101,28 @@ async fn uploads_beyond_the_ingest_slots_wait_their_turn() {
     };
     // The first upload holds the one slot: its body is still coming.
     let mut first = connect_and_send(&app.base_url, format!("{}{{", post(2)).as_bytes()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics_url = app.metrics_url.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let text = reqwest::get(&metrics_url)
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("text");
+            if text.lines().any(|l| l == "kwm_http_requests_in_flight 1") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first upload is in flight");
     // The second, complete, waits for it ...
     let second = connect_and_send(&app.base_url, format!("{}{{}}", post(2)).as_bytes()).await;
     let second = tokio::spawn(closed_within(second, Duration::from_secs(30)));
+    // That something does not happen can only be watched for a while: a second is long against the
+    // milliseconds an answer to this body takes.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
         !second.is_finished(),
