@@ -120,29 +120,28 @@ async fn uploads_beyond_the_ingest_slots_wait_their_turn() {
     .expect("the first upload is in flight");
     // The second, complete, waits for it ...
     let second = connect_and_send(&app.base_url, format!("{}{{}}", post(2)).as_bytes()).await;
-    let second = tokio::spawn(closed_within(second, Duration::from_secs(30)));
-    // That something does not happen can only be watched for a while: a second is long against the
-    // milliseconds an answer to this body takes.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        !second.is_finished(),
-        "the second upload waits for the slot"
-    );
-    // ... while other requests are served.
+    let second = tokio::spawn(async move {
+        let answer = closed_within(second, Duration::from_secs(30)).await;
+        (answer, std::time::Instant::now())
+    });
+    // Other requests are served meanwhile.
     let res = reqwest::get(format!("{}/v1/keys", app.base_url))
         .await
         .expect("served");
     assert_eq!(res.status(), 200);
-    // The first ends; then the second is answered (both bodies are not batches: 400).
+    // The first ends; only then is the second answered (both bodies are not batches: 400).
+    let released = std::time::Instant::now();
     first.write_all(b"}").await.expect("rest");
     let first = closed_within(first, Duration::from_secs(10))
         .await
         .expect("first answered");
     assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 4"));
-    let second = second
-        .await
-        .expect("joined")
-        .expect("second answered after the first");
+    let (second, answered) = second.await.expect("joined");
+    let second = second.expect("second answered");
+    assert!(
+        answered > released,
+        "the second upload was answered while the first held the only slot"
+    );
     assert!(
         String::from_utf8_lossy(&second).starts_with("HTTP/1.1 4"),
         "{}",
