@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A CI run builds once from a fresh clone: incremental state would only double the target dir on disk.
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
 PG_HOST="${KWM_PG_HOST:-127.0.0.1}"
 PG_PORT="${KWM_PG_PORT:-5432}"
 PG_USER="${KWM_PG_USER:-postgres}"
