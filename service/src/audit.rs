@@ -151,16 +151,38 @@ impl ChainError {
 
 /// Recomputes the chain in sequence order and names the first broken entry.
 pub fn verify_chain(entries: &[AuditEntry]) -> Result<usize, ChainError> {
-    let mut prev = GENESIS;
-    for (i, e) in entries.iter().enumerate() {
-        let expected = i as i64 + 1;
-        if e.seq != expected {
+    let mut v = ChainVerifier::default();
+    entries.iter().try_for_each(|e| v.check(e))?;
+    Ok(v.entries())
+}
+
+/// Checks a chain one entry at a time, oldest first, so that a chain of any length is verified page
+/// by page in constant memory.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev: [u8; 32],
+    next_seq: i64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self {
+            prev: GENESIS,
+            next_seq: 1,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next entry: its sequence number, its link to the one before and its own hash.
+    pub fn check(&mut self, e: &AuditEntry) -> Result<(), ChainError> {
+        if e.seq != self.next_seq {
             return Err(ChainError::Gap {
                 seq: e.seq,
-                expected,
+                expected: self.next_seq,
             });
         }
-        if e.prev_hash != prev {
+        if e.prev_hash != self.prev {
             return Err(ChainError::Broken {
                 seq: e.seq,
                 expected_prev: e.seq - 1,
@@ -169,9 +191,15 @@ pub fn verify_chain(entries: &[AuditEntry]) -> Result<usize, ChainError> {
         if entry_hash(e.seq, &e.entry, &e.prev_hash) != e.hash {
             return Err(ChainError::Altered { seq: e.seq });
         }
-        prev = e.hash;
+        self.prev = e.hash;
+        self.next_seq += 1;
+        Ok(())
     }
-    Ok(entries.len())
+
+    /// Entries checked so far.
+    pub fn entries(&self) -> usize {
+        usize::try_from(self.next_seq - 1).unwrap_or(0)
+    }
 }
 
 /// Chains new entries after `last` (seq and hash of the newest stored entry, if any).

@@ -13,6 +13,9 @@
 //! - a refusal (a bad signature, a forbidden call, a batch conflict) stands as answered; the failed
 //!   append is logged as an error ([`append_best_effort`]): a refusal changed nothing.
 //!
+//! Forbidden calls are recorded once per token and window, the rest of the window as one counted entry
+//! ([`RefusalTally`]): a token cannot flood the chain.
+//!
 //! Deleting the newest entries cannot be seen from a hash chain alone. Verification therefore also
 //! checks that every batch and release still stored has its entry, and can compare the head with one
 //! recorded outside the database before (`--anchor FILE`).
@@ -30,7 +33,7 @@ use kwm_schemas::{AgbCode, Role};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::audit::{digest_of, verify_chain, AuditAction, AuditEntry, ChainError, NewAuditEntry};
+use crate::audit::{digest_of, AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
 use crate::auth::{token_hash, Caller};
 use crate::error::ApiError;
 use crate::ingest::now_micros;
@@ -181,16 +184,179 @@ pub fn to_record(e: &AuditEntry) -> AuditRecord {
     }
 }
 
-/// Middleware: records every `forbidden` answer of the role and scope checks (the extractors and the
-/// handlers alike) as a `forbidden` entry naming the caller's token id and the route template (never
-/// the concrete path, which may hold a pseudonym). The token is looked up again only on this rare path.
+/// Refused calls per token and window, so that one token cannot flood the audit chain: the first
+/// refusal of a window is recorded at once, the rest are counted per route and recorded as one entry
+/// when the window closes ([`RefusalTally::take_closed`], run every window by the service, and
+/// [`RefusalTally::take_all`] at shutdown). A window's counts live in this instance's memory: a crash
+/// loses at most one window's count of calls that changed nothing.
+#[derive(Debug)]
+pub struct RefusalTally {
+    window: std::time::Duration,
+    inner: std::sync::Mutex<RefusalWindows>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalWindows {
+    /// The open window of each token that was refused, by token hash.
+    open: std::collections::HashMap<[u8; 32], RefusalWindow>,
+    /// Closed windows with counts, not yet recorded.
+    closed: Vec<RefusalCount>,
+}
+
+#[derive(Debug)]
+struct RefusalWindow {
+    started: std::time::Instant,
+    /// Who was refused, once the first refusal's token was looked up.
+    actor: Option<(Actor, Option<AgbCode>)>,
+    /// Refusals after the first, per `METHOD /route/template`.
+    more: std::collections::BTreeMap<String, u64>,
+}
+
+impl RefusalWindow {
+    fn new(started: std::time::Instant) -> Self {
+        Self {
+            started,
+            actor: None,
+            more: Default::default(),
+        }
+    }
+
+    /// What is left to record of a closed window.
+    fn into_count(self) -> Option<RefusalCount> {
+        let (actor, provider) = self.actor?;
+        (!self.more.is_empty()).then_some(RefusalCount {
+            actor,
+            provider,
+            per_route: self.more,
+        })
+    }
+}
+
+/// The counted refusals of one token's closed window, to be recorded as one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalCount {
+    pub actor: Actor,
+    pub provider: Option<AgbCode>,
+    pub per_route: std::collections::BTreeMap<String, u64>,
+}
+
+impl RefusalCount {
+    pub fn total(&self) -> u64 {
+        self.per_route.values().sum()
+    }
+
+    /// `forbidden` entry: `49 more forbidden calls: GET /v1/export (40), GET /v1/audit (9)`.
+    pub fn to_entry(&self) -> NewAuditEntry {
+        let routes: Vec<String> = self
+            .per_route
+            .iter()
+            .map(|(route, n)| format!("{route} ({n})"))
+            .collect();
+        let subject = format!(
+            "{} more forbidden calls: {}",
+            self.total(),
+            routes.join(", ")
+        );
+        entry(
+            &self.actor,
+            AuditAction::Forbidden,
+            subject,
+            self.provider,
+            &self.per_route,
+        )
+    }
+}
+
+impl RefusalTally {
+    pub fn new(window: std::time::Duration) -> Self {
+        Self {
+            window: window.max(std::time::Duration::from_secs(1)),
+            inner: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefusalWindows> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a refusal of the token with this hash; true when it opens a window (record it now).
+    pub fn admit(&self, token_hash: [u8; 32], route: &str, now: std::time::Instant) -> bool {
+        let mut w = self.lock();
+        let RefusalWindows { open, closed } = &mut *w;
+        match open.get_mut(&token_hash) {
+            Some(win) if now.duration_since(win.started) < self.window => {
+                *win.more.entry(route.to_string()).or_default() += 1;
+                false
+            }
+            Some(win) => {
+                let old = std::mem::replace(win, RefusalWindow::new(now));
+                closed.extend(old.into_count());
+                true
+            }
+            None => {
+                open.insert(token_hash, RefusalWindow::new(now));
+                true
+            }
+        }
+    }
+
+    /// Names who was refused in the token's open window (after the lookup of its first refusal).
+    pub fn identify(&self, token_hash: [u8; 32], actor: Actor, provider: Option<AgbCode>) {
+        if let Some(win) = self.lock().open.get_mut(&token_hash) {
+            win.actor.get_or_insert((actor, provider));
+        }
+    }
+
+    /// Removes the windows closed by `now` and returns the counts to record (windows that had more
+    /// than their first refusal).
+    pub fn take_closed(&self, now: std::time::Instant) -> Vec<RefusalCount> {
+        self.take(|win| now.duration_since(win.started) >= self.window)
+    }
+
+    /// Removes every window (at shutdown) and returns the counts to record.
+    pub fn take_all(&self) -> Vec<RefusalCount> {
+        self.take(|_| true)
+    }
+
+    fn take(&self, is_closed: impl Fn(&RefusalWindow) -> bool) -> Vec<RefusalCount> {
+        let mut w = self.lock();
+        let mut counts = std::mem::take(&mut w.closed);
+        let done: Vec<[u8; 32]> = w
+            .open
+            .iter()
+            .filter(|(_, win)| is_closed(win))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            counts.extend(w.open.remove(&k).and_then(RefusalWindow::into_count));
+        }
+        counts
+    }
+
+    /// Records the counts of closed windows once a window, until the future is dropped.
+    pub async fn record_closed_windows(self: std::sync::Arc<Self>, state: AppState) {
+        let mut tick = tokio::time::interval(self.window);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for count in self.take_closed(std::time::Instant::now()) {
+                append_best_effort(&state, count.to_entry()).await;
+            }
+        }
+    }
+}
+
+/// Middleware: records `forbidden` answers of the role and scope checks (the extractors and the
+/// handlers alike) as `forbidden` entries naming the caller's token id and the route template (never
+/// the concrete path, which may hold a pseudonym), at most one per token and window plus one counted
+/// entry for the rest ([`RefusalTally`]). The token is looked up only when a window opens.
 pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    let method = crate::metrics::method_label(req.method());
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -206,6 +372,13 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
     let Some(hash) = presented else {
         return res;
     };
+    let subject = format!("{method} {route}");
+    if !state
+        .refusals
+        .admit(hash, &subject, std::time::Instant::now())
+    {
+        return res;
+    }
     let token = match state.store.get_token(&hash).await {
         Ok(Some(t)) => t,
         Ok(None) => return res,
@@ -223,7 +396,7 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
         Role::Provider => token.scope.as_deref().and_then(|s| s.parse().ok()),
         _ => None,
     };
-    let subject = format!("{method} {route}");
+    state.refusals.identify(hash, actor.clone(), provider);
     let e = entry(
         &actor,
         AuditAction::Forbidden,
@@ -343,72 +516,96 @@ pub struct Verification {
     pub result: Result<(), VerifyError>,
 }
 
-/// Loads the whole chain and checks it: the hash chain (`crate::audit::verify_chain`), the head
+/// Checks the stored chain page by page ([`PAGE`] entries at a time, so a chain of any length is
+/// verified in constant memory for the chain itself): the hash chain ([`ChainVerifier`]), the head
 /// recorded in `anchor` if given, and that every stored batch and every ledger release has its entry
-/// (which a deletion of the newest entries would remove).
+/// (which a deletion of the newest entries would remove). Only the subjects of upload and release
+/// entries are kept, one per stored batch or release.
 pub async fn verify(store: &dyn Store, anchor: Option<Anchor>) -> Result<Verification, StoreError> {
-    let chain = load_chain(store).await?;
-    let head = chain.last().map(|e| Anchor {
-        seq: e.seq,
-        hash: e.hash,
-    });
-    let result = check(store, &chain, anchor).await?;
+    let mut chain = ChainVerifier::default();
+    let mut head: Option<Anchor> = None;
+    let mut anchor_found: Option<bool> = None;
+    let mut uploads: HashSet<(AgbCode, String)> = HashSet::new();
+    let mut releases: HashSet<String> = HashSet::new();
+    let mut after = 0i64;
+    let mut failure: Option<VerifyError> = None;
+    let mut entries = 0usize;
+    loop {
+        let page = store.list_audit(after, PAGE, None).await?;
+        let full = page.len() == PAGE as usize;
+        for e in &page {
+            // After the first broken entry the rest is only counted: the report names that one.
+            entries += 1;
+            head = Some(Anchor {
+                seq: e.seq,
+                hash: e.hash,
+            });
+            if failure.is_some() {
+                continue;
+            }
+            if let Err(err) = chain.check(e) {
+                failure = Some(err.into());
+                continue;
+            }
+            if let Some(a) = anchor.filter(|a| a.seq == e.seq) {
+                anchor_found = Some(a.hash == e.hash);
+            }
+            match e.entry.action {
+                AuditAction::Upload => {
+                    if let Some(p) = e.entry.provider {
+                        uploads.insert((p, e.entry.subject.clone()));
+                    }
+                }
+                AuditAction::Release => {
+                    // `release <id> (...)` before rounds, `round <id> (<period>)` since.
+                    if let Some(id) = e
+                        .entry
+                        .subject
+                        .strip_prefix("release ")
+                        .or_else(|| e.entry.subject.strip_prefix("round "))
+                        .and_then(|s| s.split_whitespace().next())
+                    {
+                        releases.insert(id.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        match page.last() {
+            Some(last) if full => after = last.seq,
+            _ => break,
+        }
+    }
+    let result = match failure {
+        Some(e) => Err(e),
+        None => match (anchor, anchor_found) {
+            (Some(a), found) if found != Some(true) => Err(VerifyError::Anchor {
+                seq: a.seq,
+                found: found.is_some(),
+            }),
+            _ => {
+                let head_seq = head.map_or(0, |h| h.seq);
+                check_entries_exist(store, &uploads, &releases, head_seq).await?
+            }
+        },
+    };
     Ok(Verification {
-        entries: chain.len(),
+        entries,
         head,
         result,
     })
 }
 
-async fn check(
+/// Every stored batch and every ledger release (or round) has its entry.
+async fn check_entries_exist(
     store: &dyn Store,
-    chain: &[AuditEntry],
-    anchor: Option<Anchor>,
+    uploads: &HashSet<(AgbCode, String)>,
+    releases: &HashSet<String>,
+    head: i64,
 ) -> Result<Result<(), VerifyError>, StoreError> {
-    if let Err(e) = verify_chain(chain) {
-        return Ok(Err(e.into()));
-    }
-    if let Some(a) = anchor {
-        // The chain verified, so entry `seq` sits at index `seq - 1`.
-        let found = usize::try_from(a.seq - 1).ok().and_then(|i| chain.get(i));
-        match found {
-            Some(e) if e.hash == a.hash => {}
-            other => {
-                return Ok(Err(VerifyError::Anchor {
-                    seq: a.seq,
-                    found: other.is_some(),
-                }))
-            }
-        }
-    }
-    let head = chain.last().map_or(0, |e| e.seq);
-    let mut uploads: HashSet<(AgbCode, &str)> = HashSet::new();
-    let mut releases: HashSet<&str> = HashSet::new();
-    for e in chain {
-        match e.entry.action {
-            AuditAction::Upload => {
-                if let Some(p) = e.entry.provider {
-                    uploads.insert((p, e.entry.subject.as_str()));
-                }
-            }
-            AuditAction::Release => {
-                // `release <id> (...)` before rounds, `round <id> (<period>)` since.
-                if let Some(id) = e
-                    .entry
-                    .subject
-                    .strip_prefix("release ")
-                    .or_else(|| e.entry.subject.strip_prefix("round "))
-                    .and_then(|s| s.split_whitespace().next())
-                {
-                    releases.insert(id);
-                }
-            }
-            _ => {}
-        }
-    }
     for p in store.list_providers().await? {
         for b in store.list_batches(p.agb).await? {
-            if !uploads.contains(&(p.agb, batch_subject(b.batch_id).as_str())) {
+            if !uploads.contains(&(p.agb, batch_subject(b.batch_id))) {
                 return Ok(Err(VerifyError::MissingUpload {
                     provider: p.agb,
                     batch_id: b.batch_id,
@@ -418,7 +615,7 @@ async fn check(
         }
     }
     for r in store.list_releases(None, None).await? {
-        if !releases.contains(r.id.to_string().as_str()) {
+        if !releases.contains(&r.id.to_string()) {
             return Ok(Err(VerifyError::MissingRelease {
                 release: r.id,
                 head,
@@ -428,7 +625,7 @@ async fn check(
     // A round and its entry are written in one transaction; a round without one means entries
     // were deleted from the end of the chain.
     for r in store.list_rounds(None).await? {
-        if !releases.contains(r.id.to_string().as_str()) {
+        if !releases.contains(&r.id.to_string()) {
             return Ok(Err(VerifyError::MissingRelease {
                 release: r.id,
                 head,
@@ -478,6 +675,55 @@ pub async fn issue_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn admin() -> Actor {
+        Actor {
+            role: "municipality".into(),
+            id: "token 3".into(),
+        }
+    }
+
+    #[test]
+    fn refusals_are_recorded_once_a_window_and_counted_after() {
+        use std::time::{Duration, Instant};
+        let tally = RefusalTally::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert!(
+            tally.admit(a, "GET /v1/audit", t0),
+            "the first opens a window"
+        );
+        tally.identify(a, admin(), None);
+        for i in 1..=3u64 {
+            assert!(!tally.admit(a, "GET /v1/audit", t0 + Duration::from_secs(i)));
+        }
+        assert!(!tally.admit(a, "GET /v1/export", t0 + Duration::from_secs(5)));
+        assert!(
+            tally.admit(b, "GET /v1/audit", t0),
+            "another token has its own window"
+        );
+        tally.identify(b, admin(), None);
+        assert_eq!(tally.take_closed(t0 + Duration::from_secs(59)), vec![]);
+
+        // The next refusal after the window opens a new one; the closed one waits to be recorded.
+        assert!(tally.admit(a, "GET /v1/audit", t0 + Duration::from_secs(61)));
+        let closed = tally.take_closed(t0 + Duration::from_secs(62));
+        assert_eq!(
+            closed.len(),
+            1,
+            "b had only its first refusal: nothing more to record"
+        );
+        assert_eq!(closed[0].total(), 4);
+        assert_eq!(
+            closed[0].to_entry().subject,
+            "4 more forbidden calls: GET /v1/audit (3), GET /v1/export (1)"
+        );
+        assert!(tally.take_closed(t0 + Duration::from_secs(62)).is_empty());
+        assert!(
+            tally.take_all().is_empty(),
+            "a's new window holds its first call only"
+        );
+    }
 
     #[test]
     fn anchors_round_trip() {

@@ -51,6 +51,10 @@ pub struct Config {
     /// Seconds between maintenance runs: the change feed's pseudonyms of withdrawn trajectories are
     /// erased after a day, and SQLite's write-ahead log is checkpointed so deleted rows leave the disk.
     pub maintenance_secs: u64,
+    /// Refused (`forbidden`) calls are recorded in the audit chain once per token and this many
+    /// seconds: the first at once, the rest of the window as one counted entry when it closes, so that
+    /// a token cannot flood the chain.
+    pub audit_refusal_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,7 @@ impl Default for Config {
             max_connections: 1024,
             max_concurrent_ingests: 4,
             maintenance_secs: 600,
+            audit_refusal_window_secs: 60,
         }
     }
 }
@@ -105,6 +110,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_concurrent_ingests", &self.max_concurrent_ingests)
             .field("maintenance_secs", &self.maintenance_secs)
+            .field("audit_refusal_window_secs", &self.audit_refusal_window_secs)
             .finish()
     }
 }

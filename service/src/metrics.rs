@@ -280,7 +280,7 @@ impl Metrics {
 
 /// The method as a label from a fixed set: a client that sends made-up methods must not create
 /// series without bound.
-fn method_label(m: &axum::http::Method) -> &'static str {
+pub fn method_label(m: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *m {
         Method::GET => "GET",

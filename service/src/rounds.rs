@@ -33,7 +33,7 @@ use crate::store::{
 const ORDER_KEY_LABEL: &[u8] = b"kwm release order v1";
 
 /// Who acts, for the audit chain and a round's `published_by`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub role: String,
     pub id: String,

@@ -40,6 +40,8 @@ pub struct AppState {
     pub releases: Arc<crate::rounds::ReleaseCache>,
     /// The stored trajectories in memory, in the engine's form, kept in step with the store.
     pub index: Arc<crate::index::ReleaseIndex>,
+    /// Refused calls counted per token and window, so that they cannot flood the audit chain.
+    pub refusals: Arc<crate::audit_trail::RefusalTally>,
 }
 
 impl AppState {
@@ -104,6 +106,9 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
         publish_lock: Arc::new(tokio::sync::Mutex::new(())),
         releases: Arc::new(crate::rounds::ReleaseCache::default()),
         index,
+        refusals: Arc::new(crate::audit_trail::RefusalTally::new(Duration::from_secs(
+            config.audit_refusal_window_secs,
+        ))),
     };
     Ok((
         state,
@@ -229,12 +234,30 @@ impl Application {
                 }
             });
         }
+        {
+            let record = self
+                .state
+                .refusals
+                .clone()
+                .record_closed_windows(self.state.clone());
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = record => {}
+                    _ = rx.wait_for(|v| *v) => {}
+                }
+            });
+        }
         let limits = crate::server::ConnectionLimits {
             header_read_timeout: Duration::from_secs(self.config.header_read_timeout_secs.max(1)),
             max_connections: self.config.max_connections,
             shutdown_grace: Duration::from_secs(self.config.request_timeout_secs.max(1)),
         };
         let result = crate::server::serve(self.listener, app, limits, shutdown).await;
+        // Refusals counted in windows still open are recorded before the service stops.
+        for count in self.state.refusals.take_all() {
+            crate::audit_trail::append_best_effort(&self.state, count.to_entry()).await;
+        }
         let _ = tx.send(true);
         drop(rx);
         result.context("serving the API")

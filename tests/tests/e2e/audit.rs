@@ -555,3 +555,110 @@ async fn without_its_audit_entry_an_action_fails_on_postgres() {
         audit_write_failures(app).await;
     }
 }
+
+/// A token hammering routes it may not use leaves one entry at once and one counted entry when its
+/// window closes (here: at shutdown), not one entry per call; the chain still verifies.
+async fn refused_calls_cannot_flood_the_chain(mut app: TestApp) {
+    let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
+    let before = load_chain(app.state.store.as_ref())
+        .await
+        .expect("chain")
+        .len();
+    for _ in 0..40 {
+        let res = get(&app, &muni, "/v1/audit").await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    }
+    for _ in 0..5 {
+        let res = get(&app, &muni, "/v1/export").await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    }
+    let chain = load_chain(app.state.store.as_ref()).await.expect("chain");
+    let new: Vec<_> = chain[before..]
+        .iter()
+        .map(|e| (e.entry.action.as_str(), e.entry.subject.clone()))
+        .collect();
+    assert_eq!(new, vec![("forbidden", "GET /v1/audit".to_string())]);
+
+    app.shutdown().await.expect("clean shutdown");
+    let chain = load_chain(app.state.store.as_ref()).await.expect("chain");
+    let new: Vec<_> = chain[before..]
+        .iter()
+        .map(|e| {
+            (
+                e.entry.action.as_str(),
+                e.entry.subject.clone(),
+                e.entry.actor_role.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        new,
+        vec![
+            (
+                "forbidden",
+                "GET /v1/audit".to_string(),
+                "municipality".to_string()
+            ),
+            (
+                "forbidden",
+                "44 more forbidden calls: GET /v1/audit (39), GET /v1/export (5)".to_string(),
+                "municipality".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        chain[before].entry.actor_id,
+        chain[before + 1].entry.actor_id,
+        "both entries name the same token"
+    );
+    assert_eq!(verified(&app).await, Ok(()));
+}
+
+#[tokio::test]
+async fn refused_calls_cannot_flood_the_chain_on_sqlite() {
+    refused_calls_cannot_flood_the_chain(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn refused_calls_cannot_flood_the_chain_on_postgres() {
+    if let Some(app) = spawn_app_on(Backend::Postgres).await {
+        refused_calls_cannot_flood_the_chain(app).await;
+    }
+}
+
+/// Verification reads the chain in pages: a chain longer than a page verifies whole, and an entry
+/// changed on a later page is named.
+#[tokio::test]
+async fn a_chain_longer_than_a_page_is_verified_page_by_page() {
+    let app = spawn_app().await;
+    let store = app.state.store.as_ref();
+    let actor = audit_trail::operator();
+    let n = audit_trail::PAGE as usize * 2 + 17;
+    for i in 0..n {
+        let e = audit_trail::entry(
+            &actor,
+            kwm_service::audit::AuditAction::Forbidden,
+            format!("GET /v1/test/{i}"),
+            None,
+            &i,
+        );
+        store.append_audit(&e).await.expect("appended");
+    }
+    let v = verify(store, None).await.expect("readable");
+    assert_eq!(v.result, Ok(()));
+    assert_eq!(v.entries, n);
+    assert_eq!(v.head.map(|h| h.seq), Some(n as i64));
+
+    let db = RawDb::open(&app).await;
+    let target = audit_trail::PAGE as i64 + 500;
+    db.execute(&format!(
+        "UPDATE audit_log SET subject = 'GET /v1/other' WHERE seq = {target}"
+    ))
+    .await;
+    let v = verify(store, None).await.expect("readable");
+    assert_eq!(
+        v.result,
+        Err(VerifyError::Chain(ChainError::Altered { seq: target }))
+    );
+    assert_eq!(v.entries, n, "the rest is still counted");
+}
