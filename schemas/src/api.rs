@@ -131,6 +131,34 @@ pub struct AuditPage {
     pub next_after: Option<i64>,
 }
 
+/// `GET /v1/admin/index`: a running instance's release index compared with a fresh load of the
+/// stored table at the same change mark, per year the trajectories started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IndexCheck {
+    /// The store's change mark both sides are at.
+    pub mark: i64,
+    /// Whether the index holds exactly the stored rows.
+    pub consistent: bool,
+    /// Rows in the instance's index.
+    pub index_rows: u64,
+    /// Rows in the store.
+    pub stored_rows: u64,
+    /// Per start year, every year either side has rows in.
+    pub years: Vec<IndexYear>,
+}
+
+/// One start year of an [`IndexCheck`]: row counts and an order-independent digest of the rows' contents
+/// on each side (hex; equal digests, equal rows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IndexYear {
+    pub year: u16,
+    pub index_rows: u64,
+    pub stored_rows: u64,
+    pub index_digest: String,
+    pub stored_digest: String,
+    pub consistent: bool,
+}
+
 /// What a withdrawal named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -43,6 +43,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("keys.schema.json", schema::<api::KeysResponse>()),
         ("token-info.schema.json", schema::<api::TokenInfo>()),
         ("audit-page.schema.json", schema::<api::AuditPage>()),
+        ("index-check.schema.json", schema::<api::IndexCheck>()),
         (
             "withdrawal-receipt.schema.json",
             schema::<api::WithdrawalReceipt>(),

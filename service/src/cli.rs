@@ -105,6 +105,24 @@ pub enum AdminCommand {
     Round(RoundCommand),
     /// The privacy accountant: per data year the cap, every charge and what remains.
     Privacy,
+    /// A running instance's release index.
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Ask a running instance to compare its release index with the stored rows (row counts and a
+    /// digest per start year, at one change mark); exits non-zero naming the years that differ.
+    Verify {
+        /// The instance's API, e.g. http://127.0.0.1:8080 (each instance keeps its own index: check
+        /// every one).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// An admin token (`admin token issue --role admin`); default: the KWM_TOKEN variable.
+        #[arg(long, env = "KWM_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,9 +367,86 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.run_until_stopped().await
 }
 
+/// `admin index verify`: the instance does the comparison (it holds the index); this prints it.
+async fn index_verify(url: &str, token: &str) -> anyhow::Result<()> {
+    let base = url.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        anyhow::bail!(
+            "--url {url}: give the instance's API with its scheme, e.g. http://127.0.0.1:8080"
+        );
+    }
+    let res = reqwest::Client::new()
+        .get(format!("{base}/v1/admin/index"))
+        .bearer_auth(token.trim())
+        .timeout(std::time::Duration::from_secs(600))
+        .send()
+        .await
+        .with_context(|| format!("asking {base} for its index check"))?;
+    let status = res.status();
+    if !status.is_success() {
+        let body = res.text().await.unwrap_or_default();
+        let hint = match status.as_u16() {
+            401 => " (pass an admin token with --token or KWM_TOKEN)",
+            403 => " (the token is not an admin's)",
+            _ => "",
+        };
+        anyhow::bail!("{base} answered {status}{hint}: {body:.300}");
+    }
+    let check: kwm_schemas::api::IndexCheck = res
+        .json()
+        .await
+        .with_context(|| format!("{base} did not answer with an index check"))?;
+    print!("{}", index_check_table(&check));
+    if !check.consistent {
+        anyhow::bail!(
+            "the release index of {base} differs from the stored rows{}; restart the instance to \
+             load it afresh, and report the years above",
+            match check
+                .years
+                .iter()
+                .filter(|y| !y.consistent)
+                .map(|y| y.year.to_string())
+                .collect::<Vec<_>>()
+            {
+                v if v.is_empty() => String::new(),
+                v => format!(" (start years {})", v.join(", ")),
+            }
+        );
+    }
+    println!(
+        "release index consistent with the store at change mark {}",
+        check.mark
+    );
+    Ok(())
+}
+
+fn index_check_table(c: &kwm_schemas::api::IndexCheck) -> String {
+    let mut out = format!(
+        "change mark {}: {} rows in the index, {} stored\n{:<6} {:>10} {:>10}  {}\n",
+        c.mark, c.index_rows, c.stored_rows, "start", "index", "stored", "digests"
+    );
+    for y in &c.years {
+        out.push_str(&format!(
+            "{:<6} {:>10} {:>10}  {}\n",
+            y.year,
+            y.index_rows,
+            y.stored_rows,
+            if y.consistent { "equal" } else { "DIFFER" }
+        ));
+    }
+    out
+}
+
 async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
+    // Asks a running instance over its API: opens no store here.
+    if let AdminCommand::Index(IndexCommand::Verify { url, token }) = &cmd {
+        return index_verify(url, token).await;
+    }
     let (state, _) = open_state(&config).await?;
     match cmd {
+        AdminCommand::Index(IndexCommand::Verify { url, token }) => {
+            index_verify(&url, &token).await?;
+        }
         AdminCommand::Provider(ProviderCommand::Add {
             agb,
             name,

@@ -17,10 +17,11 @@
 //! capacities the vectors and the map grow to; `IndexData::approx_bytes`). Holds client
 //! pseudonyms and outcome values: nothing here is logged but counts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use kwm_schemas::api::{IndexCheck, IndexYear};
 use kwm_schemas::{AgbCode, Pseudonym, RegionConfig, WireRecord};
 use time::OffsetDateTime;
 
@@ -86,6 +87,26 @@ impl IndexData {
             + self.slots.capacity() * (std::mem::size_of::<(RowKey, (u8, u32))>() + 1)
     }
 
+    /// Row counts and an order-independent digest (the wrapping sum of the rows' content digests) per
+    /// year the rows started: equal summaries, equal rows, whatever order they were applied in.
+    pub fn summary(&self) -> IndexSummary {
+        let mut years: BTreeMap<u16, (u64, u128)> = BTreeMap::new();
+        for row in self.shards.iter().flatten() {
+            let year = u16::try_from(row.start.div_euclid(12)).unwrap_or(u16::MAX);
+            let d = row.content_digest();
+            let mut low = [0u8; 16];
+            low.copy_from_slice(&d[..16]);
+            let y = years.entry(year).or_default();
+            y.0 += 1;
+            y.1 = y.1.wrapping_add(u128::from_be_bytes(low));
+        }
+        IndexSummary {
+            mark: self.mark,
+            rows: self.slots.len() as u64,
+            years,
+        }
+    }
+
     fn upsert(&mut self, row: EngineRow) {
         let shard = row.client[0];
         match self.slots.get(&(row.provider, row.trajectory)).copied() {
@@ -145,6 +166,49 @@ impl ChangeSink for Collect<'_> {
     }
 }
 
+/// What [`IndexData::summary`] tells of a copy of the stored table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub mark: i64,
+    pub rows: u64,
+    /// Per start year: rows and the sum of their digests.
+    pub years: BTreeMap<u16, (u64, u128)>,
+}
+
+impl IndexSummary {
+    /// This (a running index) beside `stored` (a fresh load at the same mark).
+    pub fn compare(&self, stored: &IndexSummary) -> IndexCheck {
+        let years: Vec<IndexYear> = self
+            .years
+            .keys()
+            .chain(stored.years.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|&year| {
+                let (ir, id) = self.years.get(&year).copied().unwrap_or_default();
+                let (sr, sd) = stored.years.get(&year).copied().unwrap_or_default();
+                IndexYear {
+                    year,
+                    index_rows: ir,
+                    stored_rows: sr,
+                    index_digest: format!("{id:032x}"),
+                    stored_digest: format!("{sd:032x}"),
+                    consistent: ir == sr && id == sd,
+                }
+            })
+            .collect();
+        IndexCheck {
+            mark: stored.mark,
+            consistent: self.mark == stored.mark
+                && self.rows == stored.rows
+                && years.iter().all(|y| y.consistent),
+            index_rows: self.rows,
+            stored_rows: stored.rows,
+            years,
+        }
+    }
+}
+
 /// What one sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Synced {
@@ -192,6 +256,37 @@ impl ReleaseIndex {
     /// what changed since the mark. Cheap when nothing changed (one small query).
     pub async fn sync(self: &Arc<Self>, store: &dyn Store) -> Result<Synced, StoreError> {
         let _one = self.sync.lock().await;
+        self.sync_holding_lock(store).await
+    }
+
+    /// Compares this index with the stored table: brings it up to date, then loads the table afresh
+    /// (as a starting instance does) and compares the two at the same change mark. Writes that land
+    /// between the two reads move the mark: then it tries again, a few times, and reports the last try
+    /// (its `consistent` false and the marks apart) when the store keeps moving.
+    pub async fn verify(self: &Arc<Self>, store: &dyn Store) -> Result<IndexCheck, StoreError> {
+        let _one = self.sync.lock().await;
+        let mut tries = 1;
+        loop {
+            self.sync_holding_lock(store).await?;
+            let running = self.read().summary();
+            let mut fresh = Collect {
+                codebook: &self.codebook,
+                removed: Vec::new(),
+                rows: Vec::new(),
+                into: Some(IndexData::empty()),
+            };
+            let mark = store.trajectory_changes(0, &mut fresh).await?;
+            let mut data = fresh.into.take().unwrap_or_else(IndexData::empty);
+            data.mark = mark;
+            let check = running.compare(&data.summary());
+            if running.mark == mark || tries == 5 {
+                return Ok(check);
+            }
+            tries += 1;
+        }
+    }
+
+    async fn sync_holding_lock(self: &Arc<Self>, store: &dyn Store) -> Result<Synced, StoreError> {
         let (since, loaded) = {
             let d = self.read();
             (d.mark, d.loaded)

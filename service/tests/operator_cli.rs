@@ -404,3 +404,69 @@ async fn reqwest_get(url: &str, token: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .expect("a status")
 }
+
+#[test]
+fn index_verify_asks_a_running_instance_and_says_what_it_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path();
+    let public = provider_keys(&data.join("keys"));
+    ok(add_provider(data, "12345678", &public));
+    let admin = printed_token(&ok(kwm_service(
+        data,
+        &["admin", "token", "issue", "--role", "admin"],
+    )));
+    let muni = printed_token(&ok(kwm_service(
+        data,
+        &[
+            "admin",
+            "token",
+            "issue",
+            "--role",
+            "municipality",
+            "--scope",
+            "GM0748",
+        ],
+    )));
+    let service = serve(data);
+    let url = service.base_url.as_str();
+
+    let said = ok(kwm_service(
+        data,
+        &["admin", "index", "verify", "--url", url, "--token", &admin],
+    ));
+    assert!(
+        said.contains("release index consistent with the store at change mark"),
+        "{said}"
+    );
+    // The token from the environment, as the other commands take it.
+    let out = kwm_service_cmd(data)
+        .args(["admin", "index", "verify", "--url", url])
+        .env("KWM_TOKEN", &admin)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A municipality's token: refused, and told why.
+    let out = kwm_service(
+        data,
+        &["admin", "index", "verify", "--url", url, "--token", &muni],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not an admin's"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An address without its scheme.
+    let bare = url.trim_start_matches("http://");
+    let out = kwm_service(
+        data,
+        &["admin", "index", "verify", "--url", bare, "--token", &admin],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("with its scheme"),
+        "{}",
+        text(&out.stderr)
+    );
+}

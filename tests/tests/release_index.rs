@@ -276,7 +276,147 @@ async fn the_index_follows_every_change(
     Ok(())
 }
 
+/// Four providers write at once through their own store instances (uploads in small batches,
+/// corrections, withdrawals of trajectories and batches, re-uploads) while two indexes sync over and
+/// over, one of them replaced midway by a fresh instance (a restart). Afterwards every index equals a
+/// fresh load of the table (`ReleaseIndex::verify`, what `kwm-service admin index verify` asks an
+/// instance for), and a change written behind the change feed's back is named by its start year.
+async fn concurrent_writes_and_syncs(
+    url: &str,
+    tamper: impl AsyncFnOnce(&str) -> TestResult,
+) -> TestResult {
+    let region = RegionConfig::wbw();
+    let dir = tempfile::tempdir()?;
+    let data = exports(dir.path(), &region)?;
+    let setup = kwm_service::store::connect(url).await?;
+    for (agb, _) in &data {
+        register(setup.as_ref(), *agb).await?;
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (agb, records) in data.clone() {
+        let store = kwm_service::store::connect(url).await?;
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for chunk in records.chunks(250) {
+                let b = batch(agb, chunk.to_vec());
+                ids.push(b.batch_id);
+                store.put_batch(&b).await?;
+            }
+            // Correct the running trajectories of the first chunk, and one client.
+            let mut corrected: Vec<WireRecord> = records[..250]
+                .iter()
+                .filter(|r| r.end_month.is_none())
+                .cloned()
+                .collect();
+            for r in &mut corrected {
+                r.end_month = Some(month("2025-06").max(r.start_month));
+                r.end_reason = Some("32".parse()?);
+            }
+            if let Some(first) = corrected.first_mut() {
+                first.client = records[records.len() - 1].client;
+            }
+            store.put_batch(&batch(agb, corrected)).await?;
+            store
+                .withdraw_trajectory(agb, &records[300].trajectory)
+                .await?;
+            store.withdraw_batch(agb, ids[2]).await?;
+            // The withdrawn batch's rows come back in a new upload, a few of them changed.
+            let mut again = records[500..750].to_vec();
+            for r in again
+                .iter_mut()
+                .filter(|r| r.satisfaction.is_some())
+                .take(20)
+            {
+                r.satisfaction = Some("7".parse()?);
+            }
+            store.put_batch(&batch(agb, again)).await?;
+            anyhow::Ok(())
+        }));
+    }
+    let mut syncers = Vec::new();
+    for restart in [false, true] {
+        let store = kwm_service::store::connect(url).await?;
+        let done = done.clone();
+        let region = region.clone();
+        syncers.push(tokio::spawn(async move {
+            let mut index = Arc::new(ReleaseIndex::new(&region));
+            let mut syncs = 0u32;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                index.sync(store.as_ref()).await?;
+                syncs += 1;
+                if restart && syncs == 5 {
+                    index = Arc::new(ReleaseIndex::new(&region));
+                }
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok((index, store))
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut indexes = Vec::new();
+    for s in syncers {
+        indexes.push(s.await??);
+    }
+    for (index, store) in &indexes {
+        let check = index.verify(store.as_ref()).await?;
+        anyhow::ensure!(check.consistent, "index differs from the store: {check:?}");
+        anyhow::ensure!(check.stored_rows > 0 && check.years.len() >= 3, "{check:?}");
+        agree(store.as_ref(), index, &region, "after concurrent writes").await?;
+    }
+
+    // Written behind the feed's back: the index cannot know, the check names the year.
+    tamper(url).await?;
+    let (index, store) = &indexes[0];
+    let check = index.verify(store.as_ref()).await?;
+    anyhow::ensure!(
+        !check.consistent,
+        "a change behind the feed is seen: {check:?}"
+    );
+    let differing: Vec<u16> = check
+        .years
+        .iter()
+        .filter(|y| !y.consistent)
+        .map(|y| y.year)
+        .collect();
+    let earliest = data
+        .iter()
+        .flat_map(|(_, rs)| rs.iter().map(|r| r.start_month))
+        .min()
+        .context("rows")?
+        .year();
+    anyhow::ensure!(
+        differing == vec![earliest],
+        "only the earliest year differs: {check:?}"
+    );
+    anyhow::ensure!(
+        check.index_rows == check.stored_rows,
+        "counts agree, digests do not"
+    );
+    Ok(())
+}
+
+/// Moves the earliest month's rows to another municipality, without a change-feed entry.
+const TAMPER: &str = "UPDATE trajectories \
+     SET municipality = CASE WHEN municipality = 'GM0748' THEN 'GM0777' ELSE 'GM0748' END \
+     WHERE start_month = (SELECT min(start_month) FROM trajectories)";
+
 mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_and_syncs_leave_every_index_equal_to_the_store() -> super::TestResult
+    {
+        let db = kwm_tests::TempSqlite::new();
+        super::concurrent_writes_and_syncs(db.url(), async |url: &str| {
+            let pool = sqlx::SqlitePool::connect(url).await?;
+            sqlx::query(super::TAMPER).execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_index_follows_every_change() -> super::TestResult {
         let db = kwm_tests::TempSqlite::new();
@@ -287,6 +427,20 @@ mod sqlite {
 }
 
 mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_and_syncs_leave_every_index_equal_to_the_store() -> super::TestResult
+    {
+        let Some(db) = kwm_tests::EphemeralPostgres::create().await else {
+            return Ok(());
+        };
+        super::concurrent_writes_and_syncs(db.url(), async |url: &str| {
+            let pool = sqlx::PgPool::connect(url).await?;
+            sqlx::query(super::TAMPER).execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_index_follows_every_change() -> super::TestResult {
         let Some(db) = kwm_tests::EphemeralPostgres::create().await else {

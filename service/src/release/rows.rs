@@ -135,6 +135,38 @@ impl EngineRow {
         }
     }
 
+    /// A digest of everything the engine reads of the row (keys and values), for comparing copies of
+    /// the stored table ([`crate::index::IndexSummary`]); reveals nothing of the row on its own.
+    pub fn content_digest(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"kwm engine row v1");
+        ctx.update(&self.client);
+        ctx.update(&self.trajectory);
+        ctx.update(self.provider.as_str().as_bytes());
+        ctx.update(&self.start.to_be_bytes());
+        ctx.update(&self.end.to_be_bytes());
+        ctx.update(&self.muni.to_be_bytes());
+        ctx.update(&self.group.to_be_bytes());
+        let end_class = match self.end_class {
+            None => 0u8,
+            Some(EndClass::Plan) => 1,
+            Some(EndClass::DropOut) => 2,
+            Some(EndClass::Other) => 3,
+            Some(EndClass::Administrative) => 4,
+        };
+        let opt_bool = |b: Option<bool>| b.map_or(0u8, |b| 1 + u8::from(b));
+        ctx.update(&[
+            end_class,
+            opt_bool(self.without_help),
+            opt_bool(self.improved),
+            self.grade.unwrap_or(0),
+        ]);
+        ctx.update(&self.goal_tenths.map_or(u32::MAX, u32::from).to_be_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
     /// Whether the row's months overlap `first..=last` (month indexes).
     pub fn overlaps(&self, first: i32, last: i32) -> bool {
         self.start <= last && self.end >= first

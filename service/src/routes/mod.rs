@@ -9,6 +9,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use crate::startup::AppState;
 
+pub mod admin;
 pub mod audit;
 pub mod batches;
 pub mod custody;
@@ -132,6 +133,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(releases::endpoints());
     all.extend(custody::endpoints());
     all.extend(audit::endpoints());
+    all.extend(admin::endpoints());
     all.extend(openapi::endpoints());
     all
 }

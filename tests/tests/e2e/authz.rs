@@ -168,6 +168,10 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
         vec![call("the audit chain", "/v1/audit?limit=10", All(200))],
     );
     m.insert(
+        "GET /v1/admin/index",
+        vec![call("the index check", "/v1/admin/index", All(200))],
+    );
+    m.insert(
         "GET /v1/releases",
         vec![
             call("the ledger's list", "/v1/releases", All(200)),
