@@ -43,6 +43,11 @@ pub fn kwm_service(data_dir: &Path, args: &[&str]) -> Output {
         .expect("kwm-service runs")
 }
 
+/// `kwm-service --data-dir DIR admin init`: a new service's keys, as the operator sets one up.
+pub fn init(data_dir: &Path) -> String {
+    ok(kwm_service(data_dir, &["admin", "init"]))
+}
+
 /// Runs and asserts success; stdout.
 pub fn ok(out: Output) -> String {
     assert!(
