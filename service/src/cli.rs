@@ -388,19 +388,6 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                         }
                     };
                     println!("Initialised database {db}: {what}.");
-                    let e = audit_trail::entry(
-                        &audit_trail::operator(),
-                        AuditAction::KeyRotated,
-                        "service keys initialised".to_string(),
-                        None,
-                        &serde_json::json!({
-                            "initialised": what,
-                            "active_key_id": state.keyring.active_key_id().map(|k| k.to_string()),
-                        }),
-                    );
-                    state.store.append_audit(&e).await.context(
-                        "the keys were initialised, but the audit entry could not be written",
-                    )?;
                 }
                 None => println!(
                     "Database {db} was initialised on {}; the master key at hand opens its keys. \
