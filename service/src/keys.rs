@@ -1277,4 +1277,47 @@ mod tests {
             .with_key(&old, |k| matches!(k, KeyLookup::Unknown)));
         assert_eq!(a.keyring.public_infos().len(), 2);
     }
+
+    #[tokio::test]
+    async fn the_reload_timer_brings_a_rotation_made_elsewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = open(
+            sqlite_store(dir.path()).await,
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+        )
+        .await
+        .expect("a");
+        let b = open(
+            sqlite_store(dir.path()).await,
+            dir.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+        )
+        .await
+        .expect("b");
+        let b_ring = Arc::new(b.keyring);
+        let timer = tokio::spawn(keep_keys_fresh(
+            b_ring.clone(),
+            Some(std::time::Duration::from_millis(20)),
+            None,
+        ));
+        let new = a
+            .keyring
+            .rotate(time::Duration::ZERO, time::Duration::hours(1))
+            .await
+            .expect("rotated");
+        // Bounded only so that a broken timer fails instead of hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while b_ring.active_key_id() != Some(new.clone()) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the timer reloaded the keys");
+        timer.abort();
+    }
 }
