@@ -148,11 +148,6 @@ impl Config {
         redact_url(&self.database_url())
     }
 
-    /// Where earlier versions kept the key files (imported into the database on first start).
-    pub fn keys_dir(&self) -> PathBuf {
-        self.data_dir.join("keys")
-    }
-
     pub fn region(&self) -> anyhow::Result<RegionConfig> {
         match &self.region_file {
             Some(p) => Ok(RegionConfig::from_file(p)?),
