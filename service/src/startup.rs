@@ -111,7 +111,9 @@ pub async fn open_state(
         // An admin command in the wrong directory must not create an empty store and "succeed".
         if let Some(file) = sqlite.as_ref().filter(|f| !f.exists()) {
             anyhow::bail!(
-                "there is no service database here: {} does not exist. Pass the service's                  --data-dir (or --database-url); to set up a new service in {}, run                  `kwm-service --data-dir {} admin init`",
+                "there is no service database here: {} does not exist. Pass the service's \
+                 --data-dir (or --database-url); to set up a new service in {}, run \
+                 `kwm-service --data-dir {} admin init`",
                 file.display(),
                 config.data_dir.display(),
                 config.data_dir.display()

@@ -78,7 +78,7 @@ fn admin_commands_refuse_a_directory_never_initialised_and_init_sets_one_up() {
         let err = refused(kwm_service(&data, args));
         assert!(
             err.contains("there is no service database here")
-                && err.contains("--data-dir")
+                && err.contains("Pass the service's --data-dir (or --database-url)")
                 && err.contains("admin init"),
             "{args:?}: {err}"
         );
