@@ -62,6 +62,7 @@ unset KWM_CONFIG
 EXPORT="$(find "$WORK/exports" -name '*.csv' | head -1)"
 AGB="$(basename "$EXPORT" .csv)"
 admin() { "$BIN/kwm-service" admin "$@" | tail -1; }
+"$BIN/kwm-service" admin init >/dev/null   # a new service: its keys, before any admin command
 declare -A TOKENS
 TOKENS[provider]="$(admin provider add --agb "$AGB" --name "Fuzz provider" \
   --signing-key "$WORK/provider/signing.pub")"

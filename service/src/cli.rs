@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use crate::audit::{AuditAction, AuditEntry};
 use crate::audit_trail;
 use crate::config::Config;
-use crate::startup::{open_state, Application};
+use crate::startup::{open_state, Application, OpenMode};
 use crate::store::{Provider, StoreError, TokenRecord};
 
 #[derive(Debug, Parser)]
@@ -88,13 +88,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
+    /// Initialise a new service: its keys in the database, sealed under the master key
+    /// (KWM_MASTER_KEY, or DATA_DIR/master.key, created if neither exists). Key files of an earlier
+    /// version in DATA_DIR/keys/ are imported instead. Other admin commands refuse a database that
+    /// was never initialised; on an initialised one this checks the keys and changes nothing.
+    Init,
     /// Care providers.
     #[command(subcommand)]
     Provider(ProviderCommand),
     /// Bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// The service's HPKE keys.
+    /// The service's HPKE keys (kept in the database, shared by every instance).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// The audit chain.
@@ -331,7 +336,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     let c = app.config();
     let report = app.report();
-    let keys_dir = c.keys_dir();
     println!("Kwaliteitsmonitor service {}", env!("CARGO_PKG_VERSION"));
     println!(
         "  region      {} ({})",
@@ -340,15 +344,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     println!("  data dir    {}", c.data_dir.display());
     println!("  database    {}", c.database_url_redacted());
-    println!(
-        "  keys        {}{}",
-        keys_dir.display(),
-        if report.created_hpke_key || report.created_pseudonym_key {
-            "  (created now: back this directory up; the pseudonymisation key cannot be recreated)"
-        } else {
-            ""
-        }
-    );
+    println!("  keys        {}", keys_line(&report.keys));
     println!(
         "  active key  {}",
         app.state()
@@ -437,15 +433,75 @@ fn index_check_table(c: &kwm_schemas::api::IndexCheck) -> String {
     out
 }
 
+/// What the start-up message says of the keys: where they are, what was done to them now.
+fn keys_line(r: &crate::keys::KeysReport) -> String {
+    let mut s = format!(
+        "in the database, sealed under the master key from {}",
+        r.master_key_from
+    );
+    match &r.initialised {
+        Some(crate::keys::Initialised::Created) => s.push_str(" (created now)"),
+        Some(crate::keys::Initialised::Imported(dir)) => s.push_str(&format!(
+            " (imported now from {}; keep those files as a backup or remove them)",
+            dir.display()
+        )),
+        None => {}
+    }
+    if let Some(path) = &r.created_master_key_file {
+        s.push_str(&format!(
+            "\n              master key created in {}: back it up apart from the database (without \
+             it the keys do not open); replicas need it as KWM_MASTER_KEY",
+            path.display()
+        ));
+    }
+    s
+}
+
 async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
     // Asks a running instance over its API: opens no store here.
     if let AdminCommand::Index(IndexCommand::Verify { url, token }) = &cmd {
         return index_verify(url, token).await;
     }
-    let (state, _) = open_state(&config).await?;
+    let mode = if matches!(cmd, AdminCommand::Init) {
+        OpenMode::Init
+    } else {
+        OpenMode::Admin
+    };
+    let (state, report) = open_state(&config, mode).await?;
     match cmd {
         AdminCommand::Index(IndexCommand::Verify { url, token }) => {
             index_verify(&url, &token).await?;
+        }
+        AdminCommand::Init => {
+            let db = config.database_url_redacted();
+            match &report.keys.initialised {
+                Some(how) => {
+                    let what = match how {
+                        crate::keys::Initialised::Created => "created new service keys".to_string(),
+                        crate::keys::Initialised::Imported(dir) => {
+                            format!("imported the key files of {}", dir.display())
+                        }
+                    };
+                    println!("Initialised database {db}: {what}.");
+                }
+                None => println!(
+                    "Database {db} was initialised on {}; the master key at hand opens its keys. \
+                     Nothing changed.",
+                    timestamp(report.keys.initialised_at)
+                ),
+            }
+            println!(
+                "The keys are sealed under the master key from {}.",
+                report.keys.master_key_from
+            );
+            if let Some(path) = &report.keys.created_master_key_file {
+                println!(
+                    "Created the master key {} (mode 0600). Back it up apart from the database: \
+                     without it the keys do not open. Every instance on this database needs it, \
+                     as KWM_MASTER_KEY or as master.key in its data dir.",
+                    path.display()
+                );
+            }
         }
         AdminCommand::Provider(ProviderCommand::Add {
             agb,
@@ -559,10 +615,13 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 activate_after >= 0 && retire_after >= 0,
                 "durations must not be negative"
             );
-            let id = state.keyring.rotate(
-                time::Duration::seconds(activate_after),
-                time::Duration::seconds(retire_after),
-            )?;
+            let id = state
+                .keyring
+                .rotate(
+                    time::Duration::seconds(activate_after),
+                    time::Duration::seconds(retire_after),
+                )
+                .await?;
             let e = audit_trail::entry(
                 &audit_trail::operator(),
                 AuditAction::KeyRotated,
@@ -578,6 +637,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 format!("key {id} was added, but its audit entry could not be written")
             })?;
             println!("Added key {id}; it becomes active in {activate_after} s, the current key retires {retire_after} s after that.");
+            println!("Running instances see it at their next key reload (key_reload_secs, or send them SIGHUP).");
         }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
             let tokens = state.store.list_tokens().await?;

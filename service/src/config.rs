@@ -1,5 +1,6 @@
 //! Service configuration: built-in defaults, then a TOML file, then `KWM__...` environment variables, then
-//! command-line flags. Unknown keys are refused. Secrets never live here: keys are files in the data dir.
+//! command-line flags. Unknown keys are refused. Secrets never live here: the service's keys are in the
+//! database, sealed under the master key (`KWM_MASTER_KEY` or `<data dir>/master.key`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the SQLite database and the key files live.
+    /// Where the SQLite database and the master key file live (and the key files of earlier versions,
+    /// imported into the database on first start).
     pub data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://...`; default: SQLite in the data dir. May carry a password, so it
     /// is never printed whole (see [`Config::database_url_redacted`]).
@@ -55,6 +57,9 @@ pub struct Config {
     /// seconds: the first at once, the rest of the window as one counted entry when it closes, so that
     /// a token cannot flood the chain.
     pub audit_refusal_window_secs: u64,
+    /// Seconds between reloads of the service keys from the database (0: only on SIGHUP), so that a
+    /// key rotated by `admin keys rotate` or another instance reaches this one.
+    pub key_reload_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +89,7 @@ impl Default for Config {
             max_concurrent_ingests: 4,
             maintenance_secs: 600,
             audit_refusal_window_secs: 60,
+            key_reload_secs: 60,
         }
     }
 }
@@ -111,6 +117,7 @@ impl std::fmt::Debug for Config {
             .field("max_concurrent_ingests", &self.max_concurrent_ingests)
             .field("maintenance_secs", &self.maintenance_secs)
             .field("audit_refusal_window_secs", &self.audit_refusal_window_secs)
+            .field("key_reload_secs", &self.key_reload_secs)
             .finish()
     }
 }
@@ -145,10 +152,6 @@ impl Config {
     /// The database URL with any password replaced, for printing.
     pub fn database_url_redacted(&self) -> String {
         redact_url(&self.database_url())
-    }
-
-    pub fn keys_dir(&self) -> PathBuf {
-        self.data_dir.join("keys")
     }
 
     pub fn region(&self) -> anyhow::Result<RegionConfig> {

@@ -1,7 +1,11 @@
-//! The service's own keys, as files under `<data dir>/keys/`: the HPKE keys batches are sealed to (with
-//! their lifecycle pending -> active -> retired) and the service pseudonymisation key of the second stage.
-//! Secret files are created with mode 0600 and never printed. With a master key (`KWM_MASTER_KEY`) they
-//! are also encrypted at rest with AES-256-GCM, bound to their file name.
+//! The service's own keys: the second-stage pseudonymisation key and the HPKE keys batches are sealed
+//! to (lifecycle pending -> active -> retired). They live in the database, each sealed with AES-256-GCM
+//! under the master key (`KWM_MASTER_KEY`, or `<data dir>/master.key`), so every instance on one
+//! database holds the same keys and a rotation reaches all of them at their next reload (timer or
+//! SIGHUP). Beside them the database keeps keyed check values (never a key): an instance whose master
+//! key or pseudonymisation key is not the database's refuses to start instead of splitting every
+//! client into two pseudonyms. Key files of earlier versions (`<data dir>/keys/`) are imported on
+//! first start, so existing deployments keep their pseudonyms.
 
 use std::fs;
 use std::io::Write;
@@ -20,17 +24,51 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::store::{KeyCheck, ServiceKeyKind, Store, StoredServiceKey};
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The environment variable that holds the master key: 32 bytes as 64 hex digits or base64.
 pub const MASTER_KEY_VAR: &str = "KWM_MASTER_KEY";
 
-/// First line of an encrypted key file. The version names the whole format: AES-256-GCM under the
-/// master key, a random 96-bit nonce, and the header line and the file name as associated data.
+/// The master key's file in the data dir, used when `KWM_MASTER_KEY` is not set.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// First line of a key file of earlier versions encrypted under the master key.
 const ENCRYPTED_HEADER: &str = "kwm-enc-v1";
 
-/// The key that encrypts the service's key files at rest. It lives outside the data dir (in the
-/// environment, from the operator's secret store), so a copy of the data dir alone opens nothing.
+/// Names the format of a sealed key in the database: AES-256-GCM under the master key, a random
+/// 96-bit nonce first, and this label with the key's kind and id as associated data (a sealed key
+/// copied onto another row does not open).
+const SEALED_FORMAT: &str = "kwm-service-key-v1";
+
+const MASTER_CHECK_LABEL: &[u8] = b"kwm-service master key check v1";
+const PSEUDONYM_CHECK_LABEL: &[u8] = b"kwm-service pseudonymisation key check v1";
+
+/// The id of the pseudonymisation key's row.
+const PSEUDONYM_ID: &str = "pseudonym";
+
+/// How long a retired HPKE key stays in the database (listed as retired at `GET /v1/keys`, so that a
+/// batch sealed to it is told so) before maintenance deletes it.
+pub const RETIRED_KEY_RETENTION: time::Duration = time::Duration::days(30);
+
+fn random<const N: usize>() -> anyhow::Result<Zeroizing<[u8; N]>> {
+    let mut b = Zeroizing::new([0u8; N]);
+    SystemRandom::new()
+        .fill(&mut b[..])
+        .map_err(|_| anyhow::anyhow!("the OS random generator failed"))?;
+    Ok(b)
+}
+
+fn check_value(key: &[u8], label: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), label);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// The key that seals the service's keys in the database. It is never stored there, so a copy of
+/// the database alone opens nothing.
 pub struct MasterKey(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for MasterKey {
@@ -65,6 +103,11 @@ impl MasterKey {
         Ok(Self(key))
     }
 
+    /// A new random master key.
+    pub fn generate() -> anyhow::Result<Self> {
+        Ok(Self(random::<32>()?))
+    }
+
     /// The master key from `KWM_MASTER_KEY`, if that is set and not empty.
     pub fn from_env() -> anyhow::Result<Option<Self>> {
         match std::env::var(MASTER_KEY_VAR) {
@@ -84,153 +127,125 @@ impl MasterKey {
         }
     }
 
+    /// The master key of `<data dir>/master.key`, if that file exists.
+    pub fn from_file(data_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = data_dir.join(MASTER_KEY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                Self::parse(&text)
+                    .map(Some)
+                    .with_context(|| format!("{} is not valid", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes this key to `<data dir>/master.key` (mode 0600; an existing file is never replaced).
+    fn write_file(&self, data_dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = data_dir.join(MASTER_KEY_FILE);
+        let text = Zeroizing::new(format!("{}\n", B64.encode(&self.0[..])));
+        write_secret_file(&path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// The keyed check value the database keeps of its master key.
+    pub fn check_value(&self) -> [u8; 32] {
+        check_value(&self.0[..], MASTER_CHECK_LABEL)
+    }
+
     fn key(&self) -> anyhow::Result<aead::LessSafeKey> {
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &self.0[..])
             .map_err(|_| anyhow::anyhow!("the master key is not a valid AES-256 key"))?;
         Ok(aead::LessSafeKey::new(unbound))
     }
 
-    /// The associated data: the format and the file name, so that a file renamed or copied over
-    /// another key file does not open.
-    fn aad(file_name: &str) -> aead::Aad<Vec<u8>> {
-        aead::Aad::from(format!("{ENCRYPTED_HEADER}\n{file_name}").into_bytes())
-    }
-
-    /// The contents of an encrypted key file named `file_name` holding `secret`.
-    fn encrypt(&self, file_name: &str, secret: &[u8]) -> anyhow::Result<Zeroizing<String>> {
-        let mut nonce = [0u8; aead::NONCE_LEN];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| anyhow::anyhow!("the OS random generator failed"))?;
-        let mut sealed = Zeroizing::new(Vec::with_capacity(
-            nonce.len() + secret.len() + aead::AES_256_GCM.tag_len(),
-        ));
-        sealed.extend_from_slice(&nonce);
+    /// Nonce, ciphertext and tag of `secret` under `aad`.
+    fn seal_with(&self, aad: Vec<u8>, secret: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let nonce = random::<{ aead::NONCE_LEN }>()?;
+        let mut sealed =
+            Vec::with_capacity(nonce.len() + secret.len() + aead::AES_256_GCM.tag_len());
+        sealed.extend_from_slice(&nonce[..]);
         sealed.extend_from_slice(secret);
         let tag = self
             .key()?
             .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                Self::aad(file_name),
+                aead::Nonce::assume_unique_for_key(*nonce),
+                aead::Aad::from(aad),
                 &mut sealed[aead::NONCE_LEN..],
             )
-            .map_err(|_| anyhow::anyhow!("encrypting a key file failed"))?;
+            .map_err(|_| anyhow::anyhow!("sealing a key failed"))?;
         sealed.extend_from_slice(tag.as_ref());
-        Ok(Zeroizing::new(format!(
-            "{ENCRYPTED_HEADER}\n{}\n",
-            B64.encode(&sealed[..])
-        )))
+        Ok(sealed)
+    }
+
+    /// The secret of [`MasterKey::seal_with`]'s output; `None` if it does not open under `aad`.
+    fn open_with(&self, aad: Vec<u8>, sealed: &[u8]) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+        if sealed.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
+            return Ok(None);
+        }
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        nonce.copy_from_slice(&buf[..aead::NONCE_LEN]);
+        let key = self.key()?;
+        Ok(key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                &mut buf[aead::NONCE_LEN..],
+            )
+            .ok()
+            .map(|plain| Zeroizing::new(plain.to_vec())))
+    }
+
+    fn row_aad(kind: ServiceKeyKind, id: &str) -> Vec<u8> {
+        format!("{SEALED_FORMAT}\n{}\n{id}", kind.as_str()).into_bytes()
+    }
+
+    /// A key sealed for its row in the database.
+    fn seal_key(&self, kind: ServiceKeyKind, id: &str, secret: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.seal_with(Self::row_aad(kind, id), secret)
+    }
+
+    /// The secret of a stored key.
+    fn open_key(&self, key: &StoredServiceKey) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        self.open_with(Self::row_aad(key.kind, &key.id), &key.sealed)?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "service key {} in the database does not open with the master key: it was \
+                     altered, or copied from another row",
+                    key.id
+                )
+            })
+    }
+
+    /// The associated data of a key file of earlier versions: the format and the file name.
+    fn file_aad(file_name: &str) -> Vec<u8> {
+        format!("{ENCRYPTED_HEADER}\n{file_name}").into_bytes()
+    }
+
+    /// The contents of an encrypted key file of earlier versions (tests make such files to import).
+    #[cfg(test)]
+    fn encrypt_file(&self, file_name: &str, secret: &[u8]) -> anyhow::Result<String> {
+        let sealed = self.seal_with(Self::file_aad(file_name), secret)?;
+        Ok(format!("{ENCRYPTED_HEADER}\n{}\n", B64.encode(sealed)))
     }
 
     /// The secret of an encrypted key file's body (the text after the header line).
-    fn decrypt(&self, file_name: &str, body: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-        let mut sealed = Zeroizing::new(
+    fn decrypt_file(&self, file_name: &str, body: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let sealed = Zeroizing::new(
             B64.decode(body.trim())
                 .map_err(|_| anyhow::anyhow!("the encrypted body is not base64"))?,
         );
-        anyhow::ensure!(
-            sealed.len() >= aead::NONCE_LEN + aead::AES_256_GCM.tag_len(),
-            "the encrypted body is too short"
-        );
-        let mut nonce = [0u8; aead::NONCE_LEN];
-        nonce.copy_from_slice(&sealed[..aead::NONCE_LEN]);
-        let plain = self
-            .key()?
-            .open_in_place(
-                aead::Nonce::assume_unique_for_key(nonce),
-                Self::aad(file_name),
-                &mut sealed[aead::NONCE_LEN..],
-            )
-            .map_err(|_| {
+        self.open_with(Self::file_aad(file_name), &sealed)?
+            .ok_or_else(|| {
                 anyhow::anyhow!(
                     "it does not open with {MASTER_KEY_VAR}: the master key is not the one it was \
                      written with, or the file was altered or renamed"
                 )
-            })?;
-        Ok(Zeroizing::new(plain.to_vec()))
+            })
     }
-}
-
-fn file_name_of(path: &Path) -> anyhow::Result<&str> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow::anyhow!("{} has no file name", path.display()))
-}
-
-/// Writes a new key file holding `secret`: encrypted when there is a master key, base64 otherwise;
-/// mode 0600 either way.
-fn write_key_file(path: &Path, secret: &[u8], master: Option<&MasterKey>) -> anyhow::Result<()> {
-    let contents = match master {
-        Some(m) => m.encrypt(file_name_of(path)?, secret)?,
-        None => Zeroizing::new(B64.encode(secret)),
-    };
-    write_secret_file(path, contents.as_bytes())
-}
-
-/// Reads a key file written by [`write_key_file`]. A plaintext file read while there is a master key is
-/// encrypted in place; an encrypted file without the master key is an error that says what to do.
-fn read_key_file(path: &Path, master: Option<&MasterKey>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let text = Zeroizing::new(
-        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    );
-    let name = file_name_of(path)?;
-    if let Some(body) = text.strip_prefix(ENCRYPTED_HEADER) {
-        let body = body.strip_prefix('\n').ok_or_else(|| {
-            anyhow::anyhow!("{} is not a {ENCRYPTED_HEADER} file", path.display())
-        })?;
-        let Some(master) = master else {
-            anyhow::bail!(
-                "{} is encrypted ({ENCRYPTED_HEADER}) but {MASTER_KEY_VAR} is not set: start the \
-                 service with the master key the key files were written with (README, 'Key files at rest')",
-                path.display()
-            );
-        };
-        return master
-            .decrypt(name, body)
-            .with_context(|| format!("{} cannot be decrypted", path.display()));
-    }
-    if text.starts_with("kwm-enc-") {
-        anyhow::bail!(
-            "{} is encrypted in a format this version does not know; use a newer kwm-service",
-            path.display()
-        );
-    }
-    let secret = Zeroizing::new(
-        B64.decode(text.trim())
-            .with_context(|| format!("{} is not base64", path.display()))?,
-    );
-    if let Some(master) = master {
-        replace_secret_file(path, master.encrypt(name, &secret)?.as_bytes())?;
-        tracing::info!(file = %path.display(), "encrypted a plaintext key file in place with the master key");
-    }
-    Ok(secret)
-}
-
-/// Replaces a secret file atomically: a 0600 temporary file beside it, then a rename, so that a reader
-/// (another replica on the same data dir) sees the old or the new contents, never a part.
-fn replace_secret_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut suffix = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| anyhow::anyhow!("the OS random generator failed"))?;
-    // Not ending in `.key`, so a keyring reading the directory meanwhile skips it.
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        file_name_of(path)?,
-        hex::encode(suffix)
-    ));
-    write_secret_file(&tmp, contents)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("replacing {}", path.display()));
-    }
-    if let Some(dir) = path.parent() {
-        // Best effort: make the rename itself durable.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// Writes a secret file that only the owner can read, refusing to replace an existing one.
@@ -255,7 +270,10 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 /// HMAC-SHA256 key of the second pseudonymisation stage: stored client pseudonym =
 /// HMAC(service key, stage-1 pseudonym). A leaked regional key therefore does not open the stored data.
-pub struct PseudonymKey(hmac::Key);
+pub struct PseudonymKey {
+    key: hmac::Key,
+    check: [u8; 32],
+}
 
 impl std::fmt::Debug for PseudonymKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,44 +282,26 @@ impl std::fmt::Debug for PseudonymKey {
 }
 
 impl PseudonymKey {
+    /// The key file of earlier versions, in `<data dir>/keys/`.
     pub const FILE: &'static str = "pseudonym.key";
 
     pub fn from_bytes(b: &[u8]) -> Self {
-        Self(hmac::Key::new(hmac::HMAC_SHA256, b))
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, b),
+            check: check_value(b, PSEUDONYM_CHECK_LABEL),
+        }
     }
 
-    /// Loads the key, creating it on first start. Refuses to invent a new key when HPKE keys already
-    /// exist: that would silently split every client into two pseudonyms.
-    pub fn load_or_create(
-        keys_dir: &Path,
-        master: Option<&MasterKey>,
-    ) -> anyhow::Result<(Self, bool)> {
-        let path = keys_dir.join(Self::FILE);
-        if path.exists() {
-            let b = read_key_file(&path, master)?;
-            anyhow::ensure!(b.len() == 32, "{} must hold 32 bytes", path.display());
-            return Ok((Self::from_bytes(&b), false));
-        }
-        let hpke_dir = keys_dir.join("hpke");
-        if hpke_dir.exists() && fs::read_dir(&hpke_dir)?.next().is_some() {
-            anyhow::bail!(
-                "{} is missing but HPKE keys exist: restore it from backup. A new pseudonymisation key \
-                 would make every stored client unrecognisable (see README, 'Rotating keys').",
-                path.display()
-            );
-        }
-        let mut b = Zeroizing::new([0u8; 32]);
-        SystemRandom::new()
-            .fill(&mut b[..])
-            .map_err(|_| anyhow::anyhow!("the OS random generator failed"))?;
-        write_key_file(&path, &b[..], master)?;
-        Ok((Self::from_bytes(&b[..]), true))
+    /// The keyed check value the database keeps of its pseudonymisation key (not the key, and no
+    /// pseudonym: an HMAC of a fixed label).
+    pub fn check_value(&self) -> [u8; 32] {
+        self.check
     }
 
     /// A 32-byte key for another purpose, derived from this one with a label, so that no further secret
-    /// file is needed (e.g. the keyed order in which the release engine drops surplus trajectories).
+    /// is needed (e.g. the keyed order in which the release engine drops surplus trajectories).
     pub fn derive(&self, label: &[u8]) -> [u8; 32] {
-        let tag = hmac::sign(&self.0, label);
+        let tag = hmac::sign(&self.key, label);
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         out
@@ -309,14 +309,14 @@ impl PseudonymKey {
 
     /// The stored (stage-2) pseudonym of a stage-1 client pseudonym.
     pub fn pseudonymise(&self, stage1: &Pseudonym) -> Pseudonym {
-        let tag = hmac::sign(&self.0, stage1.as_bytes());
+        let tag = hmac::sign(&self.key, stage1.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         Pseudonym(out)
     }
 }
 
-/// Dates of one HPKE key, stored next to it.
+/// Dates of one HPKE key in the key files of earlier versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyMeta {
@@ -328,18 +328,396 @@ struct KeyMeta {
     retires_at: Option<OffsetDateTime>,
 }
 
+/// Reads a key file of earlier versions: base64, or encrypted under the master key.
+fn read_key_file(path: &Path, master: Option<&MasterKey>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let text = Zeroizing::new(
+        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("{} has no file name", path.display()))?;
+    if let Some(body) = text.strip_prefix(ENCRYPTED_HEADER) {
+        let body = body.strip_prefix('\n').ok_or_else(|| {
+            anyhow::anyhow!("{} is not a {ENCRYPTED_HEADER} file", path.display())
+        })?;
+        let Some(master) = master else {
+            anyhow::bail!(
+                "{} is encrypted ({ENCRYPTED_HEADER}) but {MASTER_KEY_VAR} is not set: start the \
+                 service with the master key the key files were written with",
+                path.display()
+            );
+        };
+        return master
+            .decrypt_file(name, body)
+            .with_context(|| format!("{} cannot be decrypted", path.display()));
+    }
+    if text.starts_with("kwm-enc-") {
+        anyhow::bail!(
+            "{} is encrypted in a format this version does not know; use a newer kwm-service",
+            path.display()
+        );
+    }
+    Ok(Zeroizing::new(B64.decode(text.trim()).with_context(
+        || format!("{} is not base64", path.display()),
+    )?))
+}
+
+/// The key files of an earlier version in `<data dir>/keys/`, to be imported into the database.
+struct FileKeys {
+    pseudonym: Zeroizing<Vec<u8>>,
+    hpke: Vec<(HpkeSecretKey, KeyMeta)>,
+}
+
+impl FileKeys {
+    /// `None` when the directory holds no key files.
+    fn read(keys_dir: &Path, master: Option<&MasterKey>) -> anyhow::Result<Option<Self>> {
+        let pseudonym_path = keys_dir.join(PseudonymKey::FILE);
+        let hpke_dir = keys_dir.join("hpke");
+        let mut hpke = Vec::new();
+        if hpke_dir.is_dir() {
+            for item in fs::read_dir(&hpke_dir)? {
+                let path = item?.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("key") {
+                    continue;
+                }
+                let secret = HpkeSecretKey::from_bytes(&read_key_file(&path, master)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                let meta_path = path.with_extension("toml");
+                let meta: KeyMeta = toml::from_str(
+                    &fs::read_to_string(&meta_path)
+                        .with_context(|| format!("reading {}", meta_path.display()))?,
+                )
+                .with_context(|| format!("parsing {}", meta_path.display()))?;
+                hpke.push((secret, meta));
+            }
+        }
+        if !pseudonym_path.exists() {
+            if hpke.is_empty() {
+                return Ok(None);
+            }
+            anyhow::bail!(
+                "{} is missing but HPKE keys exist in {}: restore it from backup. A new \
+                 pseudonymisation key would make every stored client unrecognisable.",
+                pseudonym_path.display(),
+                hpke_dir.display()
+            );
+        }
+        let pseudonym = read_key_file(&pseudonym_path, master)?;
+        anyhow::ensure!(
+            pseudonym.len() == 32,
+            "{} must hold 32 bytes",
+            pseudonym_path.display()
+        );
+        Ok(Some(Self { pseudonym, hpke }))
+    }
+}
+
+/// What opening the keys found or did, for the start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysReport {
+    /// Where the master key came from: `KWM_MASTER_KEY` or the path of `master.key`.
+    pub master_key_from: String,
+    /// Set when the master key file was created now (back it up).
+    pub created_master_key_file: Option<PathBuf>,
+    /// Set when this start initialised the database's key set.
+    pub initialised: Option<Initialised>,
+    /// When the database's key set was initialised.
+    pub initialised_at: OffsetDateTime,
+}
+
+/// How a key set was initialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Initialised {
+    /// New keys.
+    Created,
+    /// The key files of an earlier version, from this directory.
+    Imported(PathBuf),
+}
+
+/// Whether a database without keys may get new ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenNew {
+    /// Create them (`admin init`; `serve` and `demo` on SQLite).
+    Create,
+    /// Refuse, saying to run `kwm-service admin init`.
+    Refuse,
+}
+
+/// The service's keys, opened.
+#[derive(Debug)]
+pub struct ServiceKeys {
+    pub pseudonym_key: PseudonymKey,
+    pub keyring: Keyring,
+    pub report: KeysReport,
+}
+
+/// Opens the keys of the database `store` (shown as `database` in messages), with the master key of
+/// `KWM_MASTER_KEY` (`env_master`, see [`MasterKey::from_env`]) or else `<data dir>/master.key`. A database without keys gets the key files of
+/// `<data dir>/keys/` if there are any, else new keys when `when_new` allows it. Refuses, saying what
+/// to do: a master key that is not the database's; key files in the data dir that are not the
+/// database's keys; new keys for a database that already holds data.
+pub async fn open(
+    store: Arc<dyn Store>,
+    data_dir: &Path,
+    database: &str,
+    when_new: WhenNew,
+    env_master: Option<MasterKey>,
+) -> anyhow::Result<ServiceKeys> {
+    let keys_dir = data_dir.join("keys");
+    let files = FileKeys::read(&keys_dir, env_master.as_ref())?;
+    if let Some(check) = store.get_key_check().await? {
+        let master = env_master.map(|m| (m, MASTER_KEY_VAR.to_string()));
+        return load(store, data_dir, database, master, files, check, None).await;
+    }
+    let now = OffsetDateTime::now_utc();
+    let (pseudonym, hpke, how) = match files {
+        Some(f) => {
+            let hpke = f
+                .hpke
+                .into_iter()
+                .map(|(secret, m)| (secret, m.created_at, m.activates_at, m.retires_at))
+                .collect::<Vec<_>>();
+            (
+                Zeroizing::new(f.pseudonym.to_vec()),
+                hpke,
+                Initialised::Imported(keys_dir.clone()),
+            )
+        }
+        None => {
+            if when_new == WhenNew::Refuse {
+                anyhow::bail!(
+                    "database {database} was never initialised: it holds no service keys. If it is \
+                     the service's database, run `kwm-service admin init` once with the same \
+                     --data-dir and --database-url (README, 'Keys, replicas and the master key'); \
+                     if not, pass the service's --data-dir or --database-url"
+                );
+            }
+            let holds_data = store.count_trajectories(None).await? > 0
+                || !store.list_providers().await?.is_empty();
+            if holds_data {
+                anyhow::bail!(
+                    "database {database} holds providers or data but no service keys: new keys \
+                     would split every stored client into two pseudonyms. Start once with the data \
+                     dir whose keys/ holds this deployment's key files (pseudonym.key and hpke/), so \
+                     that they are imported"
+                );
+            }
+            let pseudonym = Zeroizing::new(random::<32>()?.to_vec());
+            (
+                pseudonym,
+                vec![(HpkeSecretKey::generate(), now, now, None)],
+                Initialised::Created,
+            )
+        }
+    };
+    let file_path = data_dir.join(MASTER_KEY_FILE);
+    let (master, from, created_file) = match env_master {
+        Some(m) => (m, MASTER_KEY_VAR.to_string(), None),
+        None => match MasterKey::from_file(data_dir)? {
+            Some(m) => (m, file_path.display().to_string(), None),
+            None => {
+                let m = MasterKey::generate()?;
+                let path = m.write_file(data_dir)?;
+                (m, path.display().to_string(), Some(path))
+            }
+        },
+    };
+    let pseudonym_key = PseudonymKey::from_bytes(&pseudonym);
+    let mut rows = vec![StoredServiceKey {
+        id: PSEUDONYM_ID.into(),
+        kind: ServiceKeyKind::Pseudonym,
+        sealed: master.seal_key(ServiceKeyKind::Pseudonym, PSEUDONYM_ID, &pseudonym)?,
+        public_key: None,
+        created_at: now,
+        activates_at: now,
+        retires_at: None,
+    }];
+    if !hpke.iter().any(|(_, _, a, r)| {
+        *a <= now && r.is_none_or(|r| r > now) // an active key among the imported ones
+    }) {
+        rows.push(hpke_row(
+            &master,
+            &HpkeSecretKey::generate(),
+            now,
+            now,
+            None,
+        )?);
+    }
+    for (secret, created_at, activates_at, retires_at) in &hpke {
+        rows.push(hpke_row(
+            &master,
+            secret,
+            *created_at,
+            *activates_at,
+            *retires_at,
+        )?);
+    }
+    let check = KeyCheck {
+        master_check: master.check_value(),
+        pseudonym_check: pseudonym_key.check_value(),
+        created_at: now,
+    };
+    let stored = store.put_key_set(&check, &rows).await?;
+    if !stored {
+        // Another instance initialised the database first: its keys are the keys.
+        if let Some(path) = &created_file {
+            let _ = fs::remove_file(path);
+        }
+        let check = store.get_key_check().await?.ok_or_else(|| {
+            anyhow::anyhow!("database {database} lost its key set while it was initialised")
+        })?;
+        let files = FileKeys::read(&keys_dir, Some(&master))?;
+        return load(
+            store,
+            data_dir,
+            database,
+            Some((master, from)),
+            files,
+            check,
+            None,
+        )
+        .await;
+    }
+    match &how {
+        Initialised::Created => tracing::info!("initialised the service keys in the database"),
+        Initialised::Imported(dir) => tracing::info!(
+            dir = %dir.display(),
+            "imported the key files into the database; keep them as a backup or remove them"
+        ),
+    }
+    let check = store
+        .get_key_check()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("database {database} lost its key set"))?;
+    let mut keys = load(
+        store,
+        data_dir,
+        database,
+        Some((master, from)),
+        None,
+        check,
+        created_file,
+    )
+    .await?;
+    keys.report.initialised = Some(how);
+    Ok(keys)
+}
+
+fn hpke_row(
+    master: &MasterKey,
+    secret: &HpkeSecretKey,
+    created_at: OffsetDateTime,
+    activates_at: OffsetDateTime,
+    retires_at: Option<OffsetDateTime>,
+) -> anyhow::Result<StoredServiceKey> {
+    let public = secret.public_key();
+    let id = public.key_id().to_string();
+    Ok(StoredServiceKey {
+        sealed: master.seal_key(ServiceKeyKind::Hpke, &id, &secret.to_bytes())?,
+        id,
+        kind: ServiceKeyKind::Hpke,
+        public_key: Some(public.to_bytes()),
+        created_at,
+        activates_at,
+        retires_at,
+    })
+}
+
+/// Opens the keys of an initialised database and checks them against its check values and against
+/// any key files at hand.
+async fn load(
+    store: Arc<dyn Store>,
+    data_dir: &Path,
+    database: &str,
+    master: Option<(MasterKey, String)>,
+    files: Option<FileKeys>,
+    check: KeyCheck,
+    created_master_key_file: Option<PathBuf>,
+) -> anyhow::Result<ServiceKeys> {
+    let file_path = data_dir.join(MASTER_KEY_FILE);
+    let (master, master_key_from) = match master {
+        Some(m) => m,
+        None => match MasterKey::from_file(data_dir)? {
+            Some(m) => (m, file_path.display().to_string()),
+            None => anyhow::bail!(
+                "the service keys in database {database} are sealed under a master key, and none is \
+                 at hand: set {MASTER_KEY_VAR} to this deployment's master key, or put its \
+                 {MASTER_KEY_FILE} into {} (README, 'Keys, replicas and the master key'). A new \
+                 master key would not open them.",
+                data_dir.display()
+            ),
+        },
+    };
+    if master.check_value() != check.master_check {
+        anyhow::bail!(
+            "the master key from {master_key_from} is not the one the service keys in database \
+             {database} were sealed with (its check value differs): start with this deployment's \
+             master key ({MASTER_KEY_VAR} or {MASTER_KEY_FILE} in the data dir), or pass the \
+             database this master key belongs to"
+        );
+    }
+    let rows = store.list_service_keys().await?;
+    let row = rows
+        .iter()
+        .find(|k| k.kind == ServiceKeyKind::Pseudonym)
+        .ok_or_else(|| {
+            anyhow::anyhow!("database {database} has key check values but no pseudonymisation key")
+        })?;
+    let pseudonym_key = PseudonymKey::from_bytes(&master.open_key(row)?);
+    if pseudonym_key.check_value() != check.pseudonym_check {
+        anyhow::bail!(
+            "the pseudonymisation key in database {database} does not match its check value: the \
+             key table was altered; restore it from backup"
+        );
+    }
+    if let Some(f) = files {
+        if PseudonymKey::from_bytes(&f.pseudonym).check_value() != check.pseudonym_check {
+            anyhow::bail!(
+                "{} is not the pseudonymisation key of database {database} (its check value \
+                 differs): this data dir belongs to another deployment, and serving with it would \
+                 give every client a second pseudonym. Use the data dir of this database's \
+                 deployment, or pass the database these key files belong to; if the files are \
+                 stale, move {} away (the database holds its own keys)",
+                data_dir.join("keys").join(PseudonymKey::FILE).display(),
+                data_dir.join("keys").display()
+            );
+        }
+    }
+    let keyring = Keyring {
+        store,
+        master: Arc::new(master),
+        keys: RwLock::new(Vec::new()),
+    };
+    keyring.reload().await?;
+    Ok(ServiceKeys {
+        pseudonym_key,
+        keyring,
+        report: KeysReport {
+            master_key_from,
+            created_master_key_file,
+            initialised: None,
+            initialised_at: check.created_at,
+        },
+    })
+}
+
 #[derive(Debug)]
 struct KeyEntry {
     id: KeyId,
-    secret: HpkeSecretKey,
-    meta: KeyMeta,
+    public_key: Vec<u8>,
+    /// Opened while the key is not retired; dropped (zeroed) once it is.
+    secret: Option<HpkeSecretKey>,
+    created_at: OffsetDateTime,
+    activates_at: OffsetDateTime,
+    retires_at: Option<OffsetDateTime>,
 }
 
 impl KeyEntry {
     fn state_at(&self, now: OffsetDateTime) -> KeyState {
-        match self.meta.retires_at {
+        match self.retires_at {
             Some(r) if r <= now => KeyState::Retired,
-            _ if self.meta.activates_at <= now => KeyState::Active,
+            _ if self.activates_at <= now => KeyState::Active,
             _ => KeyState::Pending,
         }
     }
@@ -354,100 +732,77 @@ pub enum KeyLookup<'a> {
     Unknown,
 }
 
-/// The HPKE keys of the service, read from `<keys dir>/hpke/`.
+/// The HPKE keys of the service, as last read from the database. Requests read the copy in memory;
+/// [`Keyring::reload`] (on a timer and on SIGHUP) brings it up to date.
 #[derive(Debug)]
 pub struct Keyring {
-    dir: PathBuf,
+    store: Arc<dyn Store>,
+    master: Arc<MasterKey>,
     keys: RwLock<Vec<KeyEntry>>,
-    /// Encrypts the key files at rest when set.
-    master: Option<Arc<MasterKey>>,
 }
 
 impl Keyring {
-    /// Loads the keyring, creating a first active key if there is none. Returns whether it created one.
-    pub fn load_or_create(
-        keys_dir: &Path,
-        master: Option<Arc<MasterKey>>,
-    ) -> anyhow::Result<(Self, bool)> {
-        let dir = keys_dir.join("hpke");
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ring = Self {
-            dir,
-            keys: RwLock::new(Vec::new()),
-            master,
-        };
-        ring.reload()?;
-        let created = if ring.is_empty() {
-            let now = OffsetDateTime::now_utc();
-            ring.add_key(now, None)?;
-            ring.reload()?;
-            true
-        } else {
-            false
-        };
-        Ok((ring, created))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn is_empty(&self) -> bool {
-        self.keys.read().map(|k| k.is_empty()).unwrap_or(true)
-    }
-
-    /// Re-reads the key files, so that a rotation by `kwm-service admin keys rotate` is seen without a
-    /// restart.
-    pub fn reload(&self) -> anyhow::Result<()> {
+    /// Reads the keys from the database again: opens the keys that are not retired (keeping the
+    /// ones opened before), lists retired keys without their secrets. Returns whether the set or a
+    /// date changed. On an error the keys in memory stay as they were.
+    pub async fn reload(&self) -> anyhow::Result<bool> {
+        let rows = self
+            .store
+            .list_service_keys()
+            .await
+            .context("reading the service keys")?;
+        let now = OffsetDateTime::now_utc();
         let mut entries = Vec::new();
-        for item in fs::read_dir(&self.dir)? {
-            let path = item?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("key") {
-                continue;
+        for row in rows.iter().filter(|r| r.kind == ServiceKeyKind::Hpke) {
+            let id: KeyId = row
+                .id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("the database holds an invalid HPKE key id"))?;
+            let public_key = row
+                .public_key
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("HPKE key {id} has no public key"))?;
+            let mut entry = KeyEntry {
+                id,
+                public_key,
+                secret: None,
+                created_at: row.created_at,
+                activates_at: row.activates_at,
+                retires_at: row.retires_at,
+            };
+            if entry.state_at(now) != KeyState::Retired {
+                let secret = HpkeSecretKey::from_bytes(&self.master.open_key(row)?)
+                    .map_err(|e| anyhow::anyhow!("HPKE key {}: {e}", row.id))?;
+                anyhow::ensure!(
+                    secret.public_key().to_bytes() == entry.public_key
+                        && secret.public_key().key_id() == entry.id,
+                    "HPKE key {} does not match its public key",
+                    row.id
+                );
+                entry.secret = Some(secret);
             }
-            let secret = HpkeSecretKey::from_bytes(&read_key_file(&path, self.master.as_deref())?)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let id = secret.public_key().key_id();
-            let meta_path = path.with_extension("toml");
-            let meta: KeyMeta = toml::from_str(
-                &fs::read_to_string(&meta_path)
-                    .with_context(|| format!("reading {}", meta_path.display()))?,
-            )
-            .with_context(|| format!("parsing {}", meta_path.display()))?;
-            entries.push(KeyEntry { id, secret, meta });
+            entries.push(entry);
         }
-        entries.sort_by_key(|e| e.meta.activates_at);
-        *self
+        entries.sort_by_key(|e| e.activates_at);
+        let mut keys = self
             .keys
             .write()
-            .map_err(|_| anyhow::anyhow!("keyring lock poisoned"))? = entries;
-        Ok(())
-    }
-
-    /// Writes a new key that becomes active at `activates_at`.
-    fn add_key(
-        &self,
-        activates_at: OffsetDateTime,
-        retires_at: Option<OffsetDateTime>,
-    ) -> anyhow::Result<KeyId> {
-        let secret = HpkeSecretKey::generate();
-        let id = secret.public_key().key_id();
-        let now = OffsetDateTime::now_utc();
-        let meta = KeyMeta {
-            created_at: now,
-            activates_at,
-            retires_at,
+            .map_err(|_| anyhow::anyhow!("keyring lock poisoned"))?;
+        let shape = |v: &[KeyEntry]| -> Vec<_> {
+            v.iter()
+                .map(|e| (e.id.clone(), e.activates_at, e.retires_at))
+                .collect()
         };
-        let key_path = self.dir.join(format!("{id}.key"));
-        // Metadata first: a key file without metadata would fail the next load.
-        fs::write(key_path.with_extension("toml"), toml::to_string(&meta)?)?;
-        write_key_file(&key_path, &secret.to_bytes()[..], self.master.as_deref())?;
-        Ok(id)
+        let changed = shape(&keys) != shape(&entries);
+        *keys = entries;
+        Ok(changed)
     }
 
-    /// Rotation: a new key, pending until `now + activate_after`; the current active key(s) retire at
-    /// `now + activate_after + retire_after`, so batches sealed just before the switch still open.
-    pub fn rotate(
+    /// Rotation: a new key, pending until `now + activate_after`; every key without a retirement date
+    /// retires at `now + activate_after + retire_after`, so batches sealed just before the switch
+    /// still open. Written to the database in one transaction; other instances see it at their next
+    /// reload.
+    pub async fn rotate(
         &self,
         activate_after: time::Duration,
         retire_after: time::Duration,
@@ -455,27 +810,11 @@ impl Keyring {
         let now = OffsetDateTime::now_utc();
         let switch = now + activate_after;
         let retire = switch + retire_after;
-        {
-            let keys = self
-                .keys
-                .read()
-                .map_err(|_| anyhow::anyhow!("keyring lock poisoned"))?;
-            for k in keys.iter() {
-                if k.state_at(now) != KeyState::Retired && k.meta.retires_at.is_none() {
-                    let meta = KeyMeta {
-                        retires_at: Some(retire),
-                        ..k.meta.clone()
-                    };
-                    fs::write(
-                        self.dir.join(format!("{}.toml", k.id)),
-                        toml::to_string(&meta)?,
-                    )?;
-                }
-            }
-        }
-        let id = self.add_key(switch, None)?;
-        self.reload()?;
-        Ok(id)
+        let secret = HpkeSecretKey::generate();
+        let row = hpke_row(&self.master, &secret, now, switch, None)?;
+        self.store.put_rotated_key(&row, retire).await?;
+        self.reload().await?;
+        Ok(secret.public_key().key_id())
     }
 
     /// The key new batches should be sealed to: the most recently activated, unretired key.
@@ -488,28 +827,19 @@ impl Keyring {
             .map(|k| k.id.clone())
     }
 
-    /// Resolves a batch's key id; re-reads the directory once if the id is unknown.
+    /// Resolves a batch's key id against the keys in memory (no database read on the request path:
+    /// a key added elsewhere is known after the next reload).
     pub fn with_key<R>(&self, id: &KeyId, f: impl FnOnce(KeyLookup<'_>) -> R) -> R {
-        let known = self
-            .keys
-            .read()
-            .map(|k| k.iter().any(|e| &e.id == id))
-            .unwrap_or(false);
-        if !known {
-            if let Err(e) = self.reload() {
-                tracing::warn!(error = %e, "could not re-read the keyring");
-            }
-        }
         let now = OffsetDateTime::now_utc();
         let Ok(keys) = self.keys.read() else {
             return f(KeyLookup::Unknown);
         };
         match keys.iter().find(|e| &e.id == id) {
             None => f(KeyLookup::Unknown),
-            Some(e) => match e.state_at(now) {
-                KeyState::Active => f(KeyLookup::Usable(&e.secret)),
-                KeyState::Retired => f(KeyLookup::Retired),
-                KeyState::Pending => f(KeyLookup::Pending),
+            Some(e) => match (e.state_at(now), &e.secret) {
+                (KeyState::Active, Some(secret)) => f(KeyLookup::Usable(secret)),
+                (KeyState::Active, None) | (KeyState::Retired, _) => f(KeyLookup::Retired),
+                (KeyState::Pending, _) => f(KeyLookup::Pending),
             },
         }
     }
@@ -526,63 +856,60 @@ impl Keyring {
                 PublicKeyInfo {
                     key_id: k.id.clone(),
                     state,
-                    public_key: Base64Bytes(k.secret.public_key().to_bytes()),
-                    created_at: k.meta.created_at,
-                    activated_at: (state != KeyState::Pending).then_some(k.meta.activates_at),
-                    retired_at: k.meta.retires_at.filter(|_| state == KeyState::Retired),
+                    public_key: Base64Bytes(k.public_key.clone()),
+                    created_at: k.created_at,
+                    activated_at: (state != KeyState::Pending).then_some(k.activates_at),
+                    retired_at: k.retires_at.filter(|_| state == KeyState::Retired),
                 }
             })
             .collect()
+    }
+
+    /// How many keys hold an opened secret (the retired ones do not).
+    pub fn opened_secrets(&self) -> usize {
+        self.keys
+            .read()
+            .map(|k| k.iter().filter(|e| e.secret.is_some()).count())
+            .unwrap_or(0)
+    }
+}
+
+/// Reloads the keyring every `every` (none: never on a timer) and on every SIGHUP, until dropped.
+pub async fn keep_keys_fresh(
+    keyring: Arc<Keyring>,
+    every: Option<std::time::Duration>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
+    let mut tick = every.map(|e| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + e, e);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let why = tokio::select! {
+            _ = async { tick.as_mut().expect("checked").tick().await }, if tick.is_some() => "timer",
+            s = async { hangup.as_mut().expect("checked").recv().await }, if hangup.is_some() => {
+                if s.is_none() {
+                    hangup = None;
+                    continue;
+                }
+                "SIGHUP"
+            }
+            else => return,
+        };
+        match keyring.reload().await {
+            Ok(true) => tracing::info!(trigger = why, "reloaded the service keys: they changed"),
+            Ok(false) => tracing::debug!(trigger = why, "reloaded the service keys"),
+            Err(e) => {
+                tracing::warn!(trigger = why, error = %format!("{e:#}"), "could not reload the service keys; serving the keys loaded before")
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_start_creates_keys_with_private_modes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_, created_pk) =
-            PseudonymKey::load_or_create(dir.path(), None).expect("pseudonym key");
-        assert!(created_pk);
-        let (ring, created) = Keyring::load_or_create(dir.path(), None).expect("keyring");
-        assert!(created);
-        let id = ring.active_key_id().expect("an active key");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            for p in [
-                dir.path().join("pseudonym.key"),
-                ring.dir().join(format!("{id}.key")),
-            ] {
-                let mode = fs::metadata(&p).expect("exists").permissions().mode();
-                assert_eq!(mode & 0o777, 0o600, "{}", p.display());
-            }
-        }
-        // A second start loads the same keys.
-        let (ring2, created) = Keyring::load_or_create(dir.path(), None).expect("keyring");
-        assert!(!created);
-        assert_eq!(ring2.active_key_id(), Some(id));
-    }
-
-    #[test]
-    fn rotation_retires_the_old_key() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (ring, _) = Keyring::load_or_create(dir.path(), None).expect("keyring");
-        let old = ring.active_key_id().expect("active");
-        let new = ring
-            .rotate(time::Duration::ZERO, time::Duration::ZERO)
-            .expect("rotate");
-        assert_eq!(ring.active_key_id(), Some(new.clone()));
-        assert!(ring.with_key(&old, |k| matches!(k, KeyLookup::Retired)));
-        assert!(ring.with_key(&new, |k| matches!(k, KeyLookup::Usable(_))));
-        let pending = ring
-            .rotate(time::Duration::hours(1), time::Duration::hours(1))
-            .expect("rotate");
-        assert!(ring.with_key(&pending, |k| matches!(k, KeyLookup::Pending)));
-        assert_eq!(ring.active_key_id(), Some(new));
-    }
 
     fn master(byte: u8) -> MasterKey {
         MasterKey::parse(&hex::encode([byte; 32])).expect("master key")
@@ -614,161 +941,383 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_key_files_round_trip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = Arc::new(master(1));
-        let (pk, created) = PseudonymKey::load_or_create(dir.path(), Some(&m)).expect("create");
-        assert!(created);
-        let (ring, _) = Keyring::load_or_create(dir.path(), Some(m.clone())).expect("keyring");
-        let id = ring.active_key_id().expect("active");
-        let rotated = ring
-            .rotate(time::Duration::ZERO, time::Duration::hours(1))
-            .expect("rotate");
-        for p in [
-            dir.path().join(PseudonymKey::FILE),
-            ring.dir().join(format!("{id}.key")),
-            ring.dir().join(format!("{rotated}.key")),
-        ] {
-            let text = fs::read_to_string(&p).expect("read");
-            assert!(text.starts_with("kwm-enc-v1\n"), "{}", p.display());
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = fs::metadata(&p).expect("exists").permissions().mode();
-                assert_eq!(mode & 0o777, 0o600, "{}", p.display());
-            }
-        }
-        // A restart with the same master key reads the same keys.
-        let (pk2, created) = PseudonymKey::load_or_create(dir.path(), Some(&m)).expect("load");
-        assert!(!created);
-        assert_eq!(pk2.pseudonymise(&stage1()), pk.pseudonymise(&stage1()));
-        let (ring2, created) = Keyring::load_or_create(dir.path(), Some(m)).expect("keyring");
-        assert!(!created);
-        assert_eq!(ring2.public_infos(), ring.public_infos());
-        assert!(ring2.with_key(&rotated, |k| matches!(k, KeyLookup::Usable(_))));
-    }
-
-    #[test]
-    fn encrypted_key_files_need_the_right_master_key() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = Arc::new(master(1));
-        PseudonymKey::load_or_create(dir.path(), Some(&m)).expect("create");
-        Keyring::load_or_create(dir.path(), Some(m)).expect("keyring");
-
-        let err = PseudonymKey::load_or_create(dir.path(), None).expect_err("no master key");
-        assert!(
-            format!("{err:#}").contains("KWM_MASTER_KEY is not set"),
-            "{err:#}"
-        );
-        let err = Keyring::load_or_create(dir.path(), None).expect_err("no master key");
-        assert!(
-            format!("{err:#}").contains("KWM_MASTER_KEY is not set"),
-            "{err:#}"
-        );
-
-        let wrong = Arc::new(master(2));
-        let err = PseudonymKey::load_or_create(dir.path(), Some(&wrong)).expect_err("wrong key");
-        assert!(format!("{err:#}").contains("does not open"), "{err:#}");
-        let err = Keyring::load_or_create(dir.path(), Some(wrong)).expect_err("wrong key");
-        assert!(format!("{err:#}").contains("does not open"), "{err:#}");
-    }
-
-    #[test]
-    fn a_tampered_key_file_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = master(3);
-        PseudonymKey::load_or_create(dir.path(), Some(&m)).expect("create");
-        let path = dir.path().join(PseudonymKey::FILE);
-        let text = fs::read_to_string(&path).expect("read");
-        let body = text.strip_prefix("kwm-enc-v1\n").expect("header").trim();
-        let mut sealed = B64.decode(body).expect("base64");
-        // One bit in the ciphertext, then one in the nonce.
-        for at in [aead::NONCE_LEN + 3, 0] {
+    fn sealed_keys_open_only_under_their_master_key_kind_and_id() {
+        let m = master(1);
+        let sealed = m
+            .seal_key(ServiceKeyKind::Hpke, "0011223344556677", b"secret")
+            .expect("sealed");
+        let row = |kind, id: &str, sealed: Vec<u8>| StoredServiceKey {
+            id: id.into(),
+            kind,
+            sealed,
+            public_key: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            activates_at: OffsetDateTime::UNIX_EPOCH,
+            retires_at: None,
+        };
+        let good = row(ServiceKeyKind::Hpke, "0011223344556677", sealed.clone());
+        assert_eq!(&m.open_key(&good).expect("opens")[..], b"secret");
+        assert!(master(2).open_key(&good).is_err(), "another master key");
+        assert!(m
+            .open_key(&row(
+                ServiceKeyKind::Hpke,
+                "7766554433221100",
+                sealed.clone()
+            ))
+            .is_err());
+        assert!(m
+            .open_key(&row(ServiceKeyKind::Pseudonym, "pseudonym", sealed.clone()))
+            .is_err());
+        for at in [0, aead::NONCE_LEN + 2, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[at] ^= 1;
-            fs::write(&path, format!("kwm-enc-v1\n{}\n", B64.encode(&bad))).expect("write");
-            let err = PseudonymKey::load_or_create(dir.path(), Some(&m)).expect_err("tampered");
+            let err = m
+                .open_key(&row(ServiceKeyKind::Hpke, "0011223344556677", bad))
+                .expect_err("tampered");
             assert!(format!("{err:#}").contains("does not open"), "{err:#}");
         }
-        sealed.truncate(10);
-        fs::write(&path, format!("kwm-enc-v1\n{}\n", B64.encode(&sealed))).expect("write");
-        assert!(PseudonymKey::load_or_create(dir.path(), Some(&m)).is_err());
-        fs::write(&path, "kwm-enc-v9\nAAAA\n").expect("write");
-        let err = PseudonymKey::load_or_create(dir.path(), Some(&m)).expect_err("unknown format");
-        assert!(format!("{err:#}").contains("newer"), "{err:#}");
-    }
-
-    #[test]
-    fn a_key_file_copied_under_another_name_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = Arc::new(master(4));
-        PseudonymKey::load_or_create(dir.path(), Some(&m)).expect("create");
-        let (ring, _) = Keyring::load_or_create(dir.path(), Some(m.clone())).expect("keyring");
-        let id = ring.active_key_id().expect("active");
-        // An HPKE secret key put in place of the pseudonymisation key (both are 32 bytes).
-        fs::copy(
-            ring.dir().join(format!("{id}.key")),
-            dir.path().join(PseudonymKey::FILE),
-        )
-        .expect("copy");
-        let err = PseudonymKey::load_or_create(dir.path(), Some(&m)).expect_err("swapped");
-        assert!(format!("{err:#}").contains("renamed"), "{err:#}");
-        // The same below the encryption: the associated data is the name.
-        let sealed = m.encrypt("a.key", b"secret").expect("encrypt");
-        let body = sealed.strip_prefix("kwm-enc-v1\n").expect("header");
-        assert_eq!(&m.decrypt("a.key", body).expect("opens")[..], b"secret");
-        assert!(m.decrypt("b.key", body).is_err());
-        // Two encryptions of the same secret differ (random nonces).
-        assert_ne!(*sealed, *m.encrypt("a.key", b"secret").expect("encrypt"));
-    }
-
-    #[test]
-    fn plaintext_key_files_are_encrypted_in_place_when_a_master_key_appears() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (pk, _) = PseudonymKey::load_or_create(dir.path(), None).expect("plaintext");
-        let (ring, _) = Keyring::load_or_create(dir.path(), None).expect("keyring");
-        let id = ring.active_key_id().expect("active");
-        let files = [
-            dir.path().join(PseudonymKey::FILE),
-            ring.dir().join(format!("{id}.key")),
-        ];
-        for p in &files {
-            assert!(!fs::read_to_string(p).expect("read").starts_with("kwm-enc"));
-        }
-        let m = Arc::new(master(5));
-        let (pk2, created) = PseudonymKey::load_or_create(dir.path(), Some(&m)).expect("load");
-        assert!(!created);
-        assert_eq!(pk2.pseudonymise(&stage1()), pk.pseudonymise(&stage1()));
-        let (ring2, _) = Keyring::load_or_create(dir.path(), Some(m.clone())).expect("keyring");
-        assert_eq!(ring2.active_key_id(), Some(id));
-        for p in &files {
-            assert!(fs::read_to_string(p)
-                .expect("read")
-                .starts_with("kwm-enc-v1\n"));
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = fs::metadata(p).expect("exists").permissions().mode();
-                assert_eq!(mode & 0o777, 0o600, "{}", p.display());
-            }
-        }
-        // No temporary file is left behind, and the plaintext is gone.
-        let names: Vec<_> = fs::read_dir(ring.dir())
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert!(
-            names.iter().all(|n| !n.to_string_lossy().contains(".tmp")),
-            "{names:?}"
+        assert!(m
+            .open_key(&row(ServiceKeyKind::Hpke, "0011223344556677", vec![1, 2]))
+            .is_err());
+        // Random nonces: two seals of one secret differ.
+        assert_ne!(
+            sealed,
+            m.seal_key(ServiceKeyKind::Hpke, "0011223344556677", b"secret")
+                .expect("sealed")
         );
-        assert!(PseudonymKey::load_or_create(dir.path(), None).is_err());
     }
 
     #[test]
-    fn missing_pseudonym_key_with_existing_hpke_keys_is_refused() {
+    fn check_values_name_the_key_without_showing_it() {
+        let m = master(3);
+        assert_eq!(m.check_value(), master(3).check_value());
+        assert_ne!(m.check_value(), master(4).check_value());
+        assert_ne!(&m.check_value()[..], &[3u8; 32][..]);
+        let p = PseudonymKey::from_bytes(&[9u8; 32]);
+        assert_eq!(
+            p.check_value(),
+            PseudonymKey::from_bytes(&[9u8; 32]).check_value()
+        );
+        assert_ne!(
+            p.check_value(),
+            PseudonymKey::from_bytes(&[8u8; 32]).check_value()
+        );
+        // Not a pseudonym of any input the key is used for, nor its derived order key.
+        assert_ne!(p.check_value(), p.pseudonymise(&stage1()).0);
+        assert_ne!(p.check_value(), p.derive(b"order"));
+        assert_ne!(p.check_value(), m.check_value());
+    }
+
+    async fn sqlite_store(dir: &Path) -> Arc<dyn Store> {
+        crate::store::connect(&format!("sqlite://{}", dir.join("kwm.sqlite3").display()))
+            .await
+            .expect("store")
+    }
+
+    #[tokio::test]
+    async fn first_start_creates_keys_in_the_database_and_a_private_master_key_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        Keyring::load_or_create(dir.path(), None).expect("keyring");
-        let err = PseudonymKey::load_or_create(dir.path(), None).expect_err("must refuse");
-        assert!(err.to_string().contains("restore it from backup"), "{err}");
+        let store = sqlite_store(dir.path()).await;
+        let keys = open(store.clone(), dir.path(), "test", WhenNew::Create, None)
+            .await
+            .expect("created");
+        assert_eq!(keys.report.initialised, Some(Initialised::Created));
+        let file = dir.path().join(MASTER_KEY_FILE);
+        assert_eq!(keys.report.created_master_key_file, Some(file.clone()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&file).expect("exists").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let id = keys.keyring.active_key_id().expect("an active key");
+        // No key file in the data dir; the database holds sealed keys and check values only.
+        assert!(!dir.path().join("keys").exists());
+        let rows = store.list_service_keys().await.expect("rows");
+        assert_eq!(rows.len(), 2);
+        let master = MasterKey::from_file(dir.path())
+            .expect("read")
+            .expect("file");
+        for r in &rows {
+            assert!(master.open_key(r).is_ok());
+        }
+        // A second start loads the same keys.
+        let again = open(store.clone(), dir.path(), "test", WhenNew::Refuse, None)
+            .await
+            .expect("loaded");
+        assert_eq!(again.report.initialised, None);
+        assert_eq!(again.report.created_master_key_file, None);
+        assert_eq!(again.keyring.active_key_id(), Some(id));
+        assert_eq!(
+            again.pseudonym_key.pseudonymise(&stage1()),
+            keys.pseudonym_key.pseudonymise(&stage1())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_uninitialised_database_is_refused_unless_creation_is_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sqlite_store(dir.path()).await;
+        let err = open(store.clone(), dir.path(), "test", WhenNew::Refuse, None)
+            .await
+            .expect_err("refused");
+        assert!(format!("{err:#}").contains("admin init"), "{err:#}");
+        assert!(store.get_key_check().await.expect("read").is_none());
+        assert!(!dir.path().join(MASTER_KEY_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn another_master_key_or_none_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sqlite_store(dir.path()).await;
+        open(store.clone(), dir.path(), "test", WhenNew::Create, None)
+            .await
+            .expect("created");
+        let other = tempfile::tempdir().expect("tempdir");
+        let err = open(store.clone(), other.path(), "test", WhenNew::Create, None)
+            .await
+            .expect_err("no master key at hand");
+        assert!(format!("{err:#}").contains("none is at hand"), "{err:#}");
+        assert!(!other.path().join(MASTER_KEY_FILE).exists());
+        master(5).write_file(other.path()).expect("written");
+        let err = open(store.clone(), other.path(), "test", WhenNew::Create, None)
+            .await
+            .expect_err("wrong master key");
+        assert!(
+            format!("{err:#}").contains("is not the one the service keys"),
+            "{err:#}"
+        );
+        // The right master key under another data dir opens the same keys.
+        fs::remove_file(other.path().join(MASTER_KEY_FILE)).expect("removed");
+        fs::copy(
+            dir.path().join(MASTER_KEY_FILE),
+            other.path().join(MASTER_KEY_FILE),
+        )
+        .expect("copied");
+        open(store, other.path(), "test", WhenNew::Refuse, None)
+            .await
+            .expect("opens");
+    }
+
+    /// Key files as an earlier version wrote them: `keys/pseudonym.key`, `keys/hpke/ID.key` and
+    /// `ID.toml`, base64 or encrypted under a master key.
+    fn write_key_files(dir: &Path, pseudonym: &[u8], master: Option<&MasterKey>) -> KeyId {
+        let keys = dir.join("keys");
+        let write = |path: &Path, secret: &[u8]| {
+            let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+            let text = match master {
+                Some(m) => m.encrypt_file(name, secret).expect("encrypted"),
+                None => B64.encode(secret),
+            };
+            write_secret_file(path, text.as_bytes()).expect("written");
+        };
+        write(&keys.join(PseudonymKey::FILE), pseudonym);
+        let secret = HpkeSecretKey::generate();
+        let id = secret.public_key().key_id();
+        let now = OffsetDateTime::now_utc();
+        let meta = KeyMeta {
+            created_at: now - time::Duration::days(3),
+            activates_at: now - time::Duration::days(2),
+            retires_at: None,
+        };
+        fs::create_dir_all(keys.join("hpke")).expect("dir");
+        fs::write(
+            keys.join("hpke").join(format!("{id}.toml")),
+            toml::to_string(&meta).expect("toml"),
+        )
+        .expect("written");
+        write(
+            &keys.join("hpke").join(format!("{id}.key")),
+            &secret.to_bytes(),
+        );
+        id
+    }
+
+    #[tokio::test]
+    async fn key_files_of_an_earlier_version_are_imported_and_keep_the_pseudonyms() {
+        for encrypted in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file_master = master(6);
+            let id = write_key_files(dir.path(), &[42u8; 32], encrypted.then_some(&file_master));
+            let store = sqlite_store(dir.path()).await;
+            // Encrypted files need the master key they were written with: the environment's.
+            let env_master = encrypted.then(|| master(6));
+            let keys = open(
+                store.clone(),
+                dir.path(),
+                "test",
+                WhenNew::Refuse,
+                env_master,
+            )
+            .await
+            .expect("imported even where new keys are refused");
+            assert_eq!(
+                keys.report.master_key_from,
+                if encrypted {
+                    MASTER_KEY_VAR.to_string()
+                } else {
+                    dir.path().join(MASTER_KEY_FILE).display().to_string()
+                }
+            );
+            assert_eq!(
+                keys.report.initialised,
+                Some(Initialised::Imported(dir.path().join("keys")))
+            );
+            assert_eq!(
+                keys.pseudonym_key.pseudonymise(&stage1()),
+                PseudonymKey::from_bytes(&[42u8; 32]).pseudonymise(&stage1()),
+                "the stored pseudonyms stay the same"
+            );
+            assert_eq!(keys.keyring.active_key_id(), Some(id.clone()));
+            assert!(keys
+                .keyring
+                .with_key(&id, |k| matches!(k, KeyLookup::Usable(_))));
+        }
+    }
+
+    #[tokio::test]
+    async fn key_files_that_are_not_the_databases_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sqlite_store(dir.path()).await;
+        open(store.clone(), dir.path(), "test", WhenNew::Create, None)
+            .await
+            .expect("created");
+        write_key_files(dir.path(), &[1u8; 32], None);
+        let err = open(store, dir.path(), "test", WhenNew::Refuse, None)
+            .await
+            .expect_err("another deployment's key files");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("is not the pseudonymisation key of database test")
+                && text.contains("another deployment"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn new_keys_for_a_database_that_holds_data_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sqlite_store(dir.path()).await;
+        store
+            .put_provider(&crate::store::Provider {
+                agb: "12345678".parse().expect("agb"),
+                name: "p".into(),
+                signing_public_key: vec![1; 32],
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await
+            .expect("registered");
+        let err = open(store.clone(), dir.path(), "test", WhenNew::Create, None)
+            .await
+            .expect_err("refused");
+        assert!(format!("{err:#}").contains("key files"), "{err:#}");
+        assert!(store.get_key_check().await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn rotation_is_seen_by_another_keyring_after_its_reload_and_retired_secrets_are_dropped()
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sqlite_store(dir.path()).await;
+        let a = open(store.clone(), dir.path(), "test", WhenNew::Create, None)
+            .await
+            .expect("a");
+        let b = open(
+            sqlite_store(dir.path()).await,
+            dir.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+        )
+        .await
+        .expect("b");
+        let old = a.keyring.active_key_id().expect("active");
+        let new = a
+            .keyring
+            .rotate(time::Duration::ZERO, time::Duration::ZERO)
+            .await
+            .expect("rotated");
+        assert_eq!(a.keyring.active_key_id(), Some(new.clone()));
+        assert!(a
+            .keyring
+            .with_key(&old, |k| matches!(k, KeyLookup::Retired)));
+        assert_eq!(
+            a.keyring.opened_secrets(),
+            1,
+            "the retired secret is dropped"
+        );
+        // B serves its loaded keys until it reloads; no request reads the database.
+        assert!(b
+            .keyring
+            .with_key(&new, |k| matches!(k, KeyLookup::Unknown)));
+        assert!(b.keyring.reload().await.expect("reloaded"));
+        assert_eq!(b.keyring.active_key_id(), Some(new.clone()));
+        assert!(b
+            .keyring
+            .with_key(&new, |k| matches!(k, KeyLookup::Usable(_))));
+        assert!(!b.keyring.reload().await.expect("reloaded"), "no change");
+        let pending = a
+            .keyring
+            .rotate(time::Duration::hours(1), time::Duration::hours(1))
+            .await
+            .expect("rotate");
+        assert!(a
+            .keyring
+            .with_key(&pending, |k| matches!(k, KeyLookup::Pending)));
+        assert_eq!(a.keyring.active_key_id(), Some(new));
+        // Retired long enough ago: deleted, and gone from the next reload.
+        let gone = store
+            .delete_retired_keys(OffsetDateTime::now_utc() + time::Duration::seconds(1))
+            .await
+            .expect("deleted");
+        assert_eq!(gone, 1);
+        a.keyring.reload().await.expect("reloaded");
+        assert!(a
+            .keyring
+            .with_key(&old, |k| matches!(k, KeyLookup::Unknown)));
+        assert_eq!(a.keyring.public_infos().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_reload_timer_brings_a_rotation_made_elsewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = open(
+            sqlite_store(dir.path()).await,
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+        )
+        .await
+        .expect("a");
+        let b = open(
+            sqlite_store(dir.path()).await,
+            dir.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+        )
+        .await
+        .expect("b");
+        let b_ring = Arc::new(b.keyring);
+        let timer = tokio::spawn(keep_keys_fresh(
+            b_ring.clone(),
+            Some(std::time::Duration::from_millis(20)),
+            None,
+        ));
+        let new = a
+            .keyring
+            .rotate(time::Duration::ZERO, time::Duration::hours(1))
+            .await
+            .expect("rotated");
+        // Bounded only so that a broken timer fails instead of hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while b_ring.active_key_id() != Some(new.clone()) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the timer reloaded the keys");
+        timer.abort();
     }
 }

@@ -1,8 +1,8 @@
 //! The Kwaliteitsmonitor custodian service: sealed ingestion, the store, and the API.
 //!
 //! Where things are: `routes/` (HTTP endpoints and the OpenAPI document), `auth/` (tokens, roles,
-//! scopes), `ingest` (where an upload is opened and validated), `keys` (HPKE keyring and the service
-//! pseudonymisation key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
+//! scopes), `ingest` (where an upload is opened and validated), `keys` (the HPKE keyring and the service
+//! pseudonymisation key, kept in the database under the master key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
 
 pub mod audit;
 pub mod audit_trail;

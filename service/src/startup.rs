@@ -21,7 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::ratelimit::RateLimiter;
 use crate::config::Config;
 use crate::error::{fallback_not_found, problem_for_bare_errors, ApiError};
-use crate::keys::{Keyring, MasterKey, PseudonymKey};
+use crate::keys::{Keyring, KeysReport, MasterKey, PseudonymKey, WhenNew};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
@@ -62,8 +62,19 @@ impl AppState {
 /// What starting the service created or found, for the start-up message.
 #[derive(Debug, Clone)]
 pub struct StartupReport {
-    pub created_hpke_key: bool,
-    pub created_pseudonym_key: bool,
+    pub keys: KeysReport,
+}
+
+/// Who opens the service's state, which decides what happens to a database that has no keys yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `serve` and `demo`: an embedded SQLite database gets its keys on first start; a PostgreSQL
+    /// database (shared by replicas) must have been initialised with `admin init`.
+    Serve,
+    /// The admin commands: refuse a data dir or database that was never initialised.
+    Admin,
+    /// `admin init`: initialise a new database (or import the key files of an earlier version).
+    Init,
 }
 
 /// A built, bound, not yet serving application.
@@ -74,24 +85,65 @@ pub struct Application {
     state: AppState,
     config: Config,
     report: StartupReport,
+    /// SIGHUP, taken at build time (before the service says it serves), so that a hang-up sent at
+    /// once reloads the keys instead of ending the process.
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+/// The file of a SQLite database URL (`sqlite://PATH?options`); `None` for other URLs and for an
+/// in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
 }
 
 /// Opens the data dir, keys, region and store the configuration names. Used by `serve` and by the
-/// admin commands, so both see the same service.
-pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupReport)> {
-    private_dir(&config.data_dir)?;
-    let region = config.region()?;
-    let keys_dir = config.keys_dir();
-    let master_key = MasterKey::from_env()?.map(Arc::new);
-    if master_key.is_some() {
-        tracing::info!("key files are encrypted at rest with the master key");
+/// admin commands, so both see the same service; `mode` says who opens it (see [`OpenMode`]).
+pub async fn open_state(
+    config: &Config,
+    mode: OpenMode,
+) -> anyhow::Result<(AppState, StartupReport)> {
+    let url = config.database_url();
+    let shown = config.database_url_redacted();
+    let sqlite = sqlite_file(&url);
+    if mode == OpenMode::Admin {
+        // An admin command in the wrong directory must not create an empty store and "succeed".
+        if let Some(file) = sqlite.as_ref().filter(|f| !f.exists()) {
+            anyhow::bail!(
+                "there is no service database here: {} does not exist. Pass the service's \
+                 --data-dir (or --database-url); to set up a new service in {}, run \
+                 `kwm-service --data-dir {} admin init`",
+                file.display(),
+                config.data_dir.display(),
+                config.data_dir.display()
+            );
+        }
+    } else {
+        private_dir(&config.data_dir)?;
     }
-    let (pseudonym_key, created_pseudonym_key) =
-        PseudonymKey::load_or_create(&keys_dir, master_key.as_deref())?;
-    let (keyring, created_hpke_key) = Keyring::load_or_create(&keys_dir, master_key)?;
-    let store = store::connect(&config.database_url())
+    let region = config.region()?;
+    let env_master = MasterKey::from_env()?;
+    let store = store::connect(&url)
         .await
-        .with_context(|| format!("opening database {}", config.database_url_redacted()))?;
+        .with_context(|| format!("opening database {shown}"))?;
+    let when_new = match mode {
+        OpenMode::Init => WhenNew::Create,
+        OpenMode::Serve if sqlite.is_some() || url.starts_with("sqlite:") => WhenNew::Create,
+        OpenMode::Serve | OpenMode::Admin => WhenNew::Refuse,
+    };
+    let keys = crate::keys::open(
+        store.clone(),
+        &config.data_dir,
+        &shown,
+        when_new,
+        env_master,
+    )
+    .await
+    .with_context(|| format!("opening the service keys of database {shown}"))?;
+    let (pseudonym_key, keyring): (PseudonymKey, Keyring) = (keys.pseudonym_key, keys.keyring);
     let index = Arc::new(crate::index::ReleaseIndex::new(&region));
     let state = AppState {
         store,
@@ -110,18 +162,21 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, StartupRep
             config.audit_refusal_window_secs,
         ))),
     };
-    Ok((
-        state,
-        StartupReport {
-            created_hpke_key,
-            created_pseudonym_key,
-        },
-    ))
+    Ok((state, StartupReport { keys: keys.report }))
+}
+
+/// Initialises the service keys of the database the configuration names, as `kwm-service admin
+/// init` does (a database initialised before is only checked). A PostgreSQL database needs this once
+/// before `serve`.
+pub async fn initialise(config: &Config) -> anyhow::Result<KeysReport> {
+    let (_, report) = open_state(config, OpenMode::Init).await?;
+    Ok(report.keys)
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let (state, report) = open_state(&config).await?;
+        let (state, report) = open_state(&config, OpenMode::Serve).await?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the API listener to {}", config.listen))?;
@@ -139,6 +194,7 @@ impl Application {
             state,
             config,
             report,
+            hangup,
         })
     }
 
@@ -190,6 +246,19 @@ impl Application {
                 };
                 if let Err(e) = axum::serve(ml, router).with_graceful_shutdown(stop).await {
                     tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        {
+            let every = (self.config.key_reload_secs > 0)
+                .then(|| Duration::from_secs(self.config.key_reload_secs));
+            let reload =
+                crate::keys::keep_keys_fresh(self.state.keyring.clone(), every, self.hangup);
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = reload => {}
+                    _ = rx.wait_for(|v| *v) => {}
                 }
             });
         }
@@ -279,8 +348,8 @@ pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Erases what withdrawals left behind, on its own schedule (not only when a release is computed): the
-/// change feed's pseudonyms of withdrawn trajectories after a day, and, on SQLite, deleted pages in
-/// the write-ahead log. Failures are logged and retried at the next run.
+/// change feed's pseudonyms of withdrawn trajectories after a day, HPKE keys retired for
+/// [`crate::keys::RETIRED_KEY_RETENTION`], and, on SQLite, deleted pages in the write-ahead log. Failures are logged and retried at the next run.
 async fn maintain(store: Arc<dyn crate::store::Store>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,6 +362,12 @@ async fn maintain(store: Arc<dyn crate::store::Store>, every: Duration) {
                 tracing::info!(erased, "withdrawn trajectories erased from the change feed")
             }
             Err(e) => tracing::warn!(error = %e, "maintenance: pruning the change feed failed"),
+        }
+        let retired_before = time::OffsetDateTime::now_utc() - crate::keys::RETIRED_KEY_RETENTION;
+        match store.delete_retired_keys(retired_before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "retired HPKE keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "maintenance: deleting retired keys failed"),
         }
         if let Err(e) = store.erase_deleted().await {
             tracing::warn!(error = %e, "maintenance: erasing deleted rows failed");

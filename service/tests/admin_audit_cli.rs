@@ -27,6 +27,7 @@ fn text(b: &[u8]) -> String {
 fn verify_passes_an_untouched_chain_and_names_a_changed_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    assert!(kwm_service(data, &["admin", "init"]).status.success());
     for scope in ["GM0748", "GM0777", "GM1709"] {
         let out = kwm_service(
             data,
@@ -82,6 +83,7 @@ fn verify_passes_an_untouched_chain_and_names_a_changed_entry() {
 fn registration_and_key_rotation_are_recorded() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    assert!(kwm_service(data, &["admin", "init"]).status.success());
     // Any 32 bytes stand in for the provider's Ed25519 public key here.
     let public = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     std::fs::write(data.join("signing.pub"), public).expect("written");

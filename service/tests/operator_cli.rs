@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    kwm_service, kwm_service_cmd, kwm_service_in, ok, printed_token, provider_keys, serve, text,
+    init, kwm_service, kwm_service_cmd, kwm_service_in, ok, printed_token, provider_keys, serve,
+    text,
 };
 
 fn add_provider(data: &std::path::Path, agb: &str, key: &std::path::Path) -> std::process::Output {
@@ -28,6 +29,7 @@ fn add_provider(data: &std::path::Path, agb: &str, key: &std::path::Path) -> std
 fn token_issue_refuses_a_municipality_outside_the_region_and_an_unregistered_provider() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     let issue = |role: &str, scope: &str| {
         kwm_service(
             data,
@@ -68,6 +70,7 @@ fn token_issue_refuses_a_municipality_outside_the_region_and_an_unregistered_pro
 fn provider_add_says_what_it_got_when_given_a_private_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     let public = provider_keys(&data.join("keys"));
     for secret in ["signing.key", "trajectory.key"] {
         let out = add_provider(data, "12345678", &data.join("keys").join(secret));
@@ -107,6 +110,7 @@ fn provider_add_says_what_it_got_when_given_a_private_key() {
 fn one_signing_key_registers_one_provider_and_set_key_replaces_it_audited() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     let first = provider_keys(&data.join("k1"));
     let second = provider_keys(&data.join("k2"));
     ok(add_provider(data, "12345678", &first));
@@ -178,6 +182,7 @@ fn one_signing_key_registers_one_provider_and_set_key_replaces_it_audited() {
 fn keys_list_shows_the_dates_of_each_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     ok(kwm_service(
         data,
         &["admin", "keys", "rotate", "--activate-after", "3600"],
@@ -209,6 +214,7 @@ fn keys_list_shows_the_dates_of_each_key() {
 fn logs_written_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     let log = std::fs::File::create(data.join("admin.log")).expect("log file");
     let status = kwm_service_cmd(data)
         .args(["admin", "token", "list"])
@@ -231,6 +237,7 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
 fn the_audit_actor_is_the_os_user_who_ran_the_command() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     ok(kwm_service(
         data,
         &["admin", "token", "issue", "--role", "region"],
@@ -273,6 +280,7 @@ fn the_audit_actor_is_the_os_user_who_ran_the_command() {
 fn providers_see_the_operator_by_role_and_the_operator_sees_the_login() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     let public = provider_keys(&data.join("keys"));
     let token = printed_token(&ok(add_provider(data, "12345678", &public)));
     ok(kwm_service(
@@ -409,6 +417,7 @@ async fn reqwest_get(url: &str, token: &str) -> u16 {
 fn index_verify_asks_a_running_instance_and_says_what_it_found() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
+    init(data);
     let public = provider_keys(&data.join("keys"));
     ok(add_provider(data, "12345678", &public));
     let admin = printed_token(&ok(kwm_service(

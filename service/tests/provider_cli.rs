@@ -66,6 +66,10 @@ fn the_readme_kwm_toml_and_its_commands_work_as_written() {
         work.join("export.csv"),
     )
     .expect("copied");
+    ok(kwm_service_cmd(&data)
+        .args(["admin", "init"])
+        .output()
+        .expect("runs"));
     let token = printed_token(&ok(kwm_service_cmd(&data)
         .args([
             "admin",

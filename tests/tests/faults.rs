@@ -208,13 +208,26 @@ impl Deployment {
         database_url: String,
         pg: Option<kwm_tests::EphemeralPostgres>,
     ) -> Self {
-        Self {
+        let deployment = Self {
             data_dir,
             database_url,
             log_dir: tempfile::tempdir().expect("a log dir"),
             started: AtomicUsize::new(0),
             _pg: pg,
-        }
+        };
+        // A new service is initialised once (its keys in the database), as the operator does.
+        let out = deployment
+            .command()
+            .args(["admin", "init"])
+            .output()
+            .expect("running kwm-service admin init");
+        assert!(
+            out.status.success(),
+            "admin init failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        deployment
     }
 
     /// `kwm-service --data-dir DIR --database-url URL`, with no configuration from this environment.

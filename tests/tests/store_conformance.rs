@@ -18,9 +18,9 @@ use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use kwm_service::audit::{verify_chain, AuditAction, AuditEntry, NewAuditEntry};
 use kwm_service::store::{
-    ChangeSink, NewBatch, NewRelease, NewRound, NewRoundRelease, NewToken, PrivacyCharge, Provider,
-    PutBatch, PutRelease, PutRound, RoundRecord, Store, StoreError, StoredRelease,
-    StoredRoundRelease, Withdrawn,
+    ChangeSink, KeyCheck, NewBatch, NewRelease, NewRound, NewRoundRelease, NewToken, PrivacyCharge,
+    Provider, PutBatch, PutRelease, PutRound, RoundRecord, ServiceKeyKind, Store, StoreError,
+    StoredRelease, StoredRoundRelease, StoredServiceKey, Withdrawn,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -124,7 +124,10 @@ conformance_tests!(
     a_round_over_the_cap_in_any_year_is_refused_whole,
     a_round_and_its_audit_entry_are_stored_together,
     an_invalid_round_is_refused_and_writes_nothing,
-    a_round_or_release_id_taken_is_a_conflict_and_writes_nothing;
+    a_round_or_release_id_taken_is_a_conflict_and_writes_nothing,
+    a_key_set_is_stored_once_with_its_keys,
+    a_rotation_retires_the_unretired_keys_and_adds_one,
+    only_long_retired_hpke_keys_are_deleted;
     pairs:
     concurrent_releases_on_two_instances_never_pass_the_cap,
     concurrent_releases_of_one_data_version_store_once,
@@ -133,6 +136,7 @@ conformance_tests!(
     the_change_feed_misses_nothing_under_concurrent_writers_on_two_instances,
     concurrent_rounds_on_two_instances_never_pass_a_years_cap,
     two_instances_publishing_one_data_version_store_one_round,
+    two_instances_initialising_at_once_store_one_key_set,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -3423,5 +3427,182 @@ async fn raw_bulk_loads_are_in_the_change_feed(url: &str) -> TestResult {
         assert_eq!((replica.removed, replica.upserted), (0, n));
         mark = next;
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The service's keys (sealed by the caller: the store sees opaque bytes)
+
+fn key_check(tag: u8) -> KeyCheck {
+    KeyCheck {
+        master_check: [tag; 32],
+        pseudonym_check: [tag ^ 0xff; 32],
+        created_at: OffsetDateTime::from_unix_timestamp(1_735_689_600).expect("a time"),
+    }
+}
+
+fn service_key(
+    id: &str,
+    kind: ServiceKeyKind,
+    activates_at: OffsetDateTime,
+    retires_at: Option<OffsetDateTime>,
+) -> StoredServiceKey {
+    StoredServiceKey {
+        id: id.to_string(),
+        kind,
+        sealed: id.as_bytes().iter().rev().copied().collect(),
+        public_key: (kind == ServiceKeyKind::Hpke).then(|| vec![7u8; 32]),
+        created_at: now(),
+        activates_at,
+        retires_at,
+    }
+}
+
+async fn a_key_set_is_stored_once_with_its_keys(store: Arc<dyn Store>) -> TestResult {
+    ensure!(
+        store.get_key_check().await?.is_none(),
+        "a new database has no key set"
+    );
+    ensure!(store.list_service_keys().await?.is_empty());
+    let keys = vec![
+        service_key("pseudonym", ServiceKeyKind::Pseudonym, now(), None),
+        service_key("00112233aabbccdd", ServiceKeyKind::Hpke, now(), None),
+    ];
+    ensure!(store.put_key_set(&key_check(1), &keys).await?, "stored");
+    ensure!(store.get_key_check().await? == Some(key_check(1)));
+    let listed = store.list_service_keys().await?;
+    ensure!(
+        listed.len() == 2 && listed.iter().all(|k| keys.contains(k)),
+        "{listed:?}"
+    );
+    // A second key set is refused whole: the first stays.
+    let other = vec![
+        service_key("pseudonym", ServiceKeyKind::Pseudonym, now(), None),
+        service_key("ffffffffffffffff", ServiceKeyKind::Hpke, now(), None),
+    ];
+    ensure!(!store.put_key_set(&key_check(2), &other).await?, "refused");
+    ensure!(store.get_key_check().await? == Some(key_check(1)));
+    ensure!(store.list_service_keys().await? == listed);
+    Ok(())
+}
+
+async fn a_rotation_retires_the_unretired_keys_and_adds_one(store: Arc<dyn Store>) -> TestResult {
+    let t0 = now();
+    let earlier = t0 - time::Duration::days(10);
+    let keys = vec![
+        service_key("pseudonym", ServiceKeyKind::Pseudonym, t0, None),
+        service_key(
+            "1111111111111111",
+            ServiceKeyKind::Hpke,
+            earlier,
+            Some(earlier),
+        ),
+        service_key("2222222222222222", ServiceKeyKind::Hpke, t0, None),
+    ];
+    ensure!(store.put_key_set(&key_check(3), &keys).await?);
+    let switch = t0 + time::Duration::hours(1);
+    let retire = t0 + time::Duration::hours(2);
+    let new = service_key("3333333333333333", ServiceKeyKind::Hpke, switch, None);
+    store.put_rotated_key(&new, retire).await?;
+    let listed = store.list_service_keys().await?;
+    let get = |id: &str| listed.iter().find(|k| k.id == id).cloned();
+    ensure!(
+        get("1111111111111111").and_then(|k| k.retires_at) == Some(earlier),
+        "kept"
+    );
+    ensure!(get("2222222222222222").and_then(|k| k.retires_at) == Some(retire));
+    ensure!(
+        get("pseudonym").is_some_and(|k| k.retires_at.is_none()),
+        "never retired"
+    );
+    ensure!(get("3333333333333333") == Some(new.clone()));
+    // Ordered by activation.
+    let order: Vec<&str> = listed.iter().map(|k| k.id.as_str()).collect();
+    ensure!(
+        order.first() == Some(&"1111111111111111") && order.last() == Some(&"3333333333333333"),
+        "{order:?}"
+    );
+    // The same id again is a conflict and changes nothing.
+    let again = service_key("3333333333333333", ServiceKeyKind::Hpke, switch, None);
+    match store.put_rotated_key(&again, t0).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => anyhow::bail!("expected a conflict, got {other:?}"),
+    }
+    ensure!(store.list_service_keys().await? == listed, "rolled back");
+    // The pseudonymisation key is not rotated.
+    let p = service_key("pseudonym", ServiceKeyKind::Pseudonym, t0, None);
+    ensure!(store.put_rotated_key(&p, t0).await.is_err());
+    Ok(())
+}
+
+async fn only_long_retired_hpke_keys_are_deleted(store: Arc<dyn Store>) -> TestResult {
+    let t0 = now();
+    let day = time::Duration::days(1);
+    let keys = vec![
+        service_key("pseudonym", ServiceKeyKind::Pseudonym, t0 - day * 90, None),
+        service_key(
+            "1111111111111111",
+            ServiceKeyKind::Hpke,
+            t0 - day * 90,
+            Some(t0 - day * 60),
+        ),
+        service_key(
+            "2222222222222222",
+            ServiceKeyKind::Hpke,
+            t0 - day * 60,
+            Some(t0 - day),
+        ),
+        service_key("3333333333333333", ServiceKeyKind::Hpke, t0 - day, None),
+    ];
+    ensure!(store.put_key_set(&key_check(4), &keys).await?);
+    ensure!(store.delete_retired_keys(t0 - day * 30).await? == 1);
+    let ids: Vec<String> = store
+        .list_service_keys()
+        .await?
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    ensure!(
+        ids == ["pseudonym", "2222222222222222", "3333333333333333"],
+        "{ids:?}"
+    );
+    ensure!(store.delete_retired_keys(t0 + day * 365).await? == 1);
+    let ids: Vec<String> = store
+        .list_service_keys()
+        .await?
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    ensure!(ids == ["pseudonym", "3333333333333333"], "{ids:?}");
+    Ok(())
+}
+
+async fn two_instances_initialising_at_once_store_one_key_set(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    let set = |id: &str| {
+        vec![
+            service_key("pseudonym", ServiceKeyKind::Pseudonym, now(), None),
+            service_key(id, ServiceKeyKind::Hpke, now(), None),
+        ]
+    };
+    let (ka, kb) = (set("aaaaaaaaaaaaaaaa"), set("bbbbbbbbbbbbbbbb"));
+    let (ca, cb) = (key_check(5), key_check(6));
+    let (ra, rb) = tokio::join!(a.put_key_set(&ca, &ka), b.put_key_set(&cb, &kb));
+    let (ra, rb) = (ra?, rb?);
+    ensure!(ra != rb, "exactly one stores its set: {ra} {rb}");
+    let (check, keys) = if ra {
+        (key_check(5), ka)
+    } else {
+        (key_check(6), kb)
+    };
+    ensure!(a.get_key_check().await? == Some(check.clone()));
+    ensure!(b.get_key_check().await? == Some(check));
+    let listed = b.list_service_keys().await?;
+    ensure!(
+        listed.len() == 2 && listed.iter().all(|k| keys.contains(k)),
+        "{listed:?}"
+    );
     Ok(())
 }

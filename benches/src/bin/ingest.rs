@@ -126,6 +126,7 @@ async fn measure(
         rate_limit_per_second: 0,
         ..Config::default()
     };
+    kwm_service::startup::initialise(&config).await?;
     let app = Application::build(config).await?;
     let base = format!("http://{}", app.local_addr());
     let state = app.state().clone();

@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         release_index_sync_secs: args.index_sync_secs,
         ..Config::default()
     };
+    kwm_service::startup::initialise(&config).await?;
     let app = Application::build(config).await?;
     let state = app.state().clone();
     let base = format!("http://{}", app.local_addr());

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         rate_limit_per_second: 0,
         ..Config::default()
     };
+    kwm_service::startup::initialise(&config).await?;
     let app = Application::build(config).await?;
     let state = app.state().clone();
 

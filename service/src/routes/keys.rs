@@ -55,9 +55,7 @@ pub fn endpoints() -> Vec<Endpoint> {
 }
 
 async fn get_keys(State(state): State<AppState>) -> Result<AppJson<KeysResponse>, ApiError> {
-    if let Err(e) = state.keyring.reload() {
-        tracing::warn!(error = %e, "could not re-read the keyring; serving the loaded keys");
-    }
+    // The keys in memory: reloaded off the request path (timer and SIGHUP), never per request.
     let active_key_id = state.keyring.active_key_id().ok_or_else(|| {
         ApiError::new(
             ProblemType::Unavailable,

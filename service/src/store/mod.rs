@@ -335,6 +335,72 @@ pub trait ChangeSink: Send {
     fn upsert(&mut self, provider: AgbCode, record: WireRecord);
 }
 
+/// What a stored service key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKeyKind {
+    /// The second-stage pseudonymisation key (one per database, never rotated).
+    Pseudonym,
+    /// An HPKE key pair batches are sealed to.
+    Hpke,
+}
+
+impl ServiceKeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pseudonym => "pseudonym",
+            Self::Hpke => "hpke",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "pseudonym" => Ok(Self::Pseudonym),
+            "hpke" => Ok(Self::Hpke),
+            _ => Err(StoreError::Other(anyhow::anyhow!(
+                "the database holds an invalid value in service_keys.kind"
+            ))),
+        }
+    }
+}
+
+/// One of the service's keys as the database keeps it: the secret sealed under the master key
+/// (the store never sees a key in the clear), the public half of an HPKE key, and its dates.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredServiceKey {
+    /// `pseudonym`, or the HPKE key id.
+    pub id: String,
+    pub kind: ServiceKeyKind,
+    /// Nonce, ciphertext and tag (see `crate::keys::MasterKey`).
+    pub sealed: Vec<u8>,
+    /// The raw HPKE public key; `None` for the pseudonymisation key.
+    pub public_key: Option<Vec<u8>>,
+    pub created_at: OffsetDateTime,
+    pub activates_at: OffsetDateTime,
+    pub retires_at: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for StoredServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredServiceKey")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("created_at", &self.created_at)
+            .field("activates_at", &self.activates_at)
+            .field("retires_at", &self.retires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keyed check values of a database's key set: HMACs of fixed labels under the master key and
+/// under the pseudonymisation key, never the keys. They tell an instance whether the keys it holds
+/// are this database's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    pub master_check: [u8; 32],
+    pub pseudonym_check: [u8; 32],
+    pub created_at: OffsetDateTime,
+}
+
 /// Connections of a store's pool at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -542,6 +608,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         provider: AgbCode,
         trajectory: &Pseudonym,
     ) -> Result<Withdrawn, StoreError>;
+
+    /// The check values of the database's key set; `None` while the key set was never initialised.
+    async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError>;
+    /// Initialises the key set: stores the check values and the keys in one transaction, unless the
+    /// database has a key set already (another instance initialised it first): then it writes
+    /// nothing and returns `false`.
+    async fn put_key_set(
+        &self,
+        check: &KeyCheck,
+        keys: &[StoredServiceKey],
+    ) -> Result<bool, StoreError>;
+    /// Every stored service key, oldest activation first (the pseudonymisation key included).
+    async fn list_service_keys(&self) -> Result<Vec<StoredServiceKey>, StoreError>;
+    /// Rotation, in one transaction: every HPKE key without a retirement date retires at
+    /// `retire_at`, and `key` (an HPKE key) is added. `Conflict` if its id is taken.
+    async fn put_rotated_key(
+        &self,
+        key: &StoredServiceKey,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Deletes the HPKE keys retired before `before` (a batch sealed to one is refused anyway);
+    /// returns how many. Never the pseudonymisation key, never a key that is not retired.
+    async fn delete_retired_keys(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Marks a token revoked at `at`. `NotFound` if no such token; revoking twice keeps the first time.
     async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError>;

@@ -31,10 +31,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    check_new_round, data_version_of, round_retry_pause, ChangeSink, NewBatch, NewRelease,
-    NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound, RoundRecord,
-    SortBuckets, Store, StoreError, StoredRelease, StoredRoundRelease, TokenRecord, Withdrawn,
-    NEWEST_CHANGE, NEWEST_ERASED, ROUND_ATTEMPTS,
+    check_new_round, data_version_of, round_retry_pause, ChangeSink, KeyCheck, NewBatch,
+    NewRelease, NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound,
+    RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError, StoredRelease, StoredRoundRelease,
+    StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE, NEWEST_ERASED, ROUND_ATTEMPTS,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -1371,6 +1371,119 @@ impl Store for PgStore {
         Ok(withdrawn)
     }
 
+    async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT master_check, pseudonym_check, {} FROM key_check WHERE singleton = 1",
+            ts_column("created_at")
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| {
+            let check = |col: &str| -> Result<[u8; 32], StoreError> {
+                let v: Vec<u8> = r.try_get(col).map_err(db_err)?;
+                v.try_into().map_err(|_| corrupt("key_check"))
+            };
+            Ok(KeyCheck {
+                master_check: check("master_check")?,
+                pseudonym_check: check("pseudonym_check")?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_key_set(
+        &self,
+        check: &KeyCheck,
+        keys: &[StoredServiceKey],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Two instances initialising at once: the second waits on the row lock of the first's
+        // insert, then finds it and writes nothing.
+        let done = sqlx::query(
+            "INSERT INTO key_check (singleton, master_check, pseudonym_check, created_at) \
+             VALUES (1, $1, $2, $3::timestamptz) ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(&check.master_check[..])
+        .bind(&check.pseudonym_check[..])
+        .bind(format_ts(check.created_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for k in keys {
+            insert_service_key(&mut tx, k).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn list_service_keys(&self) -> Result<Vec<StoredServiceKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT id, kind, sealed, public_key, {}, {}, {} FROM service_keys \
+             ORDER BY service_keys.activates_at, service_keys.created_at, id",
+            ts_column("created_at"),
+            ts_column("activates_at"),
+            ts_column("retires_at")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            let retires_at: Option<String> = r.try_get("retires_at").map_err(db_err)?;
+            Ok(StoredServiceKey {
+                id: r.try_get("id").map_err(db_err)?,
+                kind: ServiceKeyKind::parse(&r.try_get::<String, _>("kind").map_err(db_err)?)?,
+                sealed: r.try_get("sealed").map_err(db_err)?,
+                public_key: r.try_get("public_key").map_err(db_err)?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+                activates_at: parse_ts(&r.try_get::<String, _>("activates_at").map_err(db_err)?)?,
+                retires_at: retires_at.as_deref().map(parse_ts).transpose()?,
+            })
+        })
+        .collect()
+    }
+
+    async fn put_rotated_key(
+        &self,
+        key: &StoredServiceKey,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if key.kind != ServiceKeyKind::Hpke {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "only HPKE keys are rotated"
+            )));
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "UPDATE service_keys SET retires_at = $1::timestamptz \
+             WHERE kind = 'hpke' AND retires_at IS NULL",
+        )
+        .bind(format_ts(retire_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        insert_service_key(&mut tx, key).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_retired_keys(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM service_keys WHERE kind = 'hpke' AND retires_at IS NOT NULL \
+             AND retires_at < $1::timestamptz",
+        )
+        .bind(format_ts(before)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE tokens SET revoked_at = coalesce(revoked_at, $2::timestamptz) WHERE id = $1",
@@ -2005,6 +2118,35 @@ fn audit_from_row(r: &PgRow) -> Result<AuditEntry, StoreError> {
         prev_hash: hash32(r, "prev_hash", "audit_log.prev_hash")?,
         hash: hash32(r, "hash", "audit_log.hash")?,
     })
+}
+
+/// Inserts one service key in a transaction; `Conflict` if its id is taken.
+async fn insert_service_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    k: &StoredServiceKey,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO service_keys \
+         (id, kind, sealed, public_key, created_at, activates_at, retires_at) \
+         VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz, $7::timestamptz)",
+    )
+    .bind(&k.id)
+    .bind(k.kind.as_str())
+    .bind(&k.sealed)
+    .bind(k.public_key.as_deref())
+    .bind(format_ts(k.created_at)?)
+    .bind(format_ts(k.activates_at)?)
+    .bind(k.retires_at.map(format_ts).transpose()?)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if unique_violation(&e).is_some() {
+            StoreError::Conflict(format!("service key {} exists", k.id))
+        } else {
+            db_err(e)
+        }
+    })?;
+    Ok(())
 }
 
 fn token_from_row(r: &PgRow) -> Result<TokenRecord, StoreError> {

@@ -30,10 +30,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    check_new_round, data_version_of, round_retry_pause, ChangeSink, NewBatch, NewRelease,
-    NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound, RoundRecord,
-    SortBuckets, Store, StoreError, StoredRelease, StoredRoundRelease, TokenRecord, Withdrawn,
-    NEWEST_CHANGE, NEWEST_ERASED, ROUND_ATTEMPTS,
+    check_new_round, data_version_of, round_retry_pause, ChangeSink, KeyCheck, NewBatch,
+    NewRelease, NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound,
+    RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError, StoredRelease, StoredRoundRelease,
+    StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE, NEWEST_ERASED, ROUND_ATTEMPTS,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -1485,6 +1485,123 @@ impl Store for SqliteStore {
         Ok(withdrawn)
     }
 
+    async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError> {
+        sqlx::query(
+            "SELECT master_check, pseudonym_check, created_at FROM key_check WHERE singleton = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| {
+            let check = |col: &str| -> Result<[u8; 32], StoreError> {
+                let v: Vec<u8> = r.try_get(col).map_err(db_err)?;
+                v.try_into().map_err(|_| corrupt("key_check"))
+            };
+            Ok(KeyCheck {
+                master_check: check("master_check")?,
+                pseudonym_check: check("pseudonym_check")?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_key_set(
+        &self,
+        check: &KeyCheck,
+        keys: &[StoredServiceKey],
+    ) -> Result<bool, StoreError> {
+        let _w = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let done = sqlx::query(
+            "INSERT INTO key_check (singleton, master_check, pseudonym_check, created_at) \
+             VALUES (1, ?1, ?2, ?3) ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(&check.master_check[..])
+        .bind(&check.pseudonym_check[..])
+        .bind(format_ts(check.created_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for k in keys {
+            insert_service_key(&mut tx, k).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn list_service_keys(&self) -> Result<Vec<StoredServiceKey>, StoreError> {
+        sqlx::query(
+            "SELECT id, kind, sealed, public_key, created_at, activates_at, retires_at \
+             FROM service_keys ORDER BY activates_at, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            let retires_at: Option<String> = r.try_get("retires_at").map_err(db_err)?;
+            Ok(StoredServiceKey {
+                id: r.try_get("id").map_err(db_err)?,
+                kind: ServiceKeyKind::parse(&r.try_get::<String, _>("kind").map_err(db_err)?)?,
+                sealed: r.try_get("sealed").map_err(db_err)?,
+                public_key: r.try_get("public_key").map_err(db_err)?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+                activates_at: parse_ts(&r.try_get::<String, _>("activates_at").map_err(db_err)?)?,
+                retires_at: retires_at.as_deref().map(parse_ts).transpose()?,
+            })
+        })
+        .collect()
+    }
+
+    async fn put_rotated_key(
+        &self,
+        key: &StoredServiceKey,
+        retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if key.kind != ServiceKeyKind::Hpke {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "only HPKE keys are rotated"
+            )));
+        }
+        let _w = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE service_keys SET retires_at = ?1 WHERE kind = 'hpke' AND retires_at IS NULL",
+        )
+        .bind(format_ts(retire_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        insert_service_key(&mut tx, key).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_retired_keys(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let _w = self.writer.lock().await;
+        let done = sqlx::query(
+            "DELETE FROM service_keys WHERE kind = 'hpke' AND retires_at IS NOT NULL \
+             AND retires_at < ?1",
+        )
+        .bind(format_ts(before)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
         let done =
@@ -1790,6 +1907,35 @@ fn parse_between_line(
             goals_achieved: small(f[17], RECORD_COLUMNS[17], GoalCount::new)?,
         },
     ))
+}
+
+/// Inserts one service key in a write transaction; `Conflict` if its id is taken.
+async fn insert_service_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    k: &StoredServiceKey,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO service_keys \
+         (id, kind, sealed, public_key, created_at, activates_at, retires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(&k.id)
+    .bind(k.kind.as_str())
+    .bind(&k.sealed)
+    .bind(k.public_key.as_deref())
+    .bind(format_ts(k.created_at)?)
+    .bind(format_ts(k.activates_at)?)
+    .bind(k.retires_at.map(format_ts).transpose()?)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!("service key {} exists", k.id))
+        } else {
+            db_err(e)
+        }
+    })?;
+    Ok(())
 }
 
 fn token_from_row(r: &SqliteRow) -> Result<TokenRecord, StoreError> {

@@ -43,6 +43,11 @@ pub fn kwm_service(data_dir: &Path, args: &[&str]) -> Output {
         .expect("kwm-service runs")
 }
 
+/// `kwm-service --data-dir DIR admin init`: a new service's keys, as the operator sets one up.
+pub fn init(data_dir: &Path) -> String {
+    ok(kwm_service(data_dir, &["admin", "init"]))
+}
+
 /// Runs and asserts success; stdout.
 pub fn ok(out: Output) -> String {
     assert!(
@@ -84,6 +89,13 @@ pub struct Served {
     pub base_url: String,
 }
 
+impl Served {
+    /// The process id of the service.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -94,7 +106,12 @@ impl Drop for Served {
 /// Starts `kwm-service --data-dir DIR serve` on port 0 and reads the address it bound from what it
 /// prints (it binds before it says so: no waiting on a guess).
 pub fn serve(data_dir: &Path) -> Served {
-    let mut child = kwm_service_cmd(data_dir)
+    serve_with(kwm_service_cmd(data_dir))
+}
+
+/// Starts `serve` on port 0 with the command's options and environment (`kwm_service_cmd` and more).
+pub fn serve_with(mut cmd: Command) -> Served {
+    let mut child = cmd
         .args([
             "serve",
             "--listen",
@@ -247,4 +264,98 @@ pub fn kwm(cwd: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("kwm runs")
+}
+
+/// A fresh PostgreSQL database on the server of `KWM_TEST_DATABASE_URL`, dropped afterwards; `None`
+/// (after a note) when the variable is unset, and a failure instead when `CI` is set.
+pub struct TestPostgres {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl TestPostgres {
+    pub fn create() -> Option<Self> {
+        let admin_url = match std::env::var("KWM_TEST_DATABASE_URL") {
+            Ok(u) if !u.trim().is_empty() => u,
+            _ => {
+                assert!(
+                    std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
+                    "KWM_TEST_DATABASE_URL is not set, but CI is: the PostgreSQL tests must run"
+                );
+                eprintln!("skipped: PostgreSQL test (set KWM_TEST_DATABASE_URL to run it)");
+                return None;
+            }
+        };
+        let name = format!("kwm_cli_{}", uuid::Uuid::new_v4().simple());
+        run_sql(&admin_url, &format!(r#"CREATE DATABASE "{name}""#));
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+        let url = format!("{server}/{name}{query}");
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    /// One query on this database, for what the operator cannot see otherwise.
+    pub fn query_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
+        use sqlx::{Connection, Row};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut c = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connects");
+            let rows = sqlx::query(sql).fetch_all(&mut c).await.expect("query");
+            rows.iter()
+                .map(|r| r.try_get::<Vec<u8>, _>(0).expect("bytes"))
+                .collect()
+        })
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        run_sql(
+            &self.admin_url,
+            &format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name),
+        );
+    }
+}
+
+fn run_sql(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to KWM_TEST_DATABASE_URL: {e}"));
+        sqlx::query(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
+/// Waits until `done` holds, asking again as soon as an answer came back; fails after a minute with
+/// `what` (a bound for a hung service, not a timing assertion).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        std::thread::yield_now();
+    }
 }

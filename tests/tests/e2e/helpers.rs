@@ -129,6 +129,12 @@ pub async fn spawn_app_configured(
         }
     };
     configure(&mut config);
+    if backend == Backend::Postgres {
+        // A shared database is initialised once by the operator (`admin init`), not by `serve`.
+        kwm_service::startup::initialise(&config)
+            .await
+            .expect("the database is initialised");
+    }
     let mut app = start(config).await;
     app._data_dir = Some(data_dir);
     app._pg = pg;

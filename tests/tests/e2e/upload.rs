@@ -402,6 +402,7 @@ async fn refusals(app: TestApp) {
         .state
         .keyring
         .rotate(time::Duration::ZERO, time::Duration::ZERO)
+        .await
         .expect("rotation");
     let p = expect(
         a.client.post_batch(&old).await,
