@@ -48,6 +48,7 @@ pub fn endpoints() -> Vec<Endpoint> {
                 ProblemType::DecryptFailed,
                 ProblemType::InvalidRecord,
                 ProblemType::BatchConflict,
+                ProblemType::BatchWithdrawn,
                 ProblemType::TooLarge,
                 ProblemType::UnsupportedVersion,
                 ProblemType::BadRequest,
@@ -109,12 +110,22 @@ async fn post_batch(
             append_required(&state, e).await?;
             (StatusCode::OK, r)
         }
-        // Refusals that matter for security: someone else's key, someone else's batch, or a batch id
-        // reused for other content. The details digest binds the entry to the header sent.
+        // `ingest_batch` answers a withdrawn batch id with its problem.
+        Ok(PutBatch::Withdrawn { .. }) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "a withdrawn batch reached the upload answer"
+            )))
+        }
+        // Refusals that matter for security: someone else's key, someone else's batch, a batch id
+        // reused for other content, or a withdrawn batch posted again. The details digest binds the
+        // entry to the header sent.
         Err(err)
             if matches!(
                 err.kind(),
-                ProblemType::BadSignature | ProblemType::Forbidden | ProblemType::BatchConflict
+                ProblemType::BadSignature
+                    | ProblemType::Forbidden
+                    | ProblemType::BatchConflict
+                    | ProblemType::BatchWithdrawn
             ) =>
         {
             let e = entry(
