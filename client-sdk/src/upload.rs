@@ -427,7 +427,7 @@ pub async fn upload_file_with(
                     failure = Some((number, batch_id, e));
                 }
                 // Later batches still in flight finish (the service stores each whole or not at all),
-                // but their receipts are not counted: a re-run replays them.
+                // but their receipts are not counted: a re-run sends them again (their rows unchanged).
                 while in_flight.next().await.is_some() {}
                 break;
             }

@@ -37,7 +37,8 @@ pub fn endpoints() -> Vec<Endpoint> {
                 json(201, "stored; the receipt", schema_of::<BatchReceipt>),
                 json(
                     200,
-                    "this batch was stored before; the original receipt",
+                    "this batch was stored before (a retry of the same upload attempt): the original \
+                     receipt, `replayed: true`; nothing changed now",
                     schema_of::<BatchReceipt>,
                 ),
             ],
