@@ -336,3 +336,19 @@ async fn kwm(args: Vec<String>) -> Result<(), kwm_sdk::cli::CliError> {
         .await
         .expect("joined")
 }
+
+#[tokio::test]
+async fn the_openapi_document_names_the_withdrawn_batch_refusal() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/v1/openapi.json", app.base_url))
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let gone = &doc["paths"]["/v1/batches"]["post"]["responses"]["410"];
+    assert!(
+        gone.to_string().contains("batch-withdrawn"),
+        "POST /v1/batches documents 410 batch-withdrawn: {gone}"
+    );
+}
