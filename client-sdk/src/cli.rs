@@ -48,11 +48,13 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Write realistic synthetic exports for the region, one per synthetic provider
     Synth(SynthArgs),
-    /// Validate an export and upload it sealed, or show with --dry-run what would be sent
+    /// Validate an export and upload it sealed, or show with --dry-run what would be sent. Every
+    /// upload is new (new batch ids) and applies; the summary says what it changed
     Upload(UploadArgs),
     /// List this provider's batches at the service
     Batches(BatchesArgs),
-    /// Withdraw a batch, or one trajectory by its number, from the service
+    /// Withdraw a batch, or one trajectory by its number (then left out of later uploads), from the
+    /// service
     Withdraw(WithdrawArgs),
     /// Write this provider's records as the service stores them (pseudonymised, coarsened) to a CSV file
     Export(ExportArgs),
@@ -61,7 +63,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["batch", "trajectory"])))]
 pub struct WithdrawArgs {
-    /// A batch id, as `kwm batches` lists it
+    /// A batch id, as `kwm batches` lists it. Removes the rows this batch was the last upload to
+    /// carry (rows a later upload carried too stay); the id stays withdrawn
     #[arg(long, value_name = "ID")]
     pub batch: Option<String>,
     /// The trajectory number as in the export (pseudonymised here with trajectory.key before it is

@@ -137,6 +137,7 @@ conformance_tests!(
     the_change_feed_misses_nothing_under_concurrent_writers_on_two_instances,
     concurrent_rounds_on_two_instances_never_pass_a_years_cap,
     two_instances_publishing_one_data_version_store_one_round,
+    a_withdrawal_racing_a_later_export_on_two_instances_keeps_its_rows,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -3591,6 +3592,46 @@ async fn raw_bulk_loads_are_in_the_change_feed(url: &str) -> TestResult {
         ensure!(next > mark, "a raw load moves the mark");
         assert_eq!((replica.removed, replica.upserted), (0, n));
         mark = next;
+    }
+    Ok(())
+}
+
+async fn a_withdrawal_racing_a_later_export_on_two_instances_keeps_its_rows(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    register(a.as_ref(), provider_a()).await?;
+    // Each round: export A is stored; then, at once, one instance withdraws A while the other stores
+    // B, which carries A's rows again (unchanged) and some of its own. Whichever runs first, B keeps
+    // every row it carried.
+    for round in 0..8u32 {
+        let base = round * 1_000;
+        let old = batch(provider_a(), Uuid::new_v4(), records(base..base + 300));
+        stored(a.put_batch(&old).await?)?;
+        let later = batch(provider_a(), Uuid::new_v4(), records(base..base + 400));
+        let (w, s) = tokio::join!(
+            a.withdraw_batch(provider_a(), old.batch_id),
+            b.put_batch(&later)
+        );
+        w?;
+        let r = stored(s?)?;
+        ensure!(
+            r.stored + r.corrected + r.unchanged == 400,
+            "round {round}: {r:?}"
+        );
+        let held: HashSet<Pseudonym> = a
+            .list_trajectories(provider_a())
+            .await?
+            .into_iter()
+            .map(|r| r.trajectory)
+            .collect();
+        for rec in &later.records {
+            ensure!(
+                held.contains(&rec.trajectory),
+                "round {round}: a row the later export carried is gone"
+            );
+        }
+        refused_as_withdrawn(b.put_batch(&old).await?)?;
     }
     Ok(())
 }

@@ -51,6 +51,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// 1: a session never holds back numbers it takes later.)
 const CHANGE_FEED_LOCK: (i32, i32) = (0x4B57_4D43, 1); // "KWMC", the trajectory change feed
 
+/// The class of the advisory lock (class, provider AGB code as a number) that orders one provider's
+/// writes: uploads take it shared (they lock shared rows in key order and do not wait for each
+/// other), withdrawals exclusively. A withdrawal deletes and moves rows in the order it finds them,
+/// and a later export carries the same rows: without this, the two could deadlock.
+const PROVIDER_WRITES_LOCK: i32 = 0x4B57_4D50; // "KWMP"
+
 /// The record columns of `trajectories` with their types, in COPY order.
 const RECORD_COLUMNS: [(&str, &str); 18] = [
     ("trajectory", "bytea NOT NULL"),
@@ -723,6 +729,7 @@ impl Store for PgStore {
 
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
+        lock_provider_writes(&mut tx, batch.provider, false).await?;
 
         // Claims the batch id. A concurrent transaction with the same id waits here until this one
         // ends; then it finds the committed row (a replay) or, after a rollback, claims the id itself.
@@ -1317,6 +1324,7 @@ impl Store for PgStore {
         let batch_id = batch_id.hyphenated().to_string();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
+        lock_provider_writes(&mut tx, provider, true).await?;
         // The receipt first: a concurrent withdrawal of the same batch waits here, then finds none.
         let batches =
             sqlx::query("DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid")
@@ -1331,8 +1339,8 @@ impl Store for PgStore {
             return Err(StoreError::NotFound);
         }
         // Only the rows this batch is the newest carrier of go: a later batch that carried a row
-        // (changed or not) keeps it; a row a concurrent batch is carrying now is re-checked after
-        // that batch commits, and stays. Each row deleted is a removal in the change feed.
+        // (changed or not) keeps it (uploads of this provider wait for the withdrawal, or it for
+        // them). Each row deleted is a removal in the change feed.
         let trajectories = sqlx::query(
             "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND carrier = $2::uuid \
              RETURNING provider, trajectory) \
@@ -1362,6 +1370,7 @@ impl Store for PgStore {
     ) -> Result<Withdrawn, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
+        lock_provider_writes(&mut tx, provider, true).await?;
         let gone: Option<(String, String)> = sqlx::query_as(
             "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND trajectory = $2 \
              RETURNING provider, trajectory, batch_id, carrier), \
@@ -2080,6 +2089,30 @@ async fn record_withdrawal(
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
+    Ok(())
+}
+
+/// Takes the provider's write lock (see [`PROVIDER_WRITES_LOCK`]), after [`enter_change_feed`].
+async fn lock_provider_writes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    provider: AgbCode,
+    exclusive: bool,
+) -> Result<(), StoreError> {
+    let key: i32 = provider
+        .as_str()
+        .parse()
+        .map_err(|_| corrupt("an AGB code"))?;
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock($1, $2)"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared($1, $2)"
+    };
+    sqlx::query(sql)
+        .bind(PROVIDER_WRITES_LOCK)
+        .bind(key)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
     Ok(())
 }
 
