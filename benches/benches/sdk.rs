@@ -48,7 +48,7 @@ fn sdk(c: &mut Criterion) {
                     &plain.plaintext,
                     plain.record_count,
                     agb,
-                    plain.batch_id(agb),
+                    kwm_sdk::batch::new_batch_id(),
                     &service_key,
                     keys.signer(),
                     created,

@@ -1,13 +1,12 @@
 //! Batching and sealing (DESIGN section 6): records are serialised straight into the batch plaintext (the
 //! JSON of `BatchPayload`), a batch is closed at the record limit or before its sealed JSON would pass the
-//! region's byte limit, its id is derived from the provider and the content (so a re-run replays the same
-//! ids), and it is sealed with HPKE to the service key and signed with the provider's Ed25519 key.
+//! region's byte limit, it gets a new random id for this upload attempt (its retries reuse it), and it
+//! is sealed with HPKE to the service key and signed with the provider's Ed25519 key.
 
 use kwm_schemas::envelope::{
     self, BatchHeader, EnvelopeError, HpkePublicKey, SealedBatch, PROTOCOL_VERSION,
 };
 use kwm_schemas::{AgbCode, WireRecord};
-use ring::digest::{Context, SHA256};
 use ring::signature::Ed25519KeyPair;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -35,22 +34,12 @@ pub fn max_plaintext_len(max_sealed_bytes: u64) -> u64 {
     (budget / 4 * 3).saturating_sub(AEAD_TAG)
 }
 
-/// The batch id of a plaintext: a UUID v8 from SHA-256("kwm-batch-id" || AGB || SHA-256(plaintext)).
-/// Uploading the same records again gives the same id, so the service answers with the original receipt
-/// instead of storing them twice; other content under the same id is a conflict.
-pub fn batch_id(provider: AgbCode, plaintext: &[u8]) -> Uuid {
-    batch_id_from_digest(provider, &envelope::content_digest(plaintext))
-}
-
-/// [`batch_id`] from an already computed content digest.
-pub fn batch_id_from_digest(provider: AgbCode, content_digest: &[u8; 32]) -> Uuid {
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(b"kwm-batch-id");
-    ctx.update(provider.as_str().as_bytes());
-    ctx.update(content_digest);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&ctx.finish().as_ref()[..16]);
-    Uuid::new_v8(bytes)
+/// A new batch id for one upload attempt: a random UUID v4. The attempt's retries post the same sealed
+/// batch, so the service answers them as replays; a later upload of the same records is a new upload
+/// with new ids and applies (a correction back to an earlier value lands, a withdrawn export can be
+/// uploaded again). An id derived from the content would make both look like retries.
+pub fn new_batch_id() -> Uuid {
+    Uuid::new_v4()
 }
 
 /// The plaintext of a batch: exactly `serde_json::to_vec(&BatchPayload { records })`.
@@ -76,10 +65,6 @@ pub struct PlainBatch {
 }
 
 impl PlainBatch {
-    pub fn batch_id(&self, provider: AgbCode) -> Uuid {
-        batch_id_from_digest(provider, &self.content_digest)
-    }
-
     /// Each record's JSON, in order.
     pub fn records_json(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut start = PAYLOAD_OPEN.len();
@@ -226,7 +211,7 @@ pub fn seal_plaintext(
 }
 
 /// Seals the given records as one batch with the given id (tests use it to craft replays, conflicts and
-/// tampering). `batch_id: None` derives the id from the content as `kwm upload` does.
+/// tampering). `batch_id: None` draws a new one as `kwm upload` does.
 pub fn seal_records(
     records: &[WireRecord],
     provider: AgbCode,
@@ -236,7 +221,7 @@ pub fn seal_records(
     created_at: OffsetDateTime,
 ) -> Result<SealedBatch, SealError> {
     let plaintext = payload_bytes(records)?;
-    let id = batch_id.unwrap_or_else(|| self::batch_id(provider, &plaintext));
+    let id = batch_id.unwrap_or_else(new_batch_id);
     let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords)?;
     Ok(seal_plaintext(
         &plaintext, count, provider, id, recipient, signer, created_at,
@@ -351,7 +336,7 @@ mod tests {
                 &b.plaintext,
                 b.record_count,
                 agb(),
-                b.batch_id(agb()),
+                new_batch_id(),
                 &sk.public_key(),
                 keys.signer(),
                 now_utc_seconds(),
@@ -379,22 +364,10 @@ mod tests {
     }
 
     #[test]
-    fn batch_ids_are_deterministic_v8_and_bound_to_provider_and_content() {
-        let records: Vec<WireRecord> = (0..3).map(record).collect();
-        let a = split(&records, 10, 1 << 20);
-        let b = split(&records, 10, 1 << 20);
-        assert_eq!(a[0].batch_id(agb()), b[0].batch_id(agb()));
-        assert_eq!(a[0].batch_id(agb()).get_version_num(), 8);
-        let other: AgbCode = "87654321".parse().expect("valid");
-        assert_ne!(a[0].batch_id(agb()), a[0].batch_id(other));
-        let c = split(&records[..2], 10, 1 << 20);
-        assert_ne!(a[0].batch_id(agb()), c[0].batch_id(agb()));
-        // Known answer (computed independently), so that a change of the derivation is noticed: it
-        // would make every re-run after an upgrade a new upload instead of a replay.
-        assert_eq!(
-            batch_id(agb(), b"{\"records\":[]}").to_string(),
-            "8cfd8513-aa0d-837c-873b-38c16ab9c3af"
-        );
+    fn batch_ids_are_random_v4_per_attempt() {
+        let (a, b) = (new_batch_id(), new_batch_id());
+        assert_ne!(a, b, "two uploads of the same records are two uploads");
+        assert_eq!(a.get_version_num(), 4);
     }
 
     #[test]
@@ -419,7 +392,7 @@ mod tests {
         let plain = envelope::open(&sealed, &sk).expect("open");
         let payload: BatchPayload = serde_json::from_slice(&plain).expect("payload");
         assert_eq!(payload.records, records);
-        let derived = seal_records(
+        let drawn = seal_records(
             &records,
             agb(),
             None,
@@ -428,6 +401,7 @@ mod tests {
             now_utc_seconds(),
         )
         .expect("seal");
-        assert_eq!(derived.header.batch_id, batch_id(agb(), &plain));
+        assert_eq!(drawn.header.batch_id.get_version_num(), 4);
+        assert_ne!(drawn.header.batch_id, id);
     }
 }

@@ -20,6 +20,7 @@ use crate::prepare::{BadRow, Validation};
 use crate::secret::Token;
 use crate::synth::{self, SynthOptions};
 use crate::upload::{self, UploadObserver, UploadOptions, UploadReport};
+use crate::withdrawn::WithdrawnList;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,11 +48,13 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Write realistic synthetic exports for the region, one per synthetic provider
     Synth(SynthArgs),
-    /// Validate an export and upload it sealed, or show with --dry-run what would be sent
+    /// Validate an export and upload it sealed, or show with --dry-run what would be sent. Every
+    /// upload is new (new batch ids) and applies; the summary says what it changed
     Upload(UploadArgs),
     /// List this provider's batches at the service
     Batches(BatchesArgs),
-    /// Withdraw a batch, or one trajectory by its number, from the service
+    /// Withdraw a batch, or one trajectory by its number (then left out of later uploads), from the
+    /// service
     Withdraw(WithdrawArgs),
     /// Write this provider's records as the service stores them (pseudonymised, coarsened) to a CSV file
     Export(ExportArgs),
@@ -60,10 +63,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["batch", "trajectory"])))]
 pub struct WithdrawArgs {
-    /// A batch id, as `kwm batches` lists it
+    /// A batch id, as `kwm batches` lists it. Removes the rows this batch was the last upload to
+    /// carry (rows a later upload carried too stay); the id stays withdrawn
     #[arg(long, value_name = "ID")]
     pub batch: Option<String>,
-    /// The trajectory number as in the export (pseudonymised here with trajectory.key before it is sent)
+    /// The trajectory number as in the export (pseudonymised here with trajectory.key before it is
+    /// sent). It is also added to withdrawn-trajectories.txt in the keys directory, so that later
+    /// uploads leave it out (`kwm upload --include-withdrawn` sends it again)
     #[arg(long, value_name = "ID")]
     pub trajectory: Option<String>,
     /// Base URL of the service
@@ -167,9 +173,13 @@ pub struct UploadArgs {
     /// An extra export column that may stay in the file; its values are never read (repeatable)
     #[arg(long = "ignore-column", value_name = "NAME")]
     pub ignore_columns: Vec<String>,
-    /// The provider's AGB code: checked against the token; lets --dry-run show batch ids
+    /// The provider's AGB code: checked against the token
     #[arg(long, value_name = "AGB")]
     pub agb: Option<String>,
+    /// Also send the trajectories this provider withdrew with `kwm withdraw --trajectory` (listed in
+    /// withdrawn-trajectories.txt in the keys directory); without it they are left out with a note
+    #[arg(long)]
+    pub include_withdrawn: bool,
 }
 
 #[derive(Debug, Args)]
@@ -483,6 +493,13 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
     for w in keys.warnings().iter().chain(regional.warnings()) {
         eprintln!("warning: {w}");
     }
+    let withdrawn = if a.include_withdrawn {
+        Default::default()
+    } else {
+        WithdrawnList::load(&keys_dir)
+            .map_err(|e| CliError::usage(e.to_string()))?
+            .into_set()
+    };
     let mut opts = UploadOptions::new(&a.file, service.unwrap_or_default(), token, keys, regional);
     opts.region = load_region(a.region.as_deref().or(cfg.region.as_deref()))?;
     opts.batch_size = a
@@ -498,6 +515,7 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
         .cloned()
         .collect();
     opts.provider = provider;
+    opts.withdrawn = withdrawn;
     opts.progress = !a.json && !a.dry_run && std::io::stderr().is_terminal();
 
     if let Ok(reader) = crate::export::ExportReader::open(
@@ -524,6 +542,14 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
     drop(out);
     match result {
         Ok(report) => {
+            if report.rows_withdrawn > 0 {
+                eprintln!(
+                    "note: {} row(s) of trajectories this provider withdrew were left out ({}); \
+                     pass --include-withdrawn to send them again",
+                    report.rows_withdrawn,
+                    WithdrawnList::path_in(&keys_dir).display()
+                );
+            }
             if a.json {
                 let json = serde_json::to_string(&report)
                     .map_err(|e| CliError::failure(format!("cannot write the summary: {e}")))?;
@@ -576,8 +602,8 @@ pub fn summary(r: &UploadReport, service: Option<&str>) -> String {
             r.batches as u64,
             if r.replayed_batches > 0 {
                 format!(
-                    "{} replayed (stored before; the original receipts)",
-                    r.replayed_batches
+                    "{} replayed (a retry of a batch stored before; {} record(s), changed nothing now)",
+                    r.replayed_batches, r.replayed_records
                 )
             } else {
                 String::new()
@@ -593,12 +619,22 @@ pub fn summary(r: &UploadReport, service: Option<&str>) -> String {
                 String::new()
             },
         ),
+        (
+            "withdrawn",
+            r.rows_withdrawn,
+            if r.rows_withdrawn > 0 {
+                "rows of withdrawn trajectories left out (--include-withdrawn sends them)".into()
+            } else {
+                String::new()
+            },
+        ),
         ("records sent", r.records_sent, String::new()),
     ];
     for (label, n, note) in rows {
         s.push_str(&format!("  {label:<13} {n:>9}  {note}\n").replace("  \n", "\n"));
     }
     if !r.dry_run {
+        s.push_str("  this upload changed:\n");
         for (label, n, note) in [
             ("stored", r.stored, "new trajectories"),
             ("corrected", r.corrected, "replaced an earlier upload"),
@@ -652,7 +688,7 @@ fn withdraw_cmd(a: WithdrawArgs, loaded: LoadedConfig) -> Result<(), CliError> {
         (None, Some(t)) => Withdrawal::Trajectory(t.clone()),
         _ => return Err(CliError::usage("name one of --batch ID or --trajectory ID")),
     };
-    let keys = match &what {
+    let (keys_dir, keys) = match &what {
         Withdrawal::Trajectory(_) => {
             let dir = a.keys.clone().or_else(|| loaded.config.keys.clone()).ok_or_else(|| {
                 CliError::usage(
@@ -664,17 +700,32 @@ fn withdraw_cmd(a: WithdrawArgs, loaded: LoadedConfig) -> Result<(), CliError> {
             for w in keys.warnings() {
                 eprintln!("warning: {w}");
             }
-            Some(keys)
+            // A list that cannot be read is said before anything is withdrawn.
+            WithdrawnList::load(&dir).map_err(|e| CliError::usage(e.to_string()))?;
+            (Some(dir), Some(keys))
         }
-        Withdrawal::Batch(_) => None,
+        Withdrawal::Batch(_) => (None, None),
     };
     let client = provider_client(a.service.as_deref(), a.token.as_deref(), &loaded)?;
-    let receipt = runtime()?
-        .block_on(custody::withdraw(&client, &what, keys.as_ref()))
-        .map_err(|e| match e {
-            custody::CustodyError::Input(m) => CliError::usage(m),
-            other => CliError::failure(other.to_string()),
-        })?;
+    let result = runtime()?.block_on(custody::withdraw(&client, &what, keys.as_ref()));
+    // The provider's own list: a trajectory withdrawn here stays out of later uploads. Only after the
+    // service withdrew it: a mistyped number must not hide a future trajectory of that number.
+    let listed = match (&what, &keys_dir, &keys) {
+        (Withdrawal::Trajectory(number), Some(dir), Some(keys)) if result.is_ok() => {
+            let p = custody::trajectory_pseudonym(keys, number).map_err(CliError::usage)?;
+            WithdrawnList::add(dir, &p).map_err(|e| {
+                CliError::failure(format!(
+                    "the local list of withdrawn trajectories could not be written: {e}"
+                ))
+            })?;
+            Some(WithdrawnList::path_in(dir))
+        }
+        _ => None,
+    };
+    let receipt = result.map_err(|e| match e {
+        custody::CustodyError::Input(m) => CliError::usage(m),
+        other => CliError::failure(other.to_string()),
+    })?;
     if a.json {
         let json = serde_json::to_string_pretty(&receipt)
             .map_err(|e| CliError::failure(format!("cannot write the receipt: {e}")))?;
@@ -690,6 +741,12 @@ fn withdraw_cmd(a: WithdrawArgs, loaded: LoadedConfig) -> Result<(), CliError> {
         );
         println!(
             "releases published before stay as they are; later releases no longer count these rows"
+        );
+    }
+    if let Some(path) = listed {
+        eprintln!(
+            "note: listed in {}: later uploads leave this trajectory out (--include-withdrawn sends it)",
+            path.display()
         );
     }
     Ok(())
@@ -779,12 +836,13 @@ mod tests {
             "5",
             "--ignore-column",
             "notes",
+            "--include-withdrawn",
         ])
         .expect("parses");
         let Command::Upload(a) = cli.command else {
             panic!("upload expected")
         };
-        assert!(a.json && a.dry_run && a.skip_invalid);
+        assert!(a.json && a.dry_run && a.skip_invalid && a.include_withdrawn);
         assert_eq!(a.batch_size, Some(5));
         assert_eq!(a.ignore_columns, ["notes"]);
         assert!(
@@ -840,11 +898,13 @@ mod tests {
             file: "x.csv".into(),
             batches: 3,
             replayed_batches: 1,
+            replayed_records: 10,
             rows_read: 100,
             rows_skipped: 2,
-            records_sent: 98,
-            stored: 90,
-            corrected: 5,
+            rows_withdrawn: 4,
+            records_sent: 94,
+            stored: 80,
+            corrected: 1,
             unchanged: 3,
             ..UploadReport::default()
         };
@@ -852,8 +912,12 @@ mod tests {
         for needle in [
             "batches",
             "1 replayed",
+            "10 record(s), changed nothing now",
             "rows read",
             "rows skipped",
+            "withdrawn",
+            "--include-withdrawn",
+            "this upload changed",
             "stored",
             "corrected",
             "unchanged",

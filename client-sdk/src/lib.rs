@@ -14,7 +14,10 @@
 //!   [`custody::trajectory_pseudonym`] names a trajectory by its number as an upload does.
 //! - [`upload::upload_file`] with [`upload::UploadOptions`] gives an [`upload::UploadReport`].
 //! - [`batch::seal_records`] seals any records as one batch with a chosen id (replays, conflicts,
-//!   tampering); [`batch::batch_id`] is the id `kwm upload` derives; [`batch::BatchBuilder`] splits.
+//!   tampering); [`batch::new_batch_id`] draws the id of one upload attempt; [`batch::BatchBuilder`]
+//!   splits.
+//! - [`withdrawn::WithdrawnList`]: the provider's own list of withdrawn trajectories in its keys
+//!   directory, which `kwm upload` leaves out.
 //! - [`synth::generate`] writes synthetic exports; [`synth::write_single_export`] streams a large one;
 //!   [`synth::Generator`] yields trajectories in memory.
 
@@ -32,6 +35,7 @@ pub mod pseudonym;
 pub mod secret;
 pub mod synth;
 pub mod upload;
+pub mod withdrawn;
 
 pub use client::{Client, ClientError, PostOutcome, RetryPolicy};
 pub use keys::{ProviderKeys, RegionalKey};

@@ -2,6 +2,7 @@
 //! (pass 2), or with `dry_run` print exactly what would be sent. Holds at most a few batches and the
 //! trajectory prefixes of pass 1, never the file.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kwm_schemas::api::BatchReceipt;
 use kwm_schemas::envelope::{EnvelopeError, HpkePublicKey, KeyId, PROTOCOL_VERSION};
 use kwm_schemas::problem::ProblemType;
-use kwm_schemas::{AgbCode, RegionConfig, Role};
+use kwm_schemas::{AgbCode, Pseudonym, RegionConfig, Role};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -44,9 +45,12 @@ pub struct UploadOptions {
     pub dry_run: bool,
     /// Extra columns that may be in the export (see [`ExportOptions::ignore_columns`]).
     pub ignore_columns: Vec<String>,
-    /// The provider's AGB code. Normally learnt from `GET /v1/me`; when set it must match. A dry run
-    /// needs it to show batch ids.
+    /// The provider's AGB code. Normally learnt from `GET /v1/me`; when set it must match.
     pub provider: Option<AgbCode>,
+    /// Trajectories (pseudonyms) the provider withdrew: rows of these are left out and counted in
+    /// [`UploadReport::rows_withdrawn`]. `kwm upload` fills it from the keys directory's
+    /// [`crate::withdrawn::WithdrawnList`] unless `--include-withdrawn`.
+    pub withdrawn: HashSet<Pseudonym>,
     pub retry: RetryPolicy,
     /// Draw a progress bar on stderr (never drawn when stderr is not a terminal).
     pub progress: bool,
@@ -72,6 +76,7 @@ impl UploadOptions {
             dry_run: false,
             ignore_columns: Vec::new(),
             provider: None,
+            withdrawn: HashSet::new(),
             retry: RetryPolicy::default(),
             progress: false,
         }
@@ -95,16 +100,22 @@ pub struct UploadReport {
     pub provider: Option<AgbCode>,
     pub dry_run: bool,
     pub batches: u32,
-    /// Batches the service had stored before (a re-run or a retry after a lost answer).
+    /// Batches the service had stored before: a retry of this upload's own batch after a lost answer.
+    /// Their records are counted in `replayed_records`, not in `stored`, `corrected` or `unchanged`:
+    /// those say what this upload changed.
     pub replayed_batches: u32,
+    /// Records of the replayed batches (stored by the first attempt; this upload changed nothing).
+    pub replayed_records: u64,
     /// Batches sealed again to the service's new active key after a `retired-key`/`unknown-key` answer.
     pub resealed_batches: u32,
     pub rows_read: u64,
     /// Bad rows and rows of repeated trajectories left out (only with `skip_invalid`).
     pub rows_skipped: u64,
+    /// Rows of trajectories the provider withdrew, left out (see [`UploadOptions::withdrawn`]).
+    pub rows_withdrawn: u64,
     /// Records sent (or, in a dry run, that would be sent).
     pub records_sent: u64,
-    /// Trajectories stored for the first time.
+    /// Trajectories stored for the first time by this upload.
     pub stored: u64,
     /// Trajectories that replaced an earlier upload with other values.
     pub corrected: u64,
@@ -143,7 +154,7 @@ pub enum UploadError {
         token_agb: AgbCode,
         configured: AgbCode,
     },
-    #[error("batch {number} (id {batch_id}) was refused; {stored_before} earlier batch(es) are stored and a re-run replays them: {source}")]
+    #[error("batch {number} (id {batch_id}) was refused; {stored_before} earlier batch(es) are stored (a re-run sends them again and finds their records unchanged): {source}")]
     Batch {
         number: u32,
         batch_id: Uuid,
@@ -326,17 +337,21 @@ pub async fn upload_file_with(
         let batch_size = opts.batch_size;
         let max_bytes = opts.region.ingest.max_batch_bytes;
         let skip_invalid = opts.skip_invalid;
-        tokio::task::spawn_blocking(move || -> Result<(u64, u64), UploadError> {
+        let withdrawn = opts.withdrawn.clone();
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64), UploadError> {
             let mut builder = BatchBuilder::new(batch_size, max_bytes)?;
             let mut records = Records::open(&path, &ctx, exclude)?;
-            let mut skipped = 0u64;
+            let (mut skipped, mut left_out) = (0u64, 0u64);
             for item in records.by_ref() {
                 match item? {
+                    RowOutcome::Record { record, .. } if withdrawn.contains(&record.trajectory) => {
+                        left_out += 1
+                    }
                     RowOutcome::Record { record, .. } => {
                         if let Some(b) = builder.push(&record)? {
                             if tx.blocking_send(b).is_err() {
                                 // The uploader stopped; it reports why.
-                                return Ok((records.rows(), skipped));
+                                return Ok((records.rows(), skipped, left_out));
                             }
                         }
                     }
@@ -352,7 +367,7 @@ pub async fn upload_file_with(
             if let Some(b) = builder.finish() {
                 let _ = tx.blocking_send(b);
             }
-            Ok((records.rows(), skipped))
+            Ok((records.rows(), skipped, left_out))
         })
     };
 
@@ -369,7 +384,9 @@ pub async fn upload_file_with(
                 Some(plain) => {
                     next_number += 1;
                     let number = next_number;
-                    let batch_id = plain.batch_id(token_agb);
+                    // A new id per batch of this attempt; its retries (in the client) and a reseal
+                    // reuse it.
+                    let batch_id = batch::new_batch_id();
                     let current = (key_id.clone(), key.clone());
                     let client = &client;
                     in_flight.push_back(async move {
@@ -393,9 +410,14 @@ pub async fn upload_file_with(
                 report.replayed_batches += u32::from(replayed);
                 report.resealed_batches += u32::from(resealed);
                 report.records_sent += u64::from(record_count);
-                report.stored += u64::from(receipt.stored);
-                report.corrected += u64::from(receipt.corrected);
-                report.unchanged += u64::from(receipt.unchanged);
+                if replayed {
+                    // The original receipt's figures are what the first attempt changed.
+                    report.replayed_records += u64::from(receipt.record_count);
+                } else {
+                    report.stored += u64::from(receipt.stored);
+                    report.corrected += u64::from(receipt.corrected);
+                    report.unchanged += u64::from(receipt.unchanged);
+                }
                 bar.inc(u64::from(record_count));
                 observer.batch_done(number, &receipt);
                 report.receipts.push(receipt);
@@ -405,7 +427,7 @@ pub async fn upload_file_with(
                     failure = Some((number, batch_id, e));
                 }
                 // Later batches still in flight finish (the service stores each whole or not at all),
-                // but their receipts are not counted: a re-run replays them.
+                // but their receipts are not counted: a re-run sends them again (their rows unchanged).
                 while in_flight.next().await.is_some() {}
                 break;
             }
@@ -428,9 +450,10 @@ pub async fn upload_file_with(
             SendError::Other(e) => e,
         });
     }
-    let (rows, skipped) = produced?;
+    let (rows, skipped, left_out) = produced?;
     report.rows_read = rows;
     report.rows_skipped = skipped;
+    report.rows_withdrawn = left_out;
     Ok(report)
 }
 
@@ -533,7 +556,7 @@ struct DryRunHeader {
     batch: u32,
     version: u16,
     provider: String,
-    batch_id: String,
+    batch_id: &'static str,
     key_id: &'static str,
     record_count: u32,
     created_at: &'static str,
@@ -567,12 +590,7 @@ fn dry_run(
                 .provider
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| FETCHED_AT_UPLOAD.into()),
-            batch_id: opts
-                .provider
-                .map(|p| b.batch_id(p).to_string())
-                .unwrap_or_else(|| {
-                    "(derived from the provider's AGB code and the content at upload)".into()
-                }),
+            batch_id: "(a new random id at upload)",
             key_id: FETCHED_AT_UPLOAD,
             record_count: b.record_count,
             created_at: "(set at upload)",
@@ -588,6 +606,9 @@ fn dry_run(
     };
     for item in records.by_ref() {
         match item? {
+            RowOutcome::Record { record, .. } if opts.withdrawn.contains(&record.trajectory) => {
+                report.rows_withdrawn += 1
+            }
             RowOutcome::Record { record, .. } => {
                 if let Some(b) = builder.push(&record)? {
                     emit(b, &mut report)?;

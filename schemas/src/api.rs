@@ -26,7 +26,9 @@ pub struct BatchReceipt {
     pub received_at: OffsetDateTime,
     /// SHA-256 of the batch's plaintext, hex: what the batch id is bound to.
     pub content_digest: String,
-    /// True when this answer is for a batch that was already stored (a retry or replay).
+    /// True when this answer is for a batch that was already stored: a retry of the same upload attempt
+    /// (same batch id and content). The figures are then those of the original upload; this answer
+    /// changed nothing.
     #[serde(default)]
     pub replayed: bool,
 }

@@ -29,6 +29,9 @@ pub enum ProblemType {
     NotReleased,
     /// The period has not ended, or its data deadline has not passed: it cannot be published yet.
     PeriodNotFinal,
+    /// The provider withdrew the batch with this id: it stays withdrawn (a new upload of the same
+    /// records is a new batch with a new id).
+    BatchWithdrawn,
 }
 
 /// The prefix of every problem `type` URI.
@@ -55,6 +58,7 @@ impl ProblemType {
         Self::Internal,
         Self::NotReleased,
         Self::PeriodNotFinal,
+        Self::BatchWithdrawn,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -78,6 +82,7 @@ impl ProblemType {
             Self::Internal => "internal",
             Self::NotReleased => "not-released",
             Self::PeriodNotFinal => "period-not-final",
+            Self::BatchWithdrawn => "batch-withdrawn",
         }
     }
 
@@ -108,6 +113,7 @@ impl ProblemType {
             Self::Internal => 500,
             Self::NotReleased => 404,
             Self::PeriodNotFinal => 409,
+            Self::BatchWithdrawn => 410,
         }
     }
 
@@ -132,6 +138,7 @@ impl ProblemType {
             Self::Internal => "Internal error",
             Self::NotReleased => "This period has not been released",
             Self::PeriodNotFinal => "This period cannot be published yet",
+            Self::BatchWithdrawn => "This batch was withdrawn",
         }
     }
 

@@ -67,6 +67,16 @@ pub async fn ingest_batch(
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation task failed: {e}")))??;
 
     match state.store.put_batch(&prepared).await {
+        Ok(PutBatch::Withdrawn { at }) => Err(ApiError::new(
+            ProblemType::BatchWithdrawn,
+            format!(
+                "batch {} was withdrawn ({}) and stays withdrawn; to upload these records again, \
+                 run the upload again (every upload sends its batches under new ids)",
+                prepared.batch_id,
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+        )),
         Ok(outcome) => Ok(outcome),
         Err(StoreError::Conflict(_)) => Err(ApiError::new(
             ProblemType::BatchConflict,

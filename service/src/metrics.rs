@@ -261,7 +261,9 @@ impl Metrics {
                     .inc_by(u64::from(r.unchanged));
             }
             Ok(PutBatch::Replayed(_)) => self.uploads.with_label_values(&["replayed"]).inc(),
-            Err(_) => self.uploads.with_label_values(&["rejected"]).inc(),
+            Ok(PutBatch::Withdrawn { .. }) | Err(_) => {
+                self.uploads.with_label_values(&["rejected"]).inc()
+            }
         }
     }
 

@@ -177,3 +177,194 @@ fn https_against_a_plain_http_service_says_so() {
         started.elapsed()
     );
 }
+
+/// The summary `kwm upload --json` printed.
+fn upload_json(out: Output) -> serde_json::Value {
+    let stdout = ok(out);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// The export as its header and rows (synthetic exports: no quoting).
+fn read_export(path: &Path) -> (char, Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).expect("export");
+    let mut lines = text.lines();
+    let first = lines.next().expect("header");
+    let d = if first.contains(';') { ';' } else { ',' };
+    let split = |l: &str| l.split(d).map(str::to_string).collect::<Vec<_>>();
+    (d, split(first), lines.map(split).collect())
+}
+
+fn write_export(path: &Path, d: char, header: &[String], rows: &[Vec<String>]) {
+    let d = d.to_string();
+    let mut text = header.join(&d);
+    text.push('\n');
+    for r in rows {
+        text.push_str(&r.join(&d));
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("export written");
+}
+
+#[test]
+fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("service");
+    std::fs::create_dir(&data).expect("data dir");
+    let work = dir.path().join("provider");
+    std::fs::create_dir(&work).expect("provider dir");
+    ok(kwm(&work, &["keygen", "--out", "keys/"]));
+    ok(kwm(
+        &work,
+        &["keygen", "--regional", "--out", "regional.key"],
+    ));
+    ok(kwm(
+        &work,
+        &[
+            "synth",
+            "--out-dir",
+            "synth",
+            "--providers",
+            "1",
+            "--trajectories",
+            "120",
+        ],
+    ));
+    let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
+    let agb = agb.trim();
+    let token = printed_token(&ok(kwm_service_cmd(&data)
+        .args([
+            "admin",
+            "provider",
+            "add",
+            "--agb",
+            agb,
+            "--name",
+            "Voorbeeld",
+        ])
+        .arg("--signing-key")
+        .arg(work.join("keys/signing.pub"))
+        .output()
+        .expect("runs")));
+    let service = serve(&data);
+    std::fs::write(
+        work.join("kwm.toml"),
+        format!(
+            "service = \"{}\"\nkeys = \"keys/\"\nregional_key = \"regional.key\"\n",
+            service.base_url
+        ),
+    )
+    .expect("kwm.toml");
+    let (d, header, mut rows) = read_export(&work.join(format!("synth/{agb}.csv")));
+    let n = rows.len() as u64;
+    let col = |name: &str| header.iter().position(|c| c == name).expect(name);
+    let (sat, id) = (col("satisfaction"), col("trajectory_id"));
+    let i = rows
+        .iter()
+        .position(|r| !r[sat].is_empty())
+        .expect("a graded row");
+    let export = work.join("export.csv");
+    let stored_csv = |name: &str| {
+        ok(kwm_with_token(&work, &token, &["export", "--out", name]));
+        let mut lines: Vec<String> = std::fs::read_to_string(work.join(name))
+            .expect("stored")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+
+    // Satisfaction 3, then 4, then back to 3: every upload applies, and says what it changed.
+    let mut summaries = Vec::new();
+    let mut first_stored = Vec::new();
+    for (k, grade) in ["3", "4", "3"].into_iter().enumerate() {
+        rows[i][sat] = grade.into();
+        write_export(&export, d, &header, &rows);
+        let s = upload_json(kwm_with_token(
+            &work,
+            &token,
+            &["upload", "export.csv", "--json"],
+        ));
+        summaries.push((
+            s["stored"].as_u64(),
+            s["corrected"].as_u64(),
+            s["replayed_records"].as_u64(),
+        ));
+        if k == 0 {
+            first_stored = stored_csv("stored-0.csv");
+        }
+    }
+    assert_eq!(
+        summaries,
+        [
+            (Some(n), Some(0), Some(0)),
+            (Some(0), Some(1), Some(0)),
+            (Some(0), Some(1), Some(0))
+        ]
+    );
+    assert_eq!(
+        stored_csv("stored-2.csv"),
+        first_stored,
+        "after 3 -> 4 -> 3 the service holds what it held after the first upload"
+    );
+    // The human summary says what this upload changed.
+    let human = ok(kwm_with_token(&work, &token, &["upload", "export.csv"]));
+    assert!(human.contains("this upload changed"), "{human}");
+    assert!(
+        human
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["stored", "0", "new", "trajectories"]),
+        "{human}"
+    );
+
+    // Withdraw every batch, then upload the same export again: it is stored again.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(kwm_with_token(&work, &token, &["batches", "--json"])))
+            .expect("json");
+    for b in list["batches"].as_array().expect("batches") {
+        ok(kwm_with_token(
+            &work,
+            &token,
+            &["withdraw", "--batch", b["batch_id"].as_str().expect("id")],
+        ));
+    }
+    let s = upload_json(kwm_with_token(
+        &work,
+        &token,
+        &["upload", "export.csv", "--json"],
+    ));
+    assert_eq!(s["stored"].as_u64(), Some(n), "{s}");
+
+    // One trajectory withdrawn stays out of the next upload of the full export, with a note.
+    let number = rows[0][id].clone();
+    let out = kwm_with_token(&work, &token, &["withdraw", "--trajectory", &number]);
+    ok(out.clone());
+    assert!(
+        text(&out.stderr).contains("withdrawn-trajectories.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kwm_with_token(&work, &token, &["upload", "export.csv", "--json"]);
+    let note = text(&out.stderr);
+    let s = upload_json(out);
+    assert_eq!(
+        (s["rows_withdrawn"].as_u64(), s["stored"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert!(
+        note.contains("left out") && note.contains("--include-withdrawn"),
+        "{note}"
+    );
+    let s = upload_json(kwm_with_token(
+        &work,
+        &token,
+        &["upload", "export.csv", "--json", "--include-withdrawn"],
+    ));
+    assert_eq!(
+        (s["rows_withdrawn"].as_u64(), s["stored"].as_u64()),
+        (Some(0), Some(1)),
+        "{s}"
+    );
+}

@@ -492,7 +492,7 @@ impl TestProvider {
             .with_retry(RetryPolicy::none())
     }
 
-    /// Seals `records` in batches of `size`, as `kwm upload` would (ids derived from the content).
+    /// Seals `records` in batches of `size`, as `kwm upload` would (a new id per batch).
     async fn seal(&self, client: &Client, records: &[WireRecord], size: usize) -> Vec<SealedBatch> {
         let (_, key) = client.active_key().await.expect("the service's key");
         records

@@ -108,6 +108,10 @@ conformance_tests!(
     the_audit_log_filters_by_provider,
     withdrawing_a_batch_removes_its_rows_and_receipt,
     withdrawing_a_trajectory_removes_a_batch_left_empty,
+    withdrawing_an_export_keeps_what_a_later_export_carried,
+    a_withdrawn_batch_id_stays_refused,
+    a_correction_back_to_an_earlier_value_lands,
+    the_change_feed_finds_the_rows_a_withdrawn_batch_left_to_a_later_one,
     a_token_is_revoked_once,
     tokens_are_listed_oldest_first_without_hashes,
     the_change_feed_of_an_empty_store_is_empty,
@@ -137,6 +141,7 @@ conformance_tests!(
     concurrent_rounds_on_two_instances_never_pass_a_years_cap,
     two_instances_publishing_one_data_version_store_one_round,
     two_instances_initialising_at_once_store_one_key_set,
+    a_withdrawal_racing_a_later_export_on_two_instances_keeps_its_rows,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -263,14 +268,21 @@ fn batch(provider: AgbCode, batch_id: Uuid, records: Vec<WireRecord>) -> NewBatc
 fn stored(outcome: PutBatch) -> anyhow::Result<BatchReceipt> {
     match outcome {
         PutBatch::Stored(r) => Ok(r),
-        PutBatch::Replayed(_) => anyhow::bail!("expected Stored, got Replayed"),
+        other => anyhow::bail!("expected Stored, got {other:?}"),
     }
 }
 
 fn replayed(outcome: PutBatch) -> anyhow::Result<BatchReceipt> {
     match outcome {
         PutBatch::Replayed(r) => Ok(r),
-        PutBatch::Stored(_) => anyhow::bail!("expected Replayed, got Stored"),
+        other => anyhow::bail!("expected Replayed, got {other:?}"),
+    }
+}
+
+fn refused_as_withdrawn(outcome: PutBatch) -> anyhow::Result<OffsetDateTime> {
+    match outcome {
+        PutBatch::Withdrawn { at } => Ok(at),
+        other => anyhow::bail!("expected Withdrawn, got {other:?}"),
     }
 }
 
@@ -722,6 +734,7 @@ async fn concurrent_identical_uploads_store_once(store: Arc<dyn Store>) -> TestR
         match t.await?? {
             PutBatch::Stored(r) => stored_receipts.push(r),
             PutBatch::Replayed(r) => replayed_receipts.push(r),
+            PutBatch::Withdrawn { .. } => anyhow::bail!("nothing was withdrawn"),
         }
     }
     assert_eq!(
@@ -762,6 +775,7 @@ async fn concurrent_uploads_with_other_content_conflict(store: Arc<dyn Store>) -
         match t.await? {
             (k, Ok(PutBatch::Stored(r))) => winners.push((k, r)),
             (_, Ok(PutBatch::Replayed(_))) => anyhow::bail!("other content must not replay"),
+            (_, Ok(PutBatch::Withdrawn { .. })) => anyhow::bail!("nothing was withdrawn"),
             (_, Err(StoreError::Conflict(_))) => {}
             (_, Err(e)) => anyhow::bail!("expected Conflict, got {e:?}"),
         }
@@ -2670,9 +2684,133 @@ async fn withdrawing_a_batch_removes_its_rows_and_receipt(store: Arc<dyn Store>)
     );
     assert_eq!(store.count_trajectories(Some(provider_b())).await?, 0);
 
-    // The ids are free again: the provider may upload under them afresh.
-    let again = stored(store.put_batch(&b1).await?)?;
+    // A withdrawn id stays withdrawn (for each provider); the same records under a new id are a new
+    // upload.
+    refused_as_withdrawn(store.put_batch(&b1).await?)?;
+    refused_as_withdrawn(store.put_batch(&bb).await?)?;
+    assert_eq!(store.count_trajectories(None).await?, 5);
+    let anew = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    let again = stored(store.put_batch(&anew).await?)?;
     assert_eq!((again.stored, again.corrected, again.unchanged), (7, 3, 0));
+    Ok(())
+}
+
+async fn withdrawing_an_export_keeps_what_a_later_export_carried(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    // Export A, then the full re-export B: every row of A again, one of them changed, two new.
+    let a = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    stored(store.put_batch(&a).await?)?;
+    let mut full = records(0..12);
+    full[3].satisfaction = Some(Satisfaction::new(10).expect("valid"));
+    let b = batch(provider_a(), Uuid::new_v4(), full.clone());
+    let rb = stored(store.put_batch(&b).await?)?;
+    assert_eq!((rb.stored, rb.corrected, rb.unchanged), (2, 1, 9));
+
+    // Withdrawing the obsolete A removes nothing B carried, unchanged rows included.
+    let w = store.withdraw_batch(provider_a(), a.batch_id).await?;
+    assert_eq!(
+        w,
+        Withdrawn {
+            trajectories: 0,
+            batches: 1
+        }
+    );
+    assert_eq!(
+        store.list_trajectories(provider_a()).await?,
+        sorted(full.clone())
+    );
+    assert_eq!(store.list_batches(provider_a()).await?, vec![rb.clone()]);
+    // B posted again is its own replay, and it still holds every row.
+    assert_eq!(replayed(store.put_batch(&b).await?)?.batch_id, b.batch_id);
+
+    // A partial export C carries only 0..4: withdrawing B then removes what only B carried.
+    let c = batch(provider_a(), Uuid::new_v4(), full[..4].to_vec());
+    let rc = stored(store.put_batch(&c).await?)?;
+    assert_eq!((rc.stored, rc.corrected, rc.unchanged), (0, 0, 4));
+    let w = store.withdraw_batch(provider_a(), b.batch_id).await?;
+    assert_eq!(
+        w,
+        Withdrawn {
+            trajectories: 8,
+            batches: 1
+        }
+    );
+    assert_eq!(
+        store.list_trajectories(provider_a()).await?,
+        sorted(full[..4].to_vec())
+    );
+    // C's rows go with C, and then nothing is left.
+    let w = store.withdraw_batch(provider_a(), c.batch_id).await?;
+    assert_eq!(w.trajectories, 4);
+    assert_eq!(store.count_trajectories(None).await?, 0);
+    assert_eq!(store.list_batches(provider_a()).await?, vec![]);
+    Ok(())
+}
+
+async fn a_withdrawn_batch_id_stays_refused(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    register(store.as_ref(), provider_b()).await?;
+    let a = batch(provider_a(), Uuid::new_v4(), records(0..5));
+    stored(store.put_batch(&a).await?)?;
+    let before = now();
+    store.withdraw_batch(provider_a(), a.batch_id).await?;
+    let v = store.data_version().await?;
+
+    // The old sealed batch posted again, or other content under its id: refused, nothing written.
+    let at = refused_as_withdrawn(store.put_batch(&a).await?)?;
+    ensure!(at >= before, "withdrawn at {at}, before {before}");
+    let other = batch(provider_a(), a.batch_id, records(5..7));
+    refused_as_withdrawn(store.put_batch(&other).await?)?;
+    assert_eq!(store.count_trajectories(None).await?, 0);
+    assert_eq!(store.get_batch(provider_a(), a.batch_id).await?, None);
+    assert_eq!(store.data_version().await?, v, "a refusal changes nothing");
+    // The tombstone is the provider's: another provider may use the id.
+    stored(
+        store
+            .put_batch(&batch(provider_b(), a.batch_id, records(0..2)))
+            .await?,
+    )?;
+
+    // A batch that lost its last row to trajectory withdrawals is withdrawn too.
+    let t = batch(provider_a(), Uuid::new_v4(), records(10..11));
+    stored(store.put_batch(&t).await?)?;
+    let w = store
+        .withdraw_trajectory(provider_a(), &full_record(10).trajectory)
+        .await?;
+    assert_eq!(w.batches, 1);
+    refused_as_withdrawn(store.put_batch(&t).await?)?;
+    assert_eq!(store.count_trajectories(Some(provider_a())).await?, 0);
+    Ok(())
+}
+
+async fn a_correction_back_to_an_earlier_value_lands(store: Arc<dyn Store>) -> TestResult {
+    register(store.as_ref(), provider_a()).await?;
+    let with = |grade: u8| {
+        let mut r = full_record(1);
+        r.satisfaction = Some(Satisfaction::new(grade).expect("valid"));
+        r
+    };
+    // 3 -> 4 -> 3, each a new upload (a new batch id) with content seen before.
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), vec![with(3)]))
+            .await?,
+    )?;
+    let r = stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), vec![with(4)]))
+            .await?,
+    )?;
+    assert_eq!(r.corrected, 1);
+    let r = stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), vec![with(3)]))
+            .await?,
+    )?;
+    assert_eq!((r.stored, r.corrected, r.unchanged), (0, 1, 0));
+    assert_eq!(store.list_trajectories(provider_a()).await?, vec![with(3)]);
     Ok(())
 }
 
@@ -2964,8 +3102,12 @@ async fn the_change_feed_follows_withdrawals_and_uploads_after_them(
         .expect_err("withdrawn already");
     assert_eq!(replica.follow_to_table(store).await?, mark);
 
-    // The same batch id again, after its withdrawal: its rows are back (0..3 corrected back too).
-    let again = stored(store.put_batch(&b1).await?)?;
+    // The same batch id again, after its withdrawal, is refused and changes nothing; the same
+    // records under a new id are a new upload: its rows are back (0..3 corrected back too).
+    refused_as_withdrawn(store.put_batch(&b1).await?)?;
+    assert_eq!(replica.follow_to_table(store).await?, mark);
+    let b1_anew = batch(provider_a(), Uuid::new_v4(), records(0..10));
+    let again = stored(store.put_batch(&b1_anew).await?)?;
     assert_eq!((again.stored, again.corrected), (7, 3));
     let next = replica.follow_to_table(store).await?;
     assert_eq!((replica.removed, replica.upserted), (0, 10));
@@ -2996,6 +3138,34 @@ async fn the_change_feed_follows_withdrawals_and_uploads_after_them(
     ensure!(!replica
         .rows
         .contains_key(&(provider_a(), full_record(20).trajectory)));
+    Ok(())
+}
+
+async fn the_change_feed_finds_the_rows_a_withdrawn_batch_left_to_a_later_one(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let store = store.as_ref();
+    register(store, provider_a()).await?;
+    let mut replica = Replica::default();
+    stored(
+        store
+            .put_batch(&batch(provider_a(), Uuid::new_v4(), records(20..22)))
+            .await?,
+    )?;
+    replica.follow_to_table(store).await?;
+    // A replica that has not seen A yet when A is withdrawn, after B carried all of A unchanged
+    // (B itself changed nothing, so it alone never entered the feed).
+    let a = batch(provider_a(), Uuid::new_v4(), records(0..6));
+    stored(store.put_batch(&a).await?)?;
+    let b = batch(provider_a(), Uuid::new_v4(), records(0..6));
+    assert_eq!(stored(store.put_batch(&b).await?)?.unchanged, 6);
+    store.withdraw_batch(provider_a(), a.batch_id).await?;
+    replica.follow_to_table(store).await?;
+    assert_eq!(store.count_trajectories(None).await?, 8);
+    // And B's withdrawal then takes them.
+    store.withdraw_batch(provider_a(), b.batch_id).await?;
+    replica.follow_to_table(store).await?;
+    assert_eq!(store.count_trajectories(None).await?, 2);
     Ok(())
 }
 
@@ -3604,5 +3774,45 @@ async fn two_instances_initialising_at_once_store_one_key_set(
         listed.len() == 2 && listed.iter().all(|k| keys.contains(k)),
         "{listed:?}"
     );
+    Ok(())
+}
+
+async fn a_withdrawal_racing_a_later_export_on_two_instances_keeps_its_rows(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    register(a.as_ref(), provider_a()).await?;
+    // Each round: export A is stored; then, at once, one instance withdraws A while the other stores
+    // B, which carries A's rows again (unchanged) and some of its own. Whichever runs first, B keeps
+    // every row it carried.
+    for round in 0..8u32 {
+        let base = round * 1_000;
+        let old = batch(provider_a(), Uuid::new_v4(), records(base..base + 300));
+        stored(a.put_batch(&old).await?)?;
+        let later = batch(provider_a(), Uuid::new_v4(), records(base..base + 400));
+        let (w, s) = tokio::join!(
+            a.withdraw_batch(provider_a(), old.batch_id),
+            b.put_batch(&later)
+        );
+        w?;
+        let r = stored(s?)?;
+        ensure!(
+            r.stored + r.corrected + r.unchanged == 400,
+            "round {round}: {r:?}"
+        );
+        let held: HashSet<Pseudonym> = a
+            .list_trajectories(provider_a())
+            .await?
+            .into_iter()
+            .map(|r| r.trajectory)
+            .collect();
+        for rec in &later.records {
+            ensure!(
+                held.contains(&rec.trajectory),
+                "round {round}: a row the later export carried is gone"
+            );
+        }
+        refused_as_withdrawn(b.put_batch(&old).await?)?;
+    }
     Ok(())
 }

@@ -37,7 +37,8 @@ pub fn endpoints() -> Vec<Endpoint> {
                 json(201, "stored; the receipt", schema_of::<BatchReceipt>),
                 json(
                     200,
-                    "this batch was stored before; the original receipt",
+                    "this batch was stored before (a retry of the same upload attempt): the original \
+                     receipt, `replayed: true`; nothing changed now",
                     schema_of::<BatchReceipt>,
                 ),
             ],
@@ -48,6 +49,7 @@ pub fn endpoints() -> Vec<Endpoint> {
                 ProblemType::DecryptFailed,
                 ProblemType::InvalidRecord,
                 ProblemType::BatchConflict,
+                ProblemType::BatchWithdrawn,
                 ProblemType::TooLarge,
                 ProblemType::UnsupportedVersion,
                 ProblemType::BadRequest,
@@ -109,12 +111,22 @@ async fn post_batch(
             append_required(&state, e).await?;
             (StatusCode::OK, r)
         }
-        // Refusals that matter for security: someone else's key, someone else's batch, or a batch id
-        // reused for other content. The details digest binds the entry to the header sent.
+        // `ingest_batch` answers a withdrawn batch id with its problem.
+        Ok(PutBatch::Withdrawn { .. }) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "a withdrawn batch reached the upload answer"
+            )))
+        }
+        // Refusals that matter for security: someone else's key, someone else's batch, a batch id
+        // reused for other content, or a withdrawn batch posted again. The details digest binds the
+        // entry to the header sent.
         Err(err)
             if matches!(
                 err.kind(),
-                ProblemType::BadSignature | ProblemType::Forbidden | ProblemType::BatchConflict
+                ProblemType::BadSignature
+                    | ProblemType::Forbidden
+                    | ProblemType::BatchConflict
+                    | ProblemType::BatchWithdrawn
             ) =>
         {
             let e = entry(

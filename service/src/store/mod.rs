@@ -95,6 +95,9 @@ pub enum PutBatch {
     /// The same provider already stored this batch id with the same content digest: the original receipt,
     /// and nothing was written.
     Replayed(BatchReceipt),
+    /// The provider withdrew a batch with this id (at `at`): nothing was written. A withdrawn batch id
+    /// stays refused, so that re-posting the old sealed batch cannot bring its rows back.
+    Withdrawn { at: OffsetDateTime },
 }
 
 /// A release as the ledger keeps it: the engine's figures (`body`, the JSON of
@@ -441,9 +444,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
 
     /// Stores a whole batch in one transaction, or nothing:
+    /// - batch id withdrawn before by this provider: `Withdrawn`, nothing written.
     /// - batch id new for this provider: insert every trajectory keyed by (provider, trajectory
     ///   pseudonym); a trajectory already stored with other values is corrected (replaced), one with
-    ///   the same values is counted unchanged; the receipt is stored with the batch.
+    ///   the same values is counted unchanged; either way this batch becomes the row's carrier (the
+    ///   newest batch that carried it, see [`Store::withdraw_batch`]); the receipt is stored with the
+    ///   batch.
     /// - batch id known with the same `content_digest`: `Replayed` with the original receipt.
     /// - batch id known with another digest: `Err(Conflict)`.
     ///
@@ -593,16 +599,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         provider: Option<AgbCode>,
     ) -> Result<Vec<AuditEntry>, StoreError>;
 
-    /// Removes one of the provider's batches: every trajectory row the batch last wrote and the batch
-    /// receipt, in one transaction. Rows the batch wrote that a later batch corrected belong to that
-    /// later batch and stay. `NotFound` if the provider has no such batch.
+    /// Removes one of the provider's batches, in one transaction: every trajectory row this batch is
+    /// the carrier of (the newest batch that carried it, changed or unchanged) and the batch receipt;
+    /// the batch id is kept as withdrawn, so that [`Store::put_batch`] refuses it from now on. Rows
+    /// the batch carried that a later batch carried again (a correction, or a full re-export that
+    /// repeats them unchanged) belong to that later batch and stay. `NotFound` if the provider has no
+    /// such batch (or withdrew it already).
     async fn withdraw_batch(
         &self,
         provider: AgbCode,
         batch_id: Uuid,
     ) -> Result<Withdrawn, StoreError>;
     /// Removes one of the provider's trajectories (by its stage-1 trajectory pseudonym); a batch left
-    /// without rows is removed too. `NotFound` if the provider has no such trajectory.
+    /// without rows (none it wrote, none it carries) is removed too, and its id kept as withdrawn.
+    /// `NotFound` if the provider has no such trajectory.
     async fn withdraw_trajectory(
         &self,
         provider: AgbCode,

@@ -51,6 +51,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// 1: a session never holds back numbers it takes later.)
 const CHANGE_FEED_LOCK: (i32, i32) = (0x4B57_4D43, 1); // "KWMC", the trajectory change feed
 
+/// The class of the advisory lock (class, provider AGB code as a number) that orders one provider's
+/// writes: uploads take it shared (they lock shared rows in key order and do not wait for each
+/// other), withdrawals exclusively. A withdrawal deletes and moves rows in the order it finds them,
+/// and a later export carries the same rows: without this, the two could deadlock.
+const PROVIDER_WRITES_LOCK: i32 = 0x4B57_4D50; // "KWMP"
+
 /// The record columns of `trajectories` with their types, in COPY order.
 const RECORD_COLUMNS: [(&str, &str); 18] = [
     ("trajectory", "bytea NOT NULL"),
@@ -93,9 +99,12 @@ static COPY_STAGING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Moves the staged records into `trajectories` and counts what happened. `revision` tells a new row
-/// (1) from a corrected one (more); rows whose values are all equal are not touched and not returned.
-/// Sorted by key so that concurrent batches lock shared rows in the same order.
+/// Moves the staged records into `trajectories` and counts what happened. Every staged row is written:
+/// this batch becomes the carrier of each (the newest batch that carried it). A row whose values
+/// differ (or a new one) also takes this batch as the one that wrote it (`batch_id`), a new `revision`
+/// (1 for a new row) and time; an unchanged row keeps those. So `batch_id = $2` in the returned rows
+/// tells written from unchanged, and `revision` new from corrected. One statement, sorted by key, so
+/// that concurrent batches lock shared rows in the same order.
 static UPSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
     let cols: Vec<&str> = RECORD_COLUMNS.iter().map(|(c, _)| *c).collect();
     let staged: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
@@ -114,22 +123,25 @@ static UPSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
         .skip(1)
         .map(|c| format!("excluded.{c}"))
         .collect();
+    let differs = format!("({}) IS DISTINCT FROM ({})", old.join(", "), new.join(", "));
     format!(
         "WITH written AS ( \
-           INSERT INTO trajectories (provider, {cols}, batch_id, revision, updated_at) \
-           SELECT $1, {staged}, $2::uuid, 1, $3::timestamptz FROM kwm_staging s ORDER BY s.trajectory \
-           ON CONFLICT (provider, trajectory) DO UPDATE SET {set}, batch_id = excluded.batch_id, \
-             revision = trajectories.revision + 1, updated_at = excluded.updated_at \
-           WHERE ({old}) IS DISTINCT FROM ({new}) \
-           RETURNING revision) \
-         SELECT count(*) FILTER (WHERE revision = 1) AS stored, \
-                count(*) FILTER (WHERE revision > 1) AS corrected \
+           INSERT INTO trajectories (provider, {cols}, batch_id, carrier, revision, updated_at) \
+           SELECT $1, {staged}, $2::uuid, $2::uuid, 1, $3::timestamptz FROM kwm_staging s \
+           ORDER BY s.trajectory \
+           ON CONFLICT (provider, trajectory) DO UPDATE SET {set}, carrier = excluded.carrier, \
+             batch_id = CASE WHEN {differs} THEN excluded.batch_id ELSE trajectories.batch_id END, \
+             revision = CASE WHEN {differs} THEN trajectories.revision + 1 \
+                        ELSE trajectories.revision END, \
+             updated_at = CASE WHEN {differs} THEN excluded.updated_at \
+                          ELSE trajectories.updated_at END \
+           RETURNING revision, batch_id) \
+         SELECT count(*) FILTER (WHERE batch_id = $2::uuid AND revision = 1) AS stored, \
+                count(*) FILTER (WHERE batch_id = $2::uuid AND revision > 1) AS corrected \
          FROM written",
         cols = cols.join(", "),
         staged = staged.join(", "),
         set = set.join(", "),
-        old = old.join(", "),
-        new = new.join(", "),
     )
 });
 
@@ -202,7 +214,8 @@ impl PgStore {
         enter_change_feed(&mut tx).await?;
         sqlx::query(&format!(
             "ALTER TABLE trajectories ALTER COLUMN provider SET DEFAULT '{}', \
-             ALTER COLUMN batch_id SET DEFAULT '{batch_id}'::uuid, ALTER COLUMN revision SET DEFAULT 1, \
+             ALTER COLUMN batch_id SET DEFAULT '{batch_id}'::uuid, \
+             ALTER COLUMN carrier SET DEFAULT '{batch_id}'::uuid, ALTER COLUMN revision SET DEFAULT 1, \
              ALTER COLUMN updated_at SET DEFAULT now()",
             provider.as_str(),
         ))
@@ -716,6 +729,7 @@ impl Store for PgStore {
 
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
+        lock_provider_writes(&mut tx, batch.provider, false).await?;
 
         // Claims the batch id. A concurrent transaction with the same id waits here until this one
         // ends; then it finds the committed row (a replay) or, after a rollback, claims the id itself.
@@ -736,6 +750,23 @@ impl Store for PgStore {
         .map_err(db_err)?
         .rows_affected()
             == 1;
+        // A withdrawn batch stays withdrawn. Asked after the claim: a withdrawal that deleted the
+        // receipt meanwhile has committed its tombstone by now (READ COMMITTED: this statement sees it).
+        if claimed {
+            let withdrawn: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT {} FROM withdrawn_batches WHERE provider = $1 AND batch_id = $2::uuid",
+                ts_column("at")
+            ))
+            .bind(provider)
+            .bind(&batch_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if let Some(at) = withdrawn {
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(PutBatch::Withdrawn { at: parse_ts(&at)? });
+            }
+        }
         if !claimed {
             // READ COMMITTED: this statement sees the row the other transaction committed.
             let existing = sqlx::query(&format!(
@@ -1293,6 +1324,7 @@ impl Store for PgStore {
         let batch_id = batch_id.hyphenated().to_string();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
+        lock_provider_writes(&mut tx, provider, true).await?;
         // The receipt first: a concurrent withdrawal of the same batch waits here, then finds none.
         let batches =
             sqlx::query("DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid")
@@ -1306,10 +1338,11 @@ impl Store for PgStore {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         }
-        // Rows a later batch corrected carry that batch's id and stay. Each row deleted is a removal
-        // in the change feed: the count of those is the count of rows.
+        // Only the rows this batch is the newest carrier of go: a later batch that carried a row
+        // (changed or not) keeps it (uploads of this provider wait for the withdrawal, or it for
+        // them). Each row deleted is a removal in the change feed.
         let trajectories = sqlx::query(
-            "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND batch_id = $2::uuid \
+            "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND carrier = $2::uuid \
              RETURNING provider, trajectory) \
              INSERT INTO trajectory_changes (provider, trajectory) \
              SELECT provider, trajectory FROM gone",
@@ -1320,6 +1353,7 @@ impl Store for PgStore {
         .await
         .map_err(db_err)?
         .rows_affected();
+        move_rows_and_forget(&mut tx, provider, &batch_id).await?;
         let withdrawn = Withdrawn {
             trajectories,
             batches,
@@ -1336,32 +1370,49 @@ impl Store for PgStore {
     ) -> Result<Withdrawn, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
-        let batch_id: Option<String> = sqlx::query_scalar(
+        lock_provider_writes(&mut tx, provider, true).await?;
+        let gone: Option<(String, String)> = sqlx::query_as(
             "WITH gone AS (DELETE FROM trajectories WHERE provider = $1 AND trajectory = $2 \
-             RETURNING provider, trajectory, batch_id), \
+             RETURNING provider, trajectory, batch_id, carrier), \
              logged AS (INSERT INTO trajectory_changes (provider, trajectory) \
              SELECT provider, trajectory FROM gone) \
-             SELECT batch_id::text FROM gone",
+             SELECT batch_id::text, carrier::text FROM gone",
         )
         .bind(provider.as_str())
         .bind(&trajectory.as_bytes()[..])
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        let Some(batch_id) = batch_id else {
+        let Some((batch_id, carrier)) = gone else {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         };
-        let batches = sqlx::query(
-            "DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid AND NOT EXISTS \
-             (SELECT 1 FROM trajectories WHERE provider = $1 AND batch_id = $2::uuid)",
-        )
-        .bind(provider.as_str())
-        .bind(&batch_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+        // A batch left without rows (none it wrote, none it carries) is withdrawn with it.
+        let ids = if batch_id == carrier {
+            vec![batch_id]
+        } else {
+            vec![batch_id, carrier]
+        };
+        let mut batches = 0;
+        for id in ids {
+            let deleted = sqlx::query(
+                "DELETE FROM batches WHERE provider = $1 AND batch_id = $2::uuid \
+                 AND NOT EXISTS (SELECT 1 FROM trajectories \
+                                 WHERE provider = $1 AND batch_id = $2::uuid) \
+                 AND NOT EXISTS (SELECT 1 FROM trajectories \
+                                 WHERE provider = $1 AND carrier = $2::uuid)",
+            )
+            .bind(provider.as_str())
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            if deleted > 0 {
+                batches += deleted;
+                move_rows_and_forget(&mut tx, provider, &id).await?;
+            }
+        }
         let withdrawn = Withdrawn {
             trajectories: 1,
             batches,
@@ -2183,6 +2234,30 @@ async fn record_withdrawal(
     Ok(())
 }
 
+/// Takes the provider's write lock (see [`PROVIDER_WRITES_LOCK`]), after [`enter_change_feed`].
+async fn lock_provider_writes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    provider: AgbCode,
+    exclusive: bool,
+) -> Result<(), StoreError> {
+    let key: i32 = provider
+        .as_str()
+        .parse()
+        .map_err(|_| corrupt("an AGB code"))?;
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock($1, $2)"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared($1, $2)"
+    };
+    sqlx::query(sql)
+        .bind(PROVIDER_WRITES_LOCK)
+        .bind(key)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 /// Joins the change feed's order (see [`CHANGE_FEED_LOCK`]): the first statement of every transaction
 /// that writes `trajectories` or `trajectory_changes`, before it takes a change number or a row lock.
 async fn enter_change_feed(
@@ -2194,6 +2269,46 @@ async fn enter_change_feed(
         .execute(&mut **tx)
         .await
         .map_err(db_err)?;
+    Ok(())
+}
+
+/// The end of a batch being withdrawn, once its receipt and the rows it carried are gone: rows it
+/// wrote that a later batch carried stay, and that later batch becomes the one that wrote them (same
+/// values), as on SQLite; the change feed reads those batches again, so that an index that has not
+/// seen this batch yet finds the rows under their new batch. The id is kept in `withdrawn_batches`.
+async fn move_rows_and_forget(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    provider: AgbCode,
+    batch_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO trajectory_changes (provider, batch_id) \
+         SELECT DISTINCT provider, carrier FROM trajectories \
+         WHERE provider = $1 AND batch_id = $2::uuid",
+    )
+    .bind(provider.as_str())
+    .bind(batch_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(
+        "UPDATE trajectories SET batch_id = carrier WHERE provider = $1 AND batch_id = $2::uuid",
+    )
+    .bind(provider.as_str())
+    .bind(batch_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO withdrawn_batches (provider, batch_id, at) VALUES ($1, $2::uuid, $3::timestamptz) \
+         ON CONFLICT (provider, batch_id) DO NOTHING",
+    )
+    .bind(provider.as_str())
+    .bind(batch_id)
+    .bind(format_ts(OffsetDateTime::now_utc())?)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
     Ok(())
 }
 

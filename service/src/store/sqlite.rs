@@ -69,8 +69,8 @@ const RECORD_COLUMNS: [&str; 18] = [
 /// many rows go in one; 500 rows of 21 parameters stay far below SQLite's limit of 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Inserts `rows` trajectories, or replaces a stored one when any value differs. Per row 21 parameters:
-/// provider, the 18 record columns, batch id, time. A row whose values are all equal is not written,
+/// Inserts `rows` trajectories, or replaces a stored one when any value differs. Per row 22 parameters:
+/// provider, the 18 record columns, batch id, carrier, time. A row whose values are all equal is not written,
 /// so the statement's change count is new plus corrected rows. (No `RETURNING`: the driver hands each
 /// returned row across threads one by one, which cost more than the inserts.)
 ///
@@ -78,7 +78,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// up by name, a linear search in SQLite, which makes a statement of thousands of them quadratic.
 fn upsert_trajectories_sql(rows: usize) -> String {
     let columns = RECORD_COLUMNS.join(", ");
-    let row = format!("(?, {}?, 1, ?)", "?, ".repeat(RECORD_COLUMNS.len()));
+    let row = format!("(?, {}?, ?, 1, ?)", "?, ".repeat(RECORD_COLUMNS.len()));
     let values = vec![row; rows].join(", ");
     let set: Vec<String> = RECORD_COLUMNS
         .iter()
@@ -91,13 +91,25 @@ fn upsert_trajectories_sql(rows: usize) -> String {
         .map(|c| format!("trajectories.{c} IS NOT excluded.{c}"))
         .collect();
     format!(
-        "INSERT INTO trajectories (provider, {columns}, batch_id, revision, updated_at) \
+        "INSERT INTO trajectories (provider, {columns}, batch_id, carrier, revision, updated_at) \
          VALUES {values} \
          ON CONFLICT (provider, trajectory) DO UPDATE SET {set}, batch_id = excluded.batch_id, \
-         revision = trajectories.revision + 1, updated_at = excluded.updated_at \
+         carrier = excluded.carrier, revision = trajectories.revision + 1, \
+         updated_at = excluded.updated_at \
          WHERE {differs}",
         set = set.join(", "),
         differs = differs.join(" OR "),
+    )
+}
+
+/// Makes the batch (`?` 1 and 3) the carrier of those of `rows` trajectories of a provider (`?` 2) that it
+/// carried unchanged: the upsert did not touch them (it writes only new and changed rows, and sets their
+/// carrier itself).
+fn carry_unchanged_sql(rows: usize) -> String {
+    let params = vec!["?"; rows].join(", ");
+    format!(
+        "UPDATE trajectories SET carrier = ? WHERE provider = ? AND carrier <> ? \
+         AND trajectory IN ({params})"
     )
 }
 
@@ -109,7 +121,7 @@ fn count_existing_sql(rows: usize) -> String {
 }
 
 /// Binds one trajectory row in the column order of [`upsert_trajectories_sql`]: provider, the 18 record
-/// columns, batch id, time.
+/// columns, batch id, carrier (the same batch), time.
 fn bind_record<'q>(
     q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     provider: &'q str,
@@ -137,6 +149,7 @@ fn bind_record<'q>(
         .bind(r.goals_agreed.map(|v| i64::from(v.get())))
         .bind(r.goals_achieved.map(|v| i64::from(v.get())))
         .bind(batch_id)
+        .bind(batch_id)
         .bind(time)
 }
 
@@ -145,6 +158,8 @@ static UPSERT_FULL_CHUNK: LazyLock<String> =
     LazyLock::new(|| upsert_trajectories_sql(ROWS_PER_STATEMENT));
 static COUNT_EXISTING_FULL_CHUNK: LazyLock<String> =
     LazyLock::new(|| count_existing_sql(ROWS_PER_STATEMENT));
+static CARRY_UNCHANGED_FULL_CHUNK: LazyLock<String> =
+    LazyLock::new(|| carry_unchanged_sql(ROWS_PER_STATEMENT));
 
 static SELECT_TRAJECTORIES: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -297,9 +312,10 @@ impl SqliteStore {
         let batch_id = Uuid::new_v4().hyphenated().to_string();
         let now = format_ts(OffsetDateTime::now_utc())?;
         let sql = |rows: usize| {
-            let row = format!("(?, {}?, 1, ?)", "?, ".repeat(RECORD_COLUMNS.len()));
+            let row = format!("(?, {}?, ?, 1, ?)", "?, ".repeat(RECORD_COLUMNS.len()));
             format!(
-                "INSERT INTO trajectories (provider, {}, batch_id, revision, updated_at) VALUES {}",
+                "INSERT INTO trajectories (provider, {}, batch_id, carrier, revision, updated_at) \
+                 VALUES {}",
                 RECORD_COLUMNS.join(", "),
                 vec![row; rows].join(", ")
             )
@@ -655,6 +671,20 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
 
+        // A withdrawn batch stays withdrawn: re-posting it must not bring its rows back.
+        let withdrawn: Option<String> = sqlx::query_scalar(
+            "SELECT at FROM withdrawn_batches WHERE provider = ?1 AND batch_id = ?2",
+        )
+        .bind(provider)
+        .bind(&batch_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(at) = withdrawn {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(PutBatch::Withdrawn { at: parse_ts(&at)? });
+        }
+
         let existing = sqlx::query(&format!(
             "SELECT {BATCH_COLUMNS} FROM batches WHERE provider = ?1 AND batch_id = ?2"
         ))
@@ -687,16 +717,22 @@ impl Store for SqliteStore {
         let (mut stored, mut corrected) = (0u32, 0u32);
         for chunk in batch.records.chunks(ROWS_PER_STATEMENT) {
             let full = chunk.len() == ROWS_PER_STATEMENT;
-            let (short_count, short_upsert);
-            let (count_sql, upsert_sql) = if full {
+            let (short_count, short_upsert, short_carry);
+            let (count_sql, upsert_sql, carry_sql) = if full {
                 (
                     COUNT_EXISTING_FULL_CHUNK.as_str(),
                     UPSERT_FULL_CHUNK.as_str(),
+                    CARRY_UNCHANGED_FULL_CHUNK.as_str(),
                 )
             } else {
                 short_count = count_existing_sql(chunk.len());
                 short_upsert = upsert_trajectories_sql(chunk.len());
-                (short_count.as_str(), short_upsert.as_str())
+                short_carry = carry_unchanged_sql(chunk.len());
+                (
+                    short_count.as_str(),
+                    short_upsert.as_str(),
+                    short_carry.as_str(),
+                )
             };
 
             let mut q = sqlx::query_scalar::<_, i64>(count_sql).bind(provider);
@@ -720,6 +756,15 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db_err)?
                 .rows_affected();
+
+            let mut q = sqlx::query(carry_sql)
+                .bind(&batch_id)
+                .bind(provider)
+                .bind(&batch_id);
+            for r in chunk {
+                q = q.bind(&r.trajectory.as_bytes()[..]);
+            }
+            q.persistent(full).execute(&mut *tx).await.map_err(db_err)?;
 
             // Trajectories are unique within a batch (the service checks), so these add up.
             let new = (chunk.len() as u64).checked_sub(u64::try_from(existing).unwrap_or(u64::MAX));
@@ -1398,36 +1443,37 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
-        // The change feed first, from the rows about to go (a batch that does not exist logs none).
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM batches WHERE provider = ?1 AND batch_id = ?2")
+                .bind(provider.as_str())
+                .bind(&batch_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if known.is_none() {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::NotFound);
+        }
+        // Only the rows this batch is the newest carrier of go: a later batch that carried a row
+        // (changed or not) keeps it. The change feed first, from the rows about to go.
         sqlx::query(
             "INSERT INTO trajectory_changes (provider, trajectory) \
-             SELECT provider, trajectory FROM trajectories WHERE provider = ?1 AND batch_id = ?2",
+             SELECT provider, trajectory FROM trajectories WHERE provider = ?1 AND carrier = ?2",
         )
         .bind(provider.as_str())
         .bind(&batch_id)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        // The rows before the receipt: they reference the batch.
         let trajectories =
-            sqlx::query("DELETE FROM trajectories WHERE provider = ?1 AND batch_id = ?2")
+            sqlx::query("DELETE FROM trajectories WHERE provider = ?1 AND carrier = ?2")
                 .bind(provider.as_str())
                 .bind(&batch_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?
                 .rows_affected();
-        let batches = sqlx::query("DELETE FROM batches WHERE provider = ?1 AND batch_id = ?2")
-            .bind(provider.as_str())
-            .bind(&batch_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-        if batches == 0 {
-            tx.rollback().await.map_err(db_err)?;
-            return Err(StoreError::NotFound);
-        }
+        let batches = move_rows_and_forget(&mut tx, provider, &batch_id).await?;
         let withdrawn = Withdrawn {
             trajectories,
             batches,
@@ -1448,15 +1494,16 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
-        let batch_id: Option<String> = sqlx::query_scalar(
-            "DELETE FROM trajectories WHERE provider = ?1 AND trajectory = ?2 RETURNING batch_id",
+        let gone: Option<(String, String)> = sqlx::query_as(
+            "DELETE FROM trajectories WHERE provider = ?1 AND trajectory = ?2 \
+             RETURNING batch_id, carrier",
         )
         .bind(provider.as_str())
         .bind(&trajectory.as_bytes()[..])
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        let Some(batch_id) = batch_id else {
+        let Some((batch_id, carrier)) = gone else {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         };
@@ -1466,16 +1513,28 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        let batches = sqlx::query(
-            "DELETE FROM batches WHERE provider = ?1 AND batch_id = ?2 AND NOT EXISTS \
-             (SELECT 1 FROM trajectories WHERE provider = ?1 AND batch_id = ?2)",
-        )
-        .bind(provider.as_str())
-        .bind(&batch_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+        // A batch left without rows (none it wrote, none it carried) is withdrawn with it.
+        let mut batches = 0;
+        let ids = if batch_id == carrier {
+            vec![batch_id]
+        } else {
+            vec![batch_id, carrier]
+        };
+        for id in ids {
+            let empty: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM batches WHERE provider = ?1 AND batch_id = ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM trajectories WHERE provider = ?1 AND batch_id = ?2) \
+                 AND NOT EXISTS (SELECT 1 FROM trajectories WHERE provider = ?1 AND carrier = ?2)",
+            )
+            .bind(provider.as_str())
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if empty.is_some() {
+                batches += move_rows_and_forget(&mut tx, provider, &id).await?;
+            }
+        }
         let withdrawn = Withdrawn {
             trajectories: 1,
             batches,
@@ -2064,6 +2123,51 @@ async fn record_withdrawal(
     .await
     .map_err(db_err)?;
     Ok(())
+}
+
+/// The end of a batch being withdrawn, once the rows it carried are gone: rows it wrote that a later
+/// batch carried stay, and that later batch becomes the one that wrote them (same values; the foreign
+/// key needs a receipt); the change feed reads those batches again, so that an index that has not seen
+/// this batch yet finds the rows under their new batch. Then the receipt goes and the id is kept in
+/// `withdrawn_batches`. Returns the receipts deleted (0 or 1).
+async fn move_rows_and_forget(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    provider: AgbCode,
+    batch_id: &str,
+) -> Result<u64, StoreError> {
+    sqlx::query(
+        "INSERT INTO trajectory_changes (provider, batch_id) \
+         SELECT DISTINCT provider, carrier FROM trajectories WHERE provider = ?1 AND batch_id = ?2",
+    )
+    .bind(provider.as_str())
+    .bind(batch_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    sqlx::query("UPDATE trajectories SET batch_id = carrier WHERE provider = ?1 AND batch_id = ?2")
+        .bind(provider.as_str())
+        .bind(batch_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    let deleted = sqlx::query("DELETE FROM batches WHERE provider = ?1 AND batch_id = ?2")
+        .bind(provider.as_str())
+        .bind(batch_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    sqlx::query(
+        "INSERT INTO withdrawn_batches (provider, batch_id, at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (provider, batch_id) DO NOTHING",
+    )
+    .bind(provider.as_str())
+    .bind(batch_id)
+    .bind(format_ts(OffsetDateTime::now_utc())?)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(deleted)
 }
 
 /// Tells the change feed, in the batch's transaction, that the batch stored or corrected rows.

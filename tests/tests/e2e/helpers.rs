@@ -419,3 +419,125 @@ pub fn region_with_room_for_corrections() -> String {
         "rho_per_data_year = \"2.125\"",
     )])
 }
+
+/// A TCP proxy in front of the service that passes every request and answer through, one request per
+/// connection, except the answer to the first `POST /v1/batches`: the service stores that batch, and
+/// the connection closes without an answer, as when a network loses one. Returns its base URL.
+pub async fn answer_losing_proxy(target: &str) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy binds");
+    let addr = listener.local_addr().expect("proxy address");
+    let upstream = target.trim_start_matches("http://").to_string();
+    let lost = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let lost = Arc::clone(&lost);
+            tokio::spawn(async move {
+                let Some(request) = read_http_message(&mut client).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                if up.write_all(&request).await.is_err() {
+                    return;
+                }
+                let Some(answer) = read_http_message(&mut up).await else {
+                    return;
+                };
+                if request.starts_with(b"POST /v1/batches ") && !lost.swap(true, Ordering::SeqCst) {
+                    return; // the answer is lost: the connection closes without it
+                }
+                // One request per connection: the client must not reuse this one.
+                let Some(line_end) = answer.windows(2).position(|w| w == b"\r\n") else {
+                    return;
+                };
+                let mut out = answer[..line_end + 2].to_vec();
+                out.extend_from_slice(b"connection: close\r\n");
+                out.extend_from_slice(&answer[line_end + 2..]);
+                let _ = client.write_all(&out).await;
+                let _ = client.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// One HTTP/1.1 message (head and a `content-length` body) from a stream; `None` when it ends first.
+async fn read_http_message(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+/// A CSV export as its delimiter, header and rows (synthetic exports: no quoting).
+pub struct CsvExport {
+    pub delimiter: char,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl CsvExport {
+    pub fn read(path: &std::path::Path) -> Self {
+        let text = std::fs::read_to_string(path).expect("export readable");
+        let mut lines = text.lines();
+        let first = lines.next().expect("a header");
+        let delimiter = if first.contains(';') { ';' } else { ',' };
+        let split = |l: &str| l.split(delimiter).map(str::to_string).collect::<Vec<_>>();
+        Self {
+            delimiter,
+            header: split(first),
+            rows: lines.map(split).collect(),
+        }
+    }
+
+    /// The index of a column.
+    pub fn column(&self, name: &str) -> usize {
+        self.header
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("the export has a {name} column"))
+    }
+
+    /// Writes the header and `rows` to `path`.
+    pub fn write(&self, path: &std::path::Path, rows: &[Vec<String>]) {
+        let d = self.delimiter.to_string();
+        let mut text = self.header.join(&d);
+        text.push('\n');
+        for r in rows {
+            text.push_str(&r.join(&d));
+            text.push('\n');
+        }
+        std::fs::write(path, text).expect("export written");
+    }
+}

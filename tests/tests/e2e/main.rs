@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod authz;
+mod batches;
 mod custody;
 mod hardening;
 mod helpers;

@@ -67,31 +67,29 @@ async fn happy_path(app: TestApp) {
     );
     assert_eq!(app.stored_rows(Some(p.agb)).await, export.rows);
 
-    // Running the same upload again replays the same batch ids: the original receipts, no new rows.
+    // Running the same upload again is a new upload (new batch ids): nothing new, every row unchanged,
+    // and the summary says so.
     let again = upload_file(&upload_options(&app, &p, &export.path, &regional))
         .await
-        .expect("replay");
-    assert_eq!(again.replayed_batches, again.batches);
+        .expect("a second upload");
     assert_eq!(
-        again.stored, report.stored,
-        "a replay returns the original receipt"
+        (again.stored, again.corrected, again.unchanged),
+        (0, 0, export.rows)
     );
-    assert_eq!(
-        again
-            .receipts
-            .iter()
-            .map(|r| (r.batch_id, r.stored, r.received_at))
-            .collect::<Vec<_>>(),
-        report
-            .receipts
-            .iter()
-            .map(|r| (r.batch_id, r.stored, r.received_at))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!((again.replayed_batches, again.replayed_records), (0, 0));
+    let first_ids: std::collections::HashSet<_> =
+        report.receipts.iter().map(|r| r.batch_id).collect();
+    assert!(again
+        .receipts
+        .iter()
+        .all(|r| !first_ids.contains(&r.batch_id)));
     assert_eq!(app.stored_rows(None).await, export.rows);
 
     let listed = p.client.list_batches().await.expect("batches");
-    assert_eq!(listed.batches.len(), report.receipts.len());
+    assert_eq!(
+        listed.batches.len(),
+        report.receipts.len() + again.receipts.len()
+    );
     let one = p
         .client
         .get_batch(report.receipts[0].batch_id)

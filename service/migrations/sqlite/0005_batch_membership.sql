@@ -1,0 +1,23 @@
+-- Batch membership and withdrawn batch ids. A full re-export carries rows unchanged: they keep the
+-- values (and `batch_id`, the batch that last wrote them) of the earlier batch, but now also name the
+-- newest batch that carried them (`carrier`). A withdrawal of a batch deletes only the rows it is the
+-- carrier of, so withdrawing an obsolete export keeps what a later one carried. A withdrawn batch id is
+-- kept in `withdrawn_batches` (its receipt is gone), so that re-posting the old sealed batch is refused
+-- instead of bringing the withdrawn rows back.
+
+-- SQLite adds a NOT NULL column only with a default; every row gets its real value at once, and every
+-- writer sets it.
+ALTER TABLE trajectories ADD COLUMN carrier TEXT NOT NULL DEFAULT '';
+UPDATE trajectories SET carrier = batch_id;
+
+-- The rows a batch carries, for its withdrawal.
+CREATE INDEX trajectories_by_carrier ON trajectories (provider, carrier);
+
+CREATE TABLE withdrawn_batches (
+    provider TEXT NOT NULL,
+    -- Lower-case hyphenated UUID, as in `batches`.
+    batch_id TEXT NOT NULL CHECK (length(batch_id) = 36),
+    -- When it was withdrawn (UTC text as in 0001).
+    at       TEXT NOT NULL,
+    PRIMARY KEY (provider, batch_id)
+) STRICT;
