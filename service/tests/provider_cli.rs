@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{kwm, kwm_binary, kwm_service_cmd, ok, printed_token, serve, text};
+use common::{init, kwm, kwm_binary, kwm_service_cmd, ok, printed_token, serve, text};
 
 /// `kwm ...` in `cwd` with `KWM_TOKEN` set, as the README has the provider do it.
 fn kwm_with_token(cwd: &Path, token: &str, args: &[&str]) -> Output {
@@ -231,6 +231,7 @@ fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
     ));
     let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
     let agb = agb.trim();
+    init(&data);
     let token = printed_token(&ok(kwm_service_cmd(&data)
         .args([
             "admin",
