@@ -466,6 +466,10 @@ fn write_figures(
         sheet.set_column_width(x, if status { 30 } else { 13 })?;
     }
     sheet.set_row_height(XLSX_HEADER_ROW, 32)?;
+    // Printed: landscape, one page wide, the headings on every page.
+    sheet.set_landscape();
+    sheet.set_print_fit_to_pages(1, 0);
+    sheet.set_repeat_rows(XLSX_HEADER_ROW - 1, XLSX_HEADER_ROW)?;
     Ok(())
 }
 
@@ -676,14 +680,15 @@ fn write_round(sheet: &mut Worksheet, report: &Report<'_>, f: &Formats) -> anyho
                 charges.join(", "),
                 decimal_nl(p.rho_per_data_year),
                 figure_nl(p.epsilon_per_data_year),
-                p.delta
+                decimal_nl(p.delta)
             ),
         ),
         (
             "Kleine groepen",
             format!(
                 "een cijfer over minder dan {} kinderen wordt hoogstens met kans {} getoond",
-                main.policy.k, main.noise.suppression_delta
+                main.policy.k,
+                decimal_nl(main.noise.suppression_delta)
             ),
         ),
         (

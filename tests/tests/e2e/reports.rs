@@ -65,7 +65,7 @@ pub fn text(d: &Data) -> String {
     }
 }
 
-fn cell<'a>(rows: &'a [Vec<Data>], y: usize, x: usize) -> &'a Data {
+fn cell(rows: &[Vec<Data>], y: usize, x: usize) -> &Data {
     rows.get(y).and_then(|r| r.get(x)).unwrap_or(&Data::Empty)
 }
 
