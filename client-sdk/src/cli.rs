@@ -792,12 +792,13 @@ fn scores_cmd(a: ScoresArgs, loaded: LoadedConfig) -> Result<(), CliError> {
 pub fn scores_table(s: &ProviderScores) -> String {
     let total = |rows: &[ReleaseRow]| rows.iter().find(|r| r.target_group.is_none()).cloned();
     let (own, region) = (total(&s.own.rows), total(&s.benchmark.rows));
-    let shown = |c: Option<&ReleaseCell>, interval: bool| -> String {
+    // A noisy figure with its interval; an exact one (the provider's own data) without.
+    let shown = |c: Option<&ReleaseCell>| -> String {
         match c {
             None => "-".into(),
             Some(c) => match c.value {
-                Some(v) => match (interval, c.ci95_low, c.ci95_high) {
-                    (true, Some(lo), Some(hi)) => format!("{v} ({lo}-{hi})"),
+                Some(v) => match (c.exact, c.ci95_low, c.ci95_high) {
+                    (false, Some(lo), Some(hi)) => format!("{v} ({lo}-{hi})"),
                     _ => v.to_string(),
                 },
                 None => c.status.as_str().into(),
@@ -805,11 +806,11 @@ pub fn scores_table(s: &ProviderScores) -> String {
         }
     };
     let mut out = format!(
-        "{} {}, round version {}: own figures (AGB {}) and the region's\n",
-        "Scores", s.period, s.benchmark.version, s.provider
+        "Scores {}, round version {}: own figures (AGB {}) and the region's, all target groups\n",
+        s.period, s.benchmark.version, s.provider
     );
     out.push_str(&format!(
-        "{:<28} {:>12}  {:<24}\n",
+        "{:<28} {:<22}  {}\n",
         "CRITERION", "OWN", "REGION (95% INTERVAL)"
     ));
     for (i, c) in s.criteria.iter().enumerate() {
@@ -817,9 +818,9 @@ pub fn scores_table(s: &ProviderScores) -> String {
         let region_cell = region.as_ref().and_then(|r| r.cells.get(i));
         let name: String = c.label_nl.chars().take(28).collect();
         out.push_str(&format!(
-            "{name:<28} {:>12}  {:<24}\n",
-            shown(own_cell, false),
-            shown(region_cell, true)
+            "{name:<28} {:<22}  {}\n",
+            shown(own_cell),
+            shown(region_cell)
         ));
     }
     out.push_str("per target group, with intervals, n and a legend: --xlsx or --csv\n");
