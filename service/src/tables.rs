@@ -537,9 +537,10 @@ fn write_legend(sheet: &mut Worksheet, report: &Report<'_>, f: &Formats) -> anyh
         &mut y,
         "niet getoond: te weinig kinderen",
         format!(
-            "Er zijn te weinig kinderen in deze groep (de grens ligt bij {} kinderen) om een cijfer te \
-             tonen zonder dat iets over een individueel kind te herleiden is. Dit zegt niet of er geen \
-             of maar enkele kinderen zijn.",
+            "Er zijn te weinig kinderen in deze groep om een cijfer te tonen zonder dat iets over een \
+             individueel kind te herleiden is. Een groep van minder dan {} kinderen wordt (vrijwel) \
+             nooit getoond; omdat de beslissing op de cijfers met ruis valt, blijft soms ook een iets \
+             grotere groep weg. Dit zegt niet of er geen of maar enkele kinderen zijn.",
             main.policy.k
         ),
     )?;
