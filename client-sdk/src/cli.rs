@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use kwm_schemas::api::BatchReceipt;
-use kwm_schemas::{AgbCode, RegionConfig};
+use kwm_schemas::release::{ProviderScores, ReleaseCell, ReleaseRow};
+use kwm_schemas::{AgbCode, Period, RegionConfig};
 
 use crate::batch::DEFAULT_BATCH_SIZE;
 use crate::client::Client;
@@ -58,6 +59,37 @@ pub enum Command {
     Withdraw(WithdrawArgs),
     /// Write this provider's records as the service stores them (pseudonymised, coarsened) to a CSV file
     Export(ExportArgs),
+    /// Show this provider's own figures of a period next to the regional benchmark, or write them as a
+    /// spreadsheet with --csv or --xlsx
+    Scores(ScoresArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("format").args(["csv", "xlsx", "json"])))]
+pub struct ScoresArgs {
+    /// The period: a year (2025), a half-year (2025-H1) or a quarter (2025-Q3)
+    #[arg(long, value_name = "PERIOD")]
+    pub period: String,
+    /// Write a CSV file in the Dutch dialect (`;`, decimal commas) that Excel opens right
+    #[arg(long)]
+    pub csv: bool,
+    /// Write an Excel workbook: figures with 95% intervals and n, a legend, the round and its privacy
+    /// guarantee
+    #[arg(long)]
+    pub xlsx: bool,
+    /// Print the scores as the service sends them (JSON)
+    #[arg(long)]
+    pub json: bool,
+    /// The file for --csv or --xlsx (default: kwm-scores-PERIOD.csv or .xlsx here; replaced if it
+    /// exists)
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Base URL of the service
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// Bearer token (or KWM_TOKEN)
+    #[arg(long, env = "KWM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +308,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(a) => {
             let config = load_config(cli.config.as_deref())?;
             export_cmd(a, config)
+        }
+        Command::Scores(a) => {
+            let config = load_config(cli.config.as_deref())?;
+            scores_cmd(a, config)
         }
     }
 }
@@ -762,6 +798,90 @@ fn export_cmd(a: ExportArgs, loaded: LoadedConfig) -> Result<(), CliError> {
         a.out.display()
     );
     Ok(())
+}
+
+fn scores_cmd(a: ScoresArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let period: Period = a.period.parse().map_err(|e: kwm_schemas::ParseError| {
+        CliError::usage(format!("--period {:?}: {e}", a.period))
+    })?;
+    let format = match (a.csv, a.xlsx) {
+        (true, _) => Some("csv"),
+        (_, true) => Some("xlsx"),
+        _ => None,
+    };
+    if a.out.is_some() && format.is_none() {
+        return Err(CliError::usage(
+            "--out FILE goes with --csv or --xlsx (without them the scores are printed)",
+        ));
+    }
+    let client = provider_client(a.service.as_deref(), a.token.as_deref(), &loaded)?;
+    let rt = runtime()?;
+    let Some(format) = format else {
+        let scores = rt
+            .block_on(client.scores(period))
+            .map_err(|e| CliError::failure(e.to_string()))?;
+        if a.json {
+            let json = serde_json::to_string_pretty(&scores)
+                .map_err(|e| CliError::failure(format!("cannot write the scores: {e}")))?;
+            println!("{json}");
+        } else {
+            print!("{}", scores_table(&scores));
+        }
+        return Ok(());
+    };
+    let bytes = rt
+        .block_on(client.scores_file(period, format))
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("kwm-scores-{period}.{format}")));
+    custody::write_atomically(&out, &bytes)
+        .map_err(|e| CliError::failure(format!("writing {}: {e}", out.display())))?;
+    println!(
+        "wrote the scores of {period} to {} (your own figures next to the region's)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// The totals of a provider's scores as a text table: each criterion, the provider's own figure and
+/// the region's with its 95% interval. The per target group figures are in the CSV and XLSX.
+pub fn scores_table(s: &ProviderScores) -> String {
+    let total = |rows: &[ReleaseRow]| rows.iter().find(|r| r.target_group.is_none()).cloned();
+    let (own, region) = (total(&s.own.rows), total(&s.benchmark.rows));
+    // A noisy figure with its interval; an exact one (the provider's own data) without.
+    let shown = |c: Option<&ReleaseCell>| -> String {
+        match c {
+            None => "-".into(),
+            Some(c) => match c.value {
+                Some(v) => match (c.exact, c.ci95_low, c.ci95_high) {
+                    (false, Some(lo), Some(hi)) => format!("{v} ({lo}-{hi})"),
+                    _ => v.to_string(),
+                },
+                None => c.status.as_str().into(),
+            },
+        }
+    };
+    let mut out = format!(
+        "Scores {}, round version {}: own figures (AGB {}) and the region's, all target groups\n",
+        s.period, s.benchmark.version, s.provider
+    );
+    out.push_str(&format!(
+        "{:<28} {:<22}  {}\n",
+        "CRITERION", "OWN", "REGION (95% INTERVAL)"
+    ));
+    for (i, c) in s.criteria.iter().enumerate() {
+        let own_cell = own.as_ref().and_then(|r| r.cells.get(i));
+        let region_cell = region.as_ref().and_then(|r| r.cells.get(i));
+        let name: String = c.label_nl.chars().take(28).collect();
+        out.push_str(&format!(
+            "{name:<28} {:<22}  {}\n",
+            shown(own_cell),
+            shown(region_cell)
+        ));
+    }
+    out.push_str("per target group, with intervals, n and a legend: --xlsx or --csv\n");
+    out
 }
 
 fn batches_cmd(a: BatchesArgs, loaded: LoadedConfig) -> Result<(), CliError> {

@@ -11,7 +11,8 @@ use kwm_schemas::api::{
 };
 use kwm_schemas::envelope::{HpkePublicKey, KeyId, SealedBatch};
 use kwm_schemas::problem::{Problem, ProblemType};
-use kwm_schemas::{ExportedRecord, Pseudonym};
+use kwm_schemas::release::ProviderScores;
+use kwm_schemas::{ExportedRecord, Period, Pseudonym};
 use rand::Rng;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -387,6 +388,22 @@ impl Client {
         let path = format!("/v1/audit?after={after}&limit={limit}");
         let (_, body) = self.call(Method::GET, &path, None, true).await?;
         self.decode("/v1/audit", &body)
+    }
+
+    /// `GET /v1/providers/me/scores?period=`: the provider's own figures next to the region's, from
+    /// the period's newest round.
+    pub async fn scores(&self, period: Period) -> Result<ProviderScores, ClientError> {
+        let path = format!("/v1/providers/me/scores?period={period}");
+        let (_, body) = self.call(Method::GET, &path, None, true).await?;
+        self.decode("/v1/providers/me/scores", &body)
+    }
+
+    /// The same scores as the service renders them for a spreadsheet: `csv` (the Dutch dialect) or
+    /// `xlsx` (a workbook with the figures, a legend and the round). Returns the file's bytes.
+    pub async fn scores_file(&self, period: Period, format: &str) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/providers/me/scores?period={period}&format={format}");
+        let (_, body) = self.call(Method::GET, &path, None, true).await?;
+        Ok(body)
     }
 
     fn url(&self, path: &str) -> String {

@@ -128,6 +128,21 @@ pub async fn export_csv(client: &Client, path: &std::path::Path) -> Result<usize
     Ok(records.len())
 }
 
+/// Writes `bytes` to `path` whole or not at all: into a temporary file next to it, then renamed.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile_in(dir)?;
+    let written = tmp.1.write_all(bytes).and_then(|()| tmp.1.sync_all());
+    let renamed = written.and_then(|()| std::fs::rename(&tmp.0, path));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp.0);
+    }
+    renamed
+}
+
 /// A new file in `dir` with a unique name.
 fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     let name = format!(".kwm-export-{}.tmp", uuid::Uuid::new_v4().simple());

@@ -353,15 +353,11 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "  curl -H 'Authorization: Bearer {muni}' '{base}/v1/releases?scope=GM0748&period={period}'"
     );
-    if let Some(r) = gm0748 {
+    if gm0748.is_some() {
         println!(
-            "  curl -H 'Authorization: Bearer {muni}' -o gm0748.xlsx {base}/v1/releases/{}.xlsx",
-            r.id
+            "  curl -H 'Authorization: Bearer {muni}' -OJ {base}/v1/releases/GM0748/{period}.xlsx"
         );
-        println!(
-            "  curl -H 'Authorization: Bearer {muni}' {base}/v1/releases/{}.csv",
-            r.id
-        );
+        println!("  curl -H 'Authorization: Bearer {muni}' {base}/v1/releases/GM0748/{period}.csv");
     }
     if let Some((agb, t)) = &provider_token {
         println!(

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{init, kwm, kwm_binary, kwm_service_cmd, ok, printed_token, serve, text};
+use common::{init, kwm, kwm_binary, kwm_service, kwm_service_cmd, ok, printed_token, serve, text};
 
 /// `kwm ...` in `cwd` with `KWM_TOKEN` set, as the README has the provider do it.
 fn kwm_with_token(cwd: &Path, token: &str, args: &[&str]) -> Output {
@@ -367,5 +367,165 @@ fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
         (s["rows_withdrawn"].as_u64(), s["stored"].as_u64()),
         (Some(0), Some(1)),
         "{s}"
+    );
+}
+
+/// The Dutch CSV as Excel in a Dutch locale reads it: a byte order mark, `;`, decimal commas.
+fn dutch_csv(bytes: &[u8]) -> Vec<Vec<String>> {
+    let body = bytes
+        .strip_prefix("\u{feff}".as_bytes())
+        .expect("UTF-8 with a byte order mark");
+    csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .has_headers(false)
+        .from_reader(body)
+        .records()
+        .map(|r| r.expect("a record").iter().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn kwm_scores_writes_the_own_scores_as_dutch_csv_and_as_a_workbook() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("service");
+    std::fs::create_dir(&data).expect("data dir");
+    let work = dir.path().join("provider");
+    std::fs::create_dir(&work).expect("provider dir");
+    ok(kwm(&work, &["keygen", "--out", "keys/"]));
+    ok(kwm(
+        &work,
+        &["keygen", "--regional", "--out", "regional.key"],
+    ));
+    ok(kwm(
+        &work,
+        &[
+            "synth",
+            "--out-dir",
+            "synth",
+            "--providers",
+            "1",
+            "--trajectories",
+            "600",
+        ],
+    ));
+    let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
+    let agb = agb.trim();
+    init(&data);
+    let token = printed_token(&ok(kwm_service_cmd(&data)
+        .args([
+            "admin",
+            "provider",
+            "add",
+            "--agb",
+            agb,
+            "--name",
+            "Voorbeeld",
+        ])
+        .arg("--signing-key")
+        .arg(work.join("keys/signing.pub"))
+        .output()
+        .expect("runs")));
+    let service = serve(&data);
+    std::fs::write(
+        work.join("kwm.toml"),
+        format!(
+            "service = \"{}\"\nkeys = \"keys/\"\nregional_key = \"regional.key\"\n",
+            service.base_url
+        ),
+    )
+    .expect("kwm.toml");
+    let export = format!("synth/{agb}.csv");
+    ok(kwm_with_token(&work, &token, &["upload", &export]));
+
+    // Before the round there is nothing to read, and no file is left behind.
+    let early = kwm_with_token(&work, &token, &["scores", "--period", "2025", "--csv"]);
+    assert_eq!(early.status.code(), Some(1), "{}", text(&early.stderr));
+    assert!(!work.join("kwm-scores-2025.csv").exists());
+
+    // The regional team publishes the round of 2025.
+    ok(kwm_service(
+        &data,
+        &["admin", "round", "publish", "--period", "2025"],
+    ));
+
+    // CSV, to the file named.
+    let said = ok(kwm_with_token(
+        &work,
+        &token,
+        &["scores", "--period", "2025", "--csv", "--out", "scores.csv"],
+    ));
+    assert!(said.contains("scores.csv"), "{said}");
+    let records = dutch_csv(&std::fs::read(work.join("scores.csv")).expect("scores.csv"));
+    assert_eq!(
+        records[0][..4],
+        ["Gebied", "Periode", "Versie", "Cijfers van"]
+    );
+    assert_eq!(records[0].len(), 13);
+    let own = format!("Eigen cijfers (AGB {agb})");
+    let sources: std::collections::BTreeSet<&str> =
+        records[1..].iter().map(|r| r[3].as_str()).collect();
+    assert!(sources.contains(own.as_str()), "{sources:?}");
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.starts_with("Jeugdhulpregio West-Brabant West")),
+        "the benchmark beside the own figures: {sources:?}"
+    );
+    assert!(records[1..].iter().all(|r| r.len() == 13 && r[1] == "2025"));
+    let values: Vec<&str> = records[1..]
+        .iter()
+        .map(|r| r[8].as_str())
+        .filter(|v| !v.is_empty())
+        .collect();
+    assert!(values.iter().all(|v| !v.contains('.')), "decimal commas");
+    assert!(values.iter().any(|v| v.contains(',')), "{values:?}");
+    assert!(records[1..]
+        .iter()
+        .any(|r| r[3] == own && r[12] == "exact (eigen gegevens)"));
+
+    // XLSX, to the default file name.
+    let said = ok(kwm_with_token(
+        &work,
+        &token,
+        &["scores", "--period", "2025", "--xlsx"],
+    ));
+    assert!(said.contains("kwm-scores-2025.xlsx"), "{said}");
+    let bytes = std::fs::read(work.join("kwm-scores-2025.xlsx")).expect("the workbook");
+    let mut wb: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).expect("a workbook");
+    use calamine::Reader;
+    assert_eq!(
+        wb.sheet_names(),
+        ["Cijfers", "Toelichting", "Publicatieronde"]
+    );
+    let figures = wb.worksheet_range("Cijfers").expect("Cijfers");
+    let cell = |y: u32, x: u32| {
+        figures
+            .get_value((y, x))
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(cell(3, 3), own);
+    assert!(cell(3, 8).ends_with("(benchmark)"), "{}", cell(3, 8));
+    assert_eq!(cell(4, 3), "Waarde");
+    assert_eq!(cell(4, 4), "95%-interval ondergrens");
+    assert_eq!(cell(4, 6), "Aantal trajecten (n)");
+
+    // On the terminal: the totals, own and the region's.
+    let table = ok(kwm_with_token(
+        &work,
+        &token,
+        &["scores", "--period", "2025"],
+    ));
+    assert!(table.contains("OWN") && table.contains("REGION"), "{table}");
+    assert!(table.contains("Beëindiging volgens plan"), "{table}");
+
+    // A period that is not one: a usage error naming the flag.
+    let bad = kwm_with_token(&work, &token, &["scores", "--period", "2025-M1", "--csv"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("--period"),
+        "{}",
+        text(&bad.stderr)
     );
 }

@@ -581,3 +581,59 @@ fn a_pure_dp_region_gets_discrete_laplace_noise_within_its_epsilon() {
     assert_eq!(round.releases.len(), 4);
     assert_eq!(round.releases[0].noise.mechanism, "discrete-laplace");
 }
+
+/// The downloads copy the engine's figures and compute none: the Dutch CSV shows each released figure
+/// with a decimal comma, and a provider without trajectories in the period gets "geen trajecten"
+/// beside the region's figures, which stay those of the region release.
+#[test]
+fn downloads_show_the_engines_figures_and_nothing_else() {
+    use calamine::{Data, Reader};
+
+    use crate::tables::{to_csv, to_xlsx, Report};
+
+    let region = region();
+    let releases = round(&region);
+    let muni = scope(&releases, M0);
+    let csv = to_csv(&Report::of_release(&region, muni)).expect("csv");
+    let text = std::str::from_utf8(&csv).expect("utf-8");
+    let body = text.strip_prefix('\u{feff}').expect("a byte order mark");
+    let lines: Vec<Vec<&str>> = body.lines().map(|l| l.split(';').collect()).collect();
+    let cells: Vec<_> = muni.rows.iter().flat_map(|r| &r.cells).collect();
+    assert_eq!(lines.len(), cells.len() + 1);
+    for (line, c) in lines[1..].iter().zip(&cells) {
+        assert_eq!(line.len(), 13, "{line:?}");
+        let shown = c
+            .value
+            .map(|v| v.to_string().replace('.', ","))
+            .unwrap_or_default();
+        assert_eq!(line[8], shown, "{c:?}");
+    }
+    assert!(lines[1..].iter().any(|l| l[8].contains(',')));
+
+    let stranger: AgbCode = "99999999".parse().expect("an AGB code");
+    let (own, benchmark) = (scope(&releases, "providers"), scope(&releases, "region"));
+    let report = Report::of_scores(&region, stranger, own, benchmark);
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(to_xlsx(&report).expect("xlsx")))
+            .expect("a workbook");
+    let figures = book.worksheet_range("Cijfers").expect("the figures");
+    let first = crate::tables::XLSX_HEADER_ROW + 1;
+    let benchmark_cells: Vec<_> = benchmark.rows.iter().flat_map(|r| &r.cells).collect();
+    let lines: Vec<&[Data]> = figures.rows().skip(first as usize).collect();
+    assert_eq!(lines.len(), benchmark_cells.len());
+    for (line, c) in lines.iter().zip(&benchmark_cells) {
+        assert_eq!(line[7], Data::String("geen trajecten".into()));
+        let value = match line[8] {
+            Data::Float(f) => Some((f * 10.0).round() as i64),
+            _ => None,
+        };
+        assert_eq!(value, c.value.map(Figure::tenths), "{c:?}");
+    }
+    let csv = to_csv(&report).expect("csv");
+    let text = std::str::from_utf8(&csv).expect("utf-8");
+    assert_eq!(
+        text.lines().count(),
+        benchmark_cells.len() + 1,
+        "no own lines, every region line"
+    );
+}

@@ -98,6 +98,18 @@ pub const PATH_PARAMS: &[PathParam] = &[
             "a release id (a UUID), optionally with the format: `.json`, `.csv` or `.xlsx`",
         schema: releases::release_name_schema,
     },
+    PathParam {
+        name: "scope",
+        description: "whose release: a municipality's CBS code (`GM0748`) or `region`",
+        schema: releases::scope_name_schema,
+    },
+    PathParam {
+        name: "period",
+        description:
+            "the period (`2025`, `2025-H1`, `2025-Q3`), optionally with the format: `.json`, `.csv` \
+             or `.xlsx`",
+        schema: releases::period_name_schema,
+    },
 ];
 
 /// The description of the path parameter `name`, if the API has one by that name.

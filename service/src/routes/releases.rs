@@ -1,6 +1,8 @@
 //! Releases and rounds: `GET /v1/releases` (the newest release of a scope and period, or the list the
 //! caller may read), `GET /v1/releases/{release}` (one frozen release as JSON, `.csv` or `.xlsx`),
-//! `GET /v1/providers/me/scores` (a provider's own figures next to the regional benchmark),
+//! `GET /v1/releases/{scope}/{period}` (the newest release of a scope and period by name, as
+//! `GM0748/2025.xlsx`), `GET /v1/providers/me/scores` (a provider's own figures next to the regional
+//! benchmark, as JSON, CSV or XLSX),
 //! `POST /v1/rounds` and `GET /v1/rounds` (publishing and listing release rounds) and
 //! `GET /v1/privacy` (the accountant). Only `POST /v1/rounds` computes or charges anything.
 
@@ -23,7 +25,7 @@ use super::{json, schema_of, Endpoint, Method, QueryParam, Reply, SchemaFn};
 use crate::audit_trail::api_actor;
 use crate::auth::{Caller, ProviderCaller};
 use crate::error::{ApiError, AppJson};
-use crate::rounds::{self, latest_release, publish_round};
+use crate::rounds::{self, latest_release, publish_round, CachedRelease};
 use crate::startup::AppState;
 use crate::tables;
 
@@ -85,23 +87,31 @@ pub fn endpoints() -> Vec<Endpoint> {
             roles: &[Role::Municipality, Role::Region],
             request: None,
             query: &[],
-            replies: vec![
-                json(200, "the release", RELEASE),
-                Reply {
-                    status: 200,
-                    description: "the release as CSV",
-                    body: None,
-                    media_type: "text/csv",
-                },
-                Reply {
-                    status: 200,
-                    description: "the release as a workbook",
-                    body: None,
-                    media_type: XLSX,
-                },
-            ],
+            replies: download_replies("the release", RELEASE),
             problems: &[ProblemType::BadRequest, ProblemType::NotFound],
             handler: || get(get_release),
+        },
+        Endpoint {
+            method: Method::Get,
+            path: "/v1/releases/{scope}/{period}",
+            operation_id: "getReleaseByName",
+            summary:
+                "The release of a scope in the newest version of the period's round, addressed by \
+                      name without looking up an id: `GM0748/2025.xlsx`, `region/2025-H1.csv`, \
+                      `GM0748/2025` or `.json` as JSON",
+            roles: &[Role::Municipality, Role::Region],
+            request: None,
+            query: &[],
+            replies: download_replies(
+                "the release",
+                RELEASE,
+            ),
+            problems: &[
+                ProblemType::BadRequest,
+                ProblemType::NotFound,
+                ProblemType::NotReleased,
+            ],
+            handler: || get(get_release_by_name),
         },
         Endpoint {
             method: Method::Get,
@@ -109,20 +119,30 @@ pub fn endpoints() -> Vec<Endpoint> {
             operation_id: "getProviderScores",
             summary:
                 "The calling provider's own figures for a period next to the regional benchmark, \
-                      from the period's newest round (never publishes or charges)",
+                      from the period's newest round (never publishes or charges), as JSON, CSV \
+                      or XLSX",
             roles: &[Role::Provider],
             request: None,
-            query: &[QueryParam {
-                name: "period",
-                description: "2025, 2025-H1 or 2025-Q3",
-                required: true,
-                schema: schema_of::<Period>,
-            }],
-            replies: vec![json(
-                200,
+            query: &[
+                QueryParam {
+                    name: "period",
+                    description: "2025, 2025-H1 or 2025-Q3",
+                    required: true,
+                    schema: schema_of::<Period>,
+                },
+                QueryParam {
+                    name: "format",
+                    description:
+                        "`json` (default), `csv` (Dutch: `;` and decimal commas) or `xlsx` (a \
+                         workbook with the figures, a legend and the round)",
+                    required: false,
+                    schema: format_schema,
+                },
+            ],
+            replies: download_replies(
                 "the provider's rows and the region's",
                 schema_of::<ProviderScores>,
-            )],
+            ),
             problems: &[ProblemType::BadRequest, ProblemType::NotReleased],
             handler: || get(get_scores),
         },
@@ -194,6 +214,114 @@ pub fn release_name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 }
 
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+/// The `{scope}` path parameter: a municipality code or `region`.
+pub fn scope_name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^(GM[0-9]{4}|region)$",
+        "description": "a municipality's CBS code (GM0748) or `region`"
+    })
+}
+
+/// The `{period}` path parameter: a period, optionally with the format as an extension.
+pub fn period_name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^(19[0-9]{2}|2[0-9]{3})(-(H[12]|Q[1-4]))?(\\.(json|csv|xlsx))?$",
+        "description": "a period (2025, 2025-H1, 2025-Q3), optionally followed by .json, .csv or .xlsx"
+    })
+}
+
+fn format_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "enum": ["json", "csv", "xlsx"], "pattern": "^(json|csv|xlsx)$" })
+}
+
+/// The answers of a download: JSON, the Dutch CSV, the workbook.
+fn download_replies(what: &'static str, body: SchemaFn) -> Vec<Reply> {
+    vec![
+        json(200, what, body),
+        Reply {
+            status: 200,
+            description: "as CSV in the Dutch dialect (UTF-8 with BOM, `;`, decimal commas)",
+            body: None,
+            media_type: "text/csv",
+        },
+        Reply {
+            status: 200,
+            description: "as a workbook: figures with intervals and n, a legend, the round",
+            body: None,
+            media_type: XLSX,
+        },
+    ]
+}
+
+/// The formats of a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Xlsx,
+}
+
+impl Format {
+    fn parse(ext: &str) -> Result<Self, ApiError> {
+        match ext.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "csv" => Ok(Self::Csv),
+            "xlsx" => Ok(Self::Xlsx),
+            other => Err(bad_request(format!(
+                "unknown format {other:?}: use json, csv or xlsx"
+            ))),
+        }
+    }
+
+    /// `NAME` or `NAME.EXT`: the name and the format (JSON without an extension).
+    fn split(text: &str) -> Result<(&str, Self), ApiError> {
+        match text.rsplit_once('.') {
+            Some((name, ext)) => Ok((name, Self::parse(ext)?)),
+            None => Ok((text, Self::Json)),
+        }
+    }
+}
+
+/// A report as CSV or XLSX, named for download. JSON is the caller's own (a frozen body).
+fn download(report: &tables::Report<'_>, format: Format) -> Result<Response, ApiError> {
+    let (content_type, ext, body) = match format {
+        Format::Csv => ("text/csv; charset=utf-8", "csv", tables::to_csv(report)?),
+        Format::Xlsx => (XLSX, "xlsx", tables::to_xlsx(report)?),
+        Format::Json => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "JSON is not rendered from a report"
+            )))
+        }
+    };
+    let disposition = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}.{ext}\"",
+        report.file_stem
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A frozen release in the format asked for.
+fn release_download(
+    region: &kwm_schemas::RegionConfig,
+    cached: &CachedRelease,
+    format: Format,
+) -> Result<Response, ApiError> {
+    match format {
+        Format::Json => Ok(json_bytes(cached.json.clone())),
+        other => download(&tables::Report::of_release(region, &cached.release), other),
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct ReleaseQuery {
@@ -297,10 +425,7 @@ async fn get_release(
     Path(release): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Municipality, Role::Region])?;
-    let (id_text, format) = match release.rsplit_once('.') {
-        Some((id, ext)) => (id, ext.to_ascii_lowercase()),
-        None => (release.as_str(), "json".to_string()),
-    };
+    let (id_text, format) = Format::split(&release)?;
     let id: Uuid = id_text
         .parse()
         .map_err(|_| bad_request("a release is named by its id, a UUID"))?;
@@ -315,44 +440,49 @@ async fn get_release(
     if caller.may_read_release_scope(&cached.scope).is_err() {
         return Err(not_found());
     }
-    let r = &cached.release;
-    let name = format!("kwm-{}-{}-v{}", r.scope, r.period, cached.version);
-    let attachment = |ext: &str| {
-        HeaderValue::from_str(&format!("attachment; filename=\"{name}.{ext}\""))
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
-    };
-    Ok(match format.as_str() {
-        "json" => json_bytes(cached.json.clone()),
-        "csv" => (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/csv; charset=utf-8"),
-                ),
-                (header::CONTENT_DISPOSITION, attachment("csv")),
-            ],
-            tables::to_csv(r)?,
-        )
-            .into_response(),
-        "xlsx" => (
-            [
-                (header::CONTENT_TYPE, HeaderValue::from_static(XLSX)),
-                (header::CONTENT_DISPOSITION, attachment("xlsx")),
-            ],
-            tables::to_xlsx(r)?,
-        )
-            .into_response(),
-        other => {
-            return Err(bad_request(format!(
-                "unknown format .{other}: use .json, .csv or .xlsx"
-            )))
-        }
-    })
+    release_download(&state.region, &cached, format)
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseName {
+    scope: String,
+    period: String,
+}
+
+/// `GET /v1/releases/{scope}/{period}[.ext]`: what `?scope=&period=` answers, in any format. Every
+/// round publishes every municipality, so naming another municipality is refused (403) rather than
+/// hidden.
+#[instrument(skip_all, fields(role = %caller.role))]
+async fn get_release_by_name(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<ReleaseName>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Municipality, Role::Region])?;
+    let scope: ReleaseScope = name.scope.parse().map_err(|e| {
+        bad_request(format!(
+            "scope {:?}: {e} (a CBS code such as GM0748, or region)",
+            name.scope
+        ))
+    })?;
+    caller.may_read_release_scope(&scope.to_string())?;
+    let (period_text, format) = Format::split(&name.period)?;
+    let period = parse_period(period_text)?;
+    let cached = latest_release(
+        state.store.as_ref(),
+        &state.releases,
+        &state.region,
+        scope,
+        period,
+    )
+    .await?;
+    release_download(&state.region, &cached, format)
 }
 
 #[derive(Debug, Deserialize)]
 struct ScoresQuery {
     period: Option<String>,
+    format: Option<String>,
 }
 
 #[instrument(skip_all, fields(provider = %provider.0))]
@@ -367,10 +497,20 @@ async fn get_scores(
             .as_deref()
             .ok_or_else(|| bad_request("name the period: period=2025, 2025-H1 or 2025-Q3"))?,
     )?;
+    let format = q
+        .format
+        .as_deref()
+        .map(Format::parse)
+        .transpose()?
+        .unwrap_or(Format::Json);
     let agb = provider.0;
     let (store, cache, region) = (state.store.as_ref(), &state.releases, &state.region);
     let own = latest_release(store, cache, region, ReleaseScope::Providers, period).await?;
     let benchmark = latest_release(store, cache, region, ReleaseScope::Region, period).await?;
+    if format != Format::Json {
+        let report = tables::Report::of_scores(region, agb, &own.release, &benchmark.release);
+        return download(&report, format);
+    }
     let table = |r: &Release, version, rows| ScoresTable {
         release: r.id.unwrap_or_default(),
         version,

@@ -217,12 +217,56 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
         ],
     );
     m.insert(
+        "GET /v1/releases/{scope}/{period}",
+        vec![
+            call("own municipality", "/v1/releases/GM0748/2025", All(200)),
+            call(
+                "own municipality as XLSX",
+                "/v1/releases/GM0748/2025.xlsx",
+                All(200),
+            ),
+            // Every round publishes every municipality: naming another one is refused, not hidden.
+            call(
+                "another municipality as CSV",
+                "/v1/releases/GM0777/2025.csv",
+                ByRole(vec![(Municipality, 403), (Region, 200)]),
+            ),
+            call(
+                "another municipality",
+                "/v1/releases/GM0777/2025.json",
+                ByRole(vec![(Municipality, 403), (Region, 200)]),
+            ),
+            call(
+                "the region as CSV",
+                "/v1/releases/region/2025.csv",
+                All(200),
+            ),
+            call(
+                "the per-provider table",
+                "/v1/releases/providers/2025.xlsx",
+                All(403),
+            ),
+        ],
+    );
+    m.insert(
         "GET /v1/providers/me/scores",
-        vec![call(
-            "own scores",
-            "/v1/providers/me/scores?period=2025",
-            All(200),
-        )],
+        vec![
+            call(
+                "own scores",
+                "/v1/providers/me/scores?period=2025",
+                All(200),
+            ),
+            call(
+                "own scores as XLSX",
+                "/v1/providers/me/scores?period=2025&format=xlsx",
+                All(200),
+            ),
+            call(
+                "own scores as CSV",
+                "/v1/providers/me/scores?period=2025&format=csv",
+                All(200),
+            ),
+        ],
     );
     m.insert(
         "POST /v1/rounds",

@@ -12,5 +12,6 @@ mod limits;
 mod metrics;
 mod rawdb;
 mod releases;
+mod reports;
 mod rounds;
 mod upload;

@@ -150,7 +150,10 @@ async fn a_round_is_read(app: TestApp) {
     let text = csv.text().await.expect("csv");
     let cells: usize = first.rows.iter().map(|r| r.cells.len()).sum();
     assert_eq!(text.lines().count(), cells + 1, "one line per cell");
-    assert!(text.starts_with("scope,period,version,"));
+    assert!(
+        text.starts_with("\u{feff}Gebied;Periode;Versie;"),
+        "the Dutch dialect, with a byte order mark"
+    );
     let xlsx = get(&app, &muni, &format!("/v1/releases/{id}.xlsx")).await;
     assert_eq!(xlsx.status(), StatusCode::OK);
     assert!(xlsx.bytes().await.expect("xlsx").starts_with(b"PK"));

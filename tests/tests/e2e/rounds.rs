@@ -979,43 +979,6 @@ on_both_backends!(
 // ------------------------------------------------------------------------------------------------
 // A municipality's reads and the downloads.
 
-/// The records of a CSV document (RFC 4180: quoted fields may hold commas, quotes and line breaks).
-fn csv_records(text: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut record = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    field.push('"');
-                    chars.next();
-                }
-                '"' => quoted = false,
-                c => field.push(c),
-            }
-        } else {
-            match c {
-                '"' => quoted = true,
-                ',' => record.push(std::mem::take(&mut field)),
-                '\n' => {
-                    record.push(std::mem::take(&mut field));
-                    out.push(std::mem::take(&mut record));
-                }
-                '\r' => {}
-                c => field.push(c),
-            }
-        }
-    }
-    if !field.is_empty() || !record.is_empty() {
-        record.push(field);
-        out.push(record);
-    }
-    out
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -1073,53 +1036,19 @@ async fn municipality_reads_and_downloads(backend: Backend) {
             res.headers()["content-disposition"],
             format!("attachment; filename=\"kwm-{scope}-2025-v1.csv\"").as_str()
         );
-        let text = res.text().await.expect("csv");
-        let records = csv_records(&text);
-        assert_eq!(
-            records[0],
-            [
-                "scope",
-                "period",
-                "version",
-                "target_group",
-                "provider",
-                "label",
-                "criterion",
-                "status",
-                "value",
-                "ci95_low",
-                "ci95_high",
-                "count"
-            ]
+        // The Dutch dialect, one line per cell (checked through in `reports`).
+        let records = crate::reports::dutch_csv(&res.bytes().await.expect("csv"));
+        let subject = match scope {
+            "region" => "Jeugdhulpregio West-Brabant West (regio)",
+            _ => "Gemeente Bergen op Zoom (GM0748)",
+        };
+        crate::reports::check_csv(
+            &records,
+            subject,
+            &kwm_schemas::RegionConfig::wbw(),
+            &release.criteria,
+            &[(subject, release.rows.iter().collect())],
         );
-        let cells: Vec<_> = release
-            .rows
-            .iter()
-            .flat_map(|row| row.cells.iter().map(move |c| (row, c)))
-            .collect();
-        assert_eq!(records.len(), cells.len() + 1, "one line per cell");
-        assert_eq!(text.lines().count(), cells.len() + 1);
-        for (rec, (row, cell)) in records[1..].iter().zip(&cells) {
-            assert_eq!(rec.len(), 12, "{rec:?}");
-            assert_eq!(
-                (rec[0].as_str(), rec[1].as_str(), rec[2].as_str()),
-                (scope, "2025", "1")
-            );
-            let group = row
-                .target_group
-                .as_ref()
-                .map_or("total".to_string(), ToString::to_string);
-            assert_eq!(rec[3], group);
-            assert_eq!(rec[5], row.label_nl);
-            assert_eq!(rec[6], cell.criterion);
-            assert_eq!(rec[7], cell.status.as_str());
-            let fig = |f: Option<kwm_schemas::release::Figure>| {
-                f.map(|f| f.to_string()).unwrap_or_default()
-            };
-            assert_eq!(rec[8], fig(cell.value));
-            assert_eq!(rec[9], fig(cell.ci95_low));
-            assert_eq!(rec[10], fig(cell.ci95_high));
-        }
         // XLSX: a zip (local header first, end of central directory last) with a workbook.
         let res = get(&app, &muni, &format!("/v1/releases/{id}.xlsx")).await;
         assert_eq!(res.status(), StatusCode::OK);
