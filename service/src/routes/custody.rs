@@ -202,34 +202,106 @@ async fn export(
     ProviderToken { agb, caller }: ProviderToken,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("provider", agb.as_str());
-    let records = state.store.list_trajectories(agb).await?;
-    let mut body = Vec::with_capacity(records.len() * 420);
-    for r in &records {
-        serde_json::to_writer(&mut body, &ExportedRecord::from(r))
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a record: {e}")))?;
-        body.push(b'\n');
-    }
-    let mut digest = Context::new(&SHA256);
-    digest.update(&body);
-    let details = serde_json::json!({
-        "records": records.len(),
-        "sha256": hex::encode(digest.finish()),
-    });
+    let count = state.store.count_trajectories(Some(agb)).await?;
+    let actor = api_actor(&caller);
     // Nothing leaves before the export is on the record.
     let e = entry(
-        &api_actor(&caller),
+        &actor,
         AuditAction::Export,
-        format!("export of {} records", records.len()),
+        format!("export of {count} records"),
         Some(agb),
-        &details,
+        &serde_json::json!({ "records": count }),
     );
     append_required(&state, e).await?;
-    tracing::info!(records = records.len(), "records exported");
+    tracing::info!(records = count, "export started");
+    let body = axum::body::Body::from_stream(export_pages(state, agb, actor));
     let mut res = (StatusCode::OK, body).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    if let Ok(v) = HeaderValue::from_str(&records.len().to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&count.to_string()) {
         res.headers_mut().insert(EXPORT_COUNT_HEADER, v);
     }
     Ok(res)
+}
+
+/// The export's body, read and sent a page at a time (memory per export: one page, not the whole
+/// provider). When the last page has gone, an `export-sent` entry records how many records left and
+/// the SHA-256 of the bytes sent; an export cut short (the client went away, the database failed)
+/// has its `export` entry only. A database error ends the body early: the client sees fewer records
+/// than the count header announced.
+fn export_pages(
+    state: AppState,
+    agb: AgbCode,
+    actor: crate::rounds::Actor,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send {
+    struct Cursor {
+        after: Option<Pseudonym>,
+        digest: Context,
+        sent: u64,
+        done: bool,
+    }
+    let start = Cursor {
+        after: None,
+        digest: Context::new(&SHA256),
+        sent: 0,
+        done: false,
+    };
+    futures::stream::unfold(start, move |mut c| {
+        let state = state.clone();
+        let actor = actor.clone();
+        async move {
+            if c.done {
+                return None;
+            }
+            let limit = crate::store::TRAJECTORY_PAGE;
+            let page = match state
+                .store
+                .list_trajectories_page(agb, c.after.as_ref(), limit)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, sent = c.sent, "export cut short: reading a page failed");
+                    c.done = true;
+                    return Some((Err(std::io::Error::other("reading the export failed")), c));
+                }
+            };
+            let mut chunk = Vec::with_capacity(page.len() * 420);
+            for r in &page {
+                if let Err(e) = serde_json::to_writer(&mut chunk, &ExportedRecord::from(r)) {
+                    tracing::error!(error = %e, "export cut short: serialising a record failed");
+                    c.done = true;
+                    return Some((
+                        Err(std::io::Error::other("serialising the export failed")),
+                        c,
+                    ));
+                }
+                chunk.push(b'\n');
+            }
+            c.digest.update(&chunk);
+            c.sent += page.len() as u64;
+            c.after = page.last().map(|r| r.trajectory);
+            if page.len() < limit as usize {
+                c.done = true;
+                let details = serde_json::json!({
+                    "records": c.sent,
+                    "sha256": hex::encode(c.digest.clone().finish()),
+                });
+                let e = entry(
+                    &actor,
+                    AuditAction::ExportSent,
+                    format!("export of {} records sent", c.sent),
+                    Some(agb),
+                    &details,
+                );
+                // The records have left: a failed entry cannot stop them; it is logged and counted.
+                if let Err(err) = state.store.append_audit(&e).await {
+                    state.metrics.observe_audit_failure(false);
+                    tracing::error!(error = %err, "the audit entry of a sent export could not be written");
+                }
+                tracing::info!(records = c.sent, "records exported");
+            }
+            Some((Ok(axum::body::Bytes::from(chunk)), c))
+        }
+    })
 }

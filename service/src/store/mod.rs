@@ -414,6 +414,9 @@ pub struct PoolStatus {
 }
 
 /// Every query the service makes. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
+/// Trajectories per page of [`Store::list_trajectories`] (and of an export).
+pub const TRAJECTORY_PAGE: u32 = 1000;
+
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap round trip for `/readyz`.
@@ -471,7 +474,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Number of stored trajectories, of one provider or of all.
     async fn count_trajectories(&self, provider: Option<AgbCode>) -> Result<u64, StoreError>;
     /// The provider's own stored trajectories (stage-2 client pseudonyms), ordered by trajectory pseudonym.
-    async fn list_trajectories(&self, provider: AgbCode) -> Result<Vec<WireRecord>, StoreError>;
+    async fn list_trajectories(&self, provider: AgbCode) -> Result<Vec<WireRecord>, StoreError> {
+        let mut all: Vec<WireRecord> = Vec::new();
+        loop {
+            let after = all.last().map(|r| r.trajectory);
+            let page = self
+                .list_trajectories_page(provider, after.as_ref(), TRAJECTORY_PAGE)
+                .await?;
+            let last = page.len() < TRAJECTORY_PAGE as usize;
+            all.extend(page);
+            if last {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// At most `limit` of the provider's stored trajectories with a trajectory pseudonym above `after`
+    /// (from the first when `None`), ordered by trajectory pseudonym: an export reads them page by page.
+    async fn list_trajectories_page(
+        &self,
+        provider: AgbCode,
+        after: Option<&Pseudonym>,
+        limit: u32,
+    ) -> Result<Vec<WireRecord>, StoreError>;
 
     /// Every stored trajectory (of every provider) whose months overlap `from..=to`: started on or
     /// before `to` and not ended before `from`. Ordered by provider, then trajectory pseudonym, so that

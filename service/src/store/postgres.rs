@@ -145,10 +145,11 @@ static UPSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static SELECT_TRAJECTORIES: LazyLock<String> = LazyLock::new(|| {
+static SELECT_TRAJECTORIES_PAGE: LazyLock<String> = LazyLock::new(|| {
     let cols: Vec<&str> = RECORD_COLUMNS.iter().map(|(c, _)| *c).collect();
     format!(
-        "SELECT {} FROM trajectories WHERE provider = $1 ORDER BY trajectory",
+        "SELECT {} FROM trajectories WHERE provider = $1 AND ($2::bytea IS NULL OR trajectory > $2) \
+         ORDER BY trajectory LIMIT $3",
         cols.join(", ")
     )
 });
@@ -895,9 +896,16 @@ impl Store for PgStore {
         u64::try_from(n).map_err(|_| corrupt("count"))
     }
 
-    async fn list_trajectories(&self, provider: AgbCode) -> Result<Vec<WireRecord>, StoreError> {
-        sqlx::query(SELECT_TRAJECTORIES.as_str())
+    async fn list_trajectories_page(
+        &self,
+        provider: AgbCode,
+        after: Option<&Pseudonym>,
+        limit: u32,
+    ) -> Result<Vec<WireRecord>, StoreError> {
+        sqlx::query(SELECT_TRAJECTORIES_PAGE.as_str())
             .bind(provider.as_str())
+            .bind(after.map(|p| &p.as_bytes()[..]))
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?

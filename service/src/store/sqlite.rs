@@ -161,9 +161,10 @@ static COUNT_EXISTING_FULL_CHUNK: LazyLock<String> =
 static CARRY_UNCHANGED_FULL_CHUNK: LazyLock<String> =
     LazyLock::new(|| carry_unchanged_sql(ROWS_PER_STATEMENT));
 
-static SELECT_TRAJECTORIES: LazyLock<String> = LazyLock::new(|| {
+static SELECT_TRAJECTORIES_PAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {} FROM trajectories WHERE provider = ?1 ORDER BY trajectory",
+        "SELECT {} FROM trajectories WHERE provider = ?1 AND (?2 IS NULL OR trajectory > ?2) \
+         ORDER BY trajectory LIMIT ?3",
         RECORD_COLUMNS.join(", ")
     )
 });
@@ -857,9 +858,16 @@ impl Store for SqliteStore {
         u64::try_from(n).map_err(|_| corrupt("count"))
     }
 
-    async fn list_trajectories(&self, provider: AgbCode) -> Result<Vec<WireRecord>, StoreError> {
-        sqlx::query(SELECT_TRAJECTORIES.as_str())
+    async fn list_trajectories_page(
+        &self,
+        provider: AgbCode,
+        after: Option<&Pseudonym>,
+        limit: u32,
+    ) -> Result<Vec<WireRecord>, StoreError> {
+        sqlx::query(SELECT_TRAJECTORIES_PAGE.as_str())
             .bind(provider.as_str())
+            .bind(after.map(|p| &p.as_bytes()[..]))
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?

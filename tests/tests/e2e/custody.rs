@@ -243,7 +243,8 @@ async fn withdrawn_rows_are_gone_and_new_releases_leave_them_out_on_postgres() {
 }
 
 async fn export(app: TestApp) {
-    let (dir, out) = synth_exports(2, 900, 32);
+    // More rows than a page of the export (1000), so it is read and sent in several.
+    let (dir, out) = synth_exports(2, 2600, 32);
     let regional = RegionalKey::generate().expect("regional key");
     let mut ps = Vec::new();
     for export in &out.providers {
@@ -341,15 +342,36 @@ async fn export(app: TestApp) {
         .expect("sent");
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let chain = load_chain(app.state.store.as_ref()).await.expect("chain");
-    let exports = chain
+    let of = |action: &str| {
+        chain
+            .iter()
+            .filter(|e| e.entry.action.as_str() == action)
+            .collect::<Vec<_>>()
+    };
+    let (exports, sent) = (of("export"), of("export-sent"));
+    assert_eq!((exports.len(), sent.len()), (3, 3));
+    assert!(exports
         .iter()
-        .filter(|e| e.entry.action.as_str() == "export")
-        .collect::<Vec<_>>();
-    assert_eq!(exports.len(), 3);
-    assert!(exports.iter().all(|e| e.entry.provider == Some(a.agb)));
+        .chain(&sent)
+        .all(|e| e.entry.provider == Some(a.agb)));
     assert_eq!(
         exports[0].entry.subject,
         format!("export of {} records", exported.len())
+    );
+    assert_eq!(
+        sent[1].entry.subject,
+        format!("export of {} records sent", exported.len())
+    );
+    // The entry of a sent export holds the SHA-256 of the very bytes that left.
+    let sha = ring::digest::digest(&ring::digest::SHA256, raw.as_bytes());
+    let details = serde_json::json!({
+        "records": exported.len(),
+        "sha256": sha.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    });
+    assert_eq!(
+        sent[1].entry.details_digest,
+        kwm_service::audit::digest_of(&details),
+        "the second export is the raw one read above"
     );
     app.assert_logs_free_of(&[]);
 }
