@@ -5,11 +5,11 @@
 //! When an entry cannot be written:
 //! - an action that changes state or hands out data (upload, withdrawal, export, token issue and
 //!   revocation, key rotation) fails with 503 (database unavailable) or 500 ([`append_required`]).
-//!   The action itself commits first, in the store's own transaction, and the entry is appended right
-//!   after it in the same request: a failed append therefore leaves a committed action without its
-//!   entry. The caller is told (the request fails), the error is logged, and verification finds the
-//!   gap for uploads and releases (every stored batch and every ledger release must have its entry).
-//!   An export appends before any data leaves; an issued token is revoked again when its entry fails.
+//!   An upload's entry is appended in the upload's own transaction (`Store::put_batch_recorded`), as a
+//!   round's is: both commit or neither. The other actions still commit first and append right after
+//!   in the same request: a failed append there leaves a committed action without its entry; the
+//!   caller is told (the request fails) and the error is logged. An export appends before any data
+//!   leaves; an issued token is revoked again when its entry fails.
 //! - a refusal (a bad signature, a forbidden call, a batch conflict) stands as answered; the failed
 //!   append is logged as an error ([`append_best_effort`]): a refusal changed nothing.
 //!

@@ -221,6 +221,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::AuditUnwritten(inner) if matches!(*inner, StoreError::Unavailable(_)) => {
+                Self::Unavailable(*inner)
+            }
             StoreError::NotFound => Self::not_found("no such resource"),
             other => Self::Internal(other.into()),
         }

@@ -15,16 +15,19 @@ use time::OffsetDateTime;
 use crate::error::ApiError;
 use crate::keys::KeyLookup;
 use crate::startup::AppState;
-use crate::store::{NewBatch, PutBatch, StoreError};
+use crate::store::{NewBatch, PutBatch, RecordFn, StoreError};
+use kwm_schemas::api::BatchReceipt;
 
 /// At most this many record errors are listed in one problem document; the detail gives the total.
 const MAX_LISTED_ERRORS: usize = 200;
 
-/// Runs the whole pipeline for a batch posted by `caller`.
+/// Runs the whole pipeline for a batch posted by `caller`. A stored batch's audit entry, made by
+/// `record` from the receipt, commits with the rows (`Store::put_batch_recorded`).
 pub async fn ingest_batch(
     state: &AppState,
     caller: AgbCode,
     batch: SealedBatch,
+    record: &RecordFn<BatchReceipt>,
 ) -> Result<PutBatch, ApiError> {
     let header = &batch.header;
     if header.version != PROTOCOL_VERSION {
@@ -66,7 +69,11 @@ pub async fn ingest_batch(
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation task failed: {e}")))??;
 
-    match state.store.put_batch(&prepared).await {
+    match state
+        .store
+        .put_batch_recorded(&prepared, Some(record))
+        .await
+    {
         Ok(PutBatch::Withdrawn { at }) => Err(ApiError::new(
             ProblemType::BatchWithdrawn,
             format!(
@@ -85,6 +92,11 @@ pub async fn ingest_batch(
                 prepared.batch_id
             ),
         )),
+        Err(e @ StoreError::AuditUnwritten(_)) => {
+            state.metrics.observe_audit_failure(true);
+            tracing::error!(error = %e, "an upload failed: its audit entry could not be written");
+            Err(e.into())
+        }
         Err(e) => Err(e.into()),
     }
 }

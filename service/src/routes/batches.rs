@@ -90,16 +90,17 @@ async fn post_batch(
     AppJson(batch): AppJson<SealedBatch>,
 ) -> Result<Response, ApiError> {
     let header = batch.header.clone();
-    let outcome = ingest_batch(&state, provider.agb, batch).await;
-    state.metrics.observe_upload(&outcome);
     let actor = api_actor(&provider.caller);
     let subject = batch_subject(header.batch_id);
+    // The upload's entry commits with the rows, in the store's transaction.
+    let record = {
+        let (actor, subject, agb) = (actor.clone(), subject.clone(), provider.agb);
+        move |r: &BatchReceipt| entry(&actor, AuditAction::Upload, subject.clone(), Some(agb), r)
+    };
+    let outcome = ingest_batch(&state, provider.agb, batch, &record).await;
+    state.metrics.observe_upload(&outcome);
     let (status, receipt) = match outcome {
-        Ok(PutBatch::Stored(r)) => {
-            let e = entry(&actor, AuditAction::Upload, subject, Some(provider.agb), &r);
-            append_required(&state, e).await?;
-            (StatusCode::CREATED, r)
-        }
+        Ok(PutBatch::Stored(r)) => (StatusCode::CREATED, r),
         Ok(PutBatch::Replayed(r)) => {
             let e = entry(
                 &actor,

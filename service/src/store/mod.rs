@@ -31,6 +31,10 @@ pub enum StoreError {
     /// caller's mark is from another database): the caller's copy must be loaded again from 0.
     #[error("change mark {since} was not handed out by this database (newest change: {newest})")]
     UnknownMark { since: i64, newest: i64 },
+    /// An action's audit entry could not be appended in the action's transaction: the action was
+    /// rolled back with it, nothing changed.
+    #[error("the audit entry could not be written, so nothing was changed: {0}")]
+    AuditUnwritten(Box<StoreError>),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -414,6 +418,10 @@ pub struct PoolStatus {
 }
 
 /// Every query the service makes. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
+/// Makes an action's audit entry from its outcome, for the store to append in the action's own
+/// transaction.
+pub type RecordFn<T> = dyn Fn(&T) -> crate::audit::NewAuditEntry + Send + Sync;
+
 /// Trajectories per page of [`Store::list_trajectories`] (and of an export).
 pub const TRAJECTORY_PAGE: u32 = 1000;
 
@@ -462,7 +470,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// so it equals what `get_batch` returns later. Concurrent calls with the same batch id end with
     /// one `Stored` and the others `Replayed` (or `Conflict`), never a duplicate. A lost connection or
     /// a lock held too long is `Unavailable`; a value the schema refuses is `Other`.
-    async fn put_batch(&self, batch: &NewBatch) -> Result<PutBatch, StoreError>;
+    async fn put_batch(&self, batch: &NewBatch) -> Result<PutBatch, StoreError> {
+        self.put_batch_recorded(batch, None).await
+    }
+
+    /// [`Store::put_batch`], with the upload's audit entry: when the batch is `Stored`, `record` makes
+    /// the entry from the receipt and it is appended in the same transaction, so that no crash leaves a
+    /// stored batch without its entry (a replay, a conflict or a withdrawn batch appends nothing here).
+    async fn put_batch_recorded(
+        &self,
+        batch: &NewBatch,
+        record: Option<&RecordFn<BatchReceipt>>,
+    ) -> Result<PutBatch, StoreError>;
     async fn get_batch(
         &self,
         provider: AgbCode,

@@ -12,6 +12,7 @@
 //! order. An advisory lock orders them: every writer of `trajectories` holds it shared until commit,
 //! and the reader takes it exclusively for the moment it fixes its snapshot (see [`CHANGE_FEED_LOCK`]).
 
+use crate::store::RecordFn;
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -716,7 +717,11 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn put_batch(&self, batch: &NewBatch) -> Result<PutBatch, StoreError> {
+    async fn put_batch_recorded(
+        &self,
+        batch: &NewBatch,
+        record: Option<&RecordFn<BatchReceipt>>,
+    ) -> Result<PutBatch, StoreError> {
         let provider = batch.provider.as_str();
         let batch_id = batch.batch_id.hyphenated().to_string();
         let received_at = truncate_to_micros(batch.received_at);
@@ -832,9 +837,7 @@ impl Store for PgStore {
         if stored + corrected > 0 {
             log_batch_change(&mut tx, provider, &batch_id).await?;
         }
-        tx.commit().await.map_err(db_err)?;
-
-        Ok(PutBatch::Stored(BatchReceipt {
+        let receipt = BatchReceipt {
             batch_id: batch.batch_id,
             provider: batch.provider,
             key_id: batch.key_id.clone(),
@@ -845,7 +848,14 @@ impl Store for PgStore {
             received_at,
             content_digest: hex::encode(batch.content_digest),
             replayed: false,
-        }))
+        };
+        if let Some(record) = record {
+            append_audit_in(&mut tx, &record(&receipt))
+                .await
+                .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(PutBatch::Stored(receipt))
     }
 
     async fn get_batch(
