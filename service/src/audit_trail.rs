@@ -5,10 +5,11 @@
 //! When an entry cannot be written:
 //! - an action that changes state or hands out data (upload, withdrawal, export, token issue and
 //!   revocation, key rotation) fails with 503 (database unavailable) or 500 ([`append_required`]).
-//!   An upload's entry is appended in the upload's own transaction (`Store::put_batch_recorded`), as a
-//!   round's is: both commit or neither. The other actions still commit first and append right after
-//!   in the same request: a failed append there leaves a committed action without its entry; the
-//!   caller is told (the request fails) and the error is logged. An export appends before any data
+//!   The entry of an upload or a withdrawal is appended in the action's own transaction
+//!   (`Store::put_batch_recorded`, `Store::withdraw_batch_recorded`, ...), as a round's is: both
+//!   commit or neither ([`failed_action`]). Token issue and revocation, provider registration and key
+//!   rotation still commit first and append right after: a failed append there leaves a committed
+//!   action without its entry; the caller is told (the command fails) and the error is logged. An export appends before any data
 //!   leaves; an issued token is revoked again when its entry fails.
 //! - a refusal (a bad signature, a forbidden call, a batch conflict) stands as answered; the failed
 //!   append is logged as an error ([`append_best_effort`]): a refusal changed nothing.
@@ -143,6 +144,17 @@ pub async fn append_required(
         );
         ApiError::from(e)
     })
+}
+
+/// The answer to an action whose store call failed; when it was the action's own audit entry that
+/// could not be written in its transaction (so the action was rolled back), the failure is counted in
+/// `kwm_audit_append_failures_total` and logged, as for any failed append.
+pub fn failed_action(state: &AppState, e: StoreError, action: &'static str) -> ApiError {
+    if matches!(e, StoreError::AuditUnwritten(_)) {
+        state.metrics.observe_audit_failure(true);
+        tracing::error!(action, error = %e, "an action failed: its audit entry could not be written");
+    }
+    ApiError::from(e)
 }
 
 /// Appends the entry of a refusal: the refusal stands either way; a failure is logged as an error and

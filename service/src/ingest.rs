@@ -92,12 +92,7 @@ pub async fn ingest_batch(
                 prepared.batch_id
             ),
         )),
-        Err(e @ StoreError::AuditUnwritten(_)) => {
-            state.metrics.observe_audit_failure(true);
-            tracing::error!(error = %e, "an upload failed: its audit entry could not be written");
-            Err(e.into())
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(crate::audit_trail::failed_action(state, e, "upload")),
     }
 }
 

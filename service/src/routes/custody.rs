@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{json, schema_of, Endpoint, Method, Reply};
 use crate::audit::AuditAction;
-use crate::audit_trail::{api_actor, append_required, batch_subject, entry};
+use crate::audit_trail::{api_actor, append_required, batch_subject, entry, failed_action};
 use crate::auth::ProviderToken;
 use crate::error::{ApiError, AppJson};
 use crate::ingest::now_micros;
@@ -104,6 +104,7 @@ fn receipt(
     withdrawn: WithdrawalKind,
     batch_id: Option<Uuid>,
     w: Withdrawn,
+    withdrawn_at: time::OffsetDateTime,
 ) -> WithdrawalReceipt {
     WithdrawalReceipt {
         provider,
@@ -111,7 +112,7 @@ fn receipt(
         batch_id,
         trajectories_removed: w.trajectories,
         batches_removed: w.batches,
-        withdrawn_at: now_micros(),
+        withdrawn_at,
         audit_seq: 0,
     }
 }
@@ -126,24 +127,33 @@ async fn withdraw_batch(
     let id: Uuid = batch_id
         .parse()
         .map_err(|_| ApiError::new(ProblemType::BadRequest, "a batch id is a UUID"))?;
+    // The entry commits with the withdrawal. Its digest covers the receipt with `audit_seq` 0: the
+    // sequence number exists only once appended.
+    let at = now_micros();
+    let actor = api_actor(&caller);
+    let record = move |w: &Withdrawn| {
+        entry(
+            &actor,
+            AuditAction::Withdraw,
+            batch_subject(id),
+            Some(agb),
+            &receipt(agb, WithdrawalKind::Batch, Some(id), *w, at),
+        )
+    };
     // Another provider's batch is simply not found: its existence is not disclosed.
-    let w = match state.store.withdraw_batch(agb, id).await {
+    let (w, seq) = match state
+        .store
+        .withdraw_batch_recorded(agb, id, Some(&record))
+        .await
+    {
         Ok(w) => w,
         Err(StoreError::NotFound) => {
             return Err(ApiError::not_found(format!("you have no batch {id}")))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(failed_action(&state, e, "withdraw")),
     };
-    let mut r = receipt(agb, WithdrawalKind::Batch, Some(id), w);
-    // The digest covers the receipt with `audit_seq` 0: the sequence number exists only once appended.
-    let e = entry(
-        &api_actor(&caller),
-        AuditAction::Withdraw,
-        batch_subject(id),
-        Some(agb),
-        &r,
-    );
-    r.audit_seq = append_required(&state, e).await?.seq;
+    let mut r = receipt(agb, WithdrawalKind::Batch, Some(id), w, at);
+    r.audit_seq = seq.unwrap_or_default();
     tracing::info!(
         trajectories = r.trajectories_removed,
         batches = r.batches_removed,
@@ -167,27 +177,36 @@ async fn withdraw_trajectory(
         )
     })?;
     let pseudonym = Pseudonym(bytes);
-    let w = match state.store.withdraw_trajectory(agb, &pseudonym).await {
+    // The subject names no pseudonym; the digest binds the receipt to the trajectory, so that the
+    // provider can prove later which one it was. The entry commits with the withdrawal.
+    let at = now_micros();
+    let actor = api_actor(&caller);
+    let record = move |w: &Withdrawn| {
+        let r = receipt(agb, WithdrawalKind::Trajectory, None, *w, at);
+        let details = serde_json::json!({ "receipt": &r, "trajectory": hex::encode(bytes) });
+        entry(
+            &actor,
+            AuditAction::Withdraw,
+            "trajectory",
+            Some(agb),
+            &details,
+        )
+    };
+    let (w, seq) = match state
+        .store
+        .withdraw_trajectory_recorded(agb, &pseudonym, Some(&record))
+        .await
+    {
         Ok(w) => w,
         Err(StoreError::NotFound) => {
             return Err(ApiError::not_found(
                 "you have no stored trajectory with this pseudonym",
             ))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(failed_action(&state, e, "withdraw")),
     };
-    let mut r = receipt(agb, WithdrawalKind::Trajectory, None, w);
-    // The subject names no pseudonym; the digest binds the receipt to the trajectory, so that the
-    // provider can prove later which one it was.
-    let details = serde_json::json!({ "receipt": &r, "trajectory": hex::encode(bytes) });
-    let e = entry(
-        &api_actor(&caller),
-        AuditAction::Withdraw,
-        "trajectory",
-        Some(agb),
-        &details,
-    );
-    r.audit_seq = append_required(&state, e).await?.seq;
+    let mut r = receipt(agb, WithdrawalKind::Trajectory, None, w, at);
+    r.audit_seq = seq.unwrap_or_default();
     tracing::info!(
         trajectories = r.trajectories_removed,
         batches = r.batches_removed,

@@ -653,7 +653,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         provider: AgbCode,
         batch_id: Uuid,
-    ) -> Result<Withdrawn, StoreError>;
+    ) -> Result<Withdrawn, StoreError> {
+        Ok(self
+            .withdraw_batch_recorded(provider, batch_id, None)
+            .await?
+            .0)
+    }
+    /// [`Store::withdraw_batch`] with its audit entry, made by `record` from what was removed and
+    /// appended in the withdrawal's transaction; returns the entry's sequence number with it.
+    async fn withdraw_batch_recorded(
+        &self,
+        provider: AgbCode,
+        batch_id: Uuid,
+        record: Option<&RecordFn<Withdrawn>>,
+    ) -> Result<(Withdrawn, Option<i64>), StoreError>;
     /// Removes one of the provider's trajectories (by its stage-1 trajectory pseudonym); a batch left
     /// without rows (none it wrote, none it carries) is removed too, and its id kept as withdrawn.
     /// `NotFound` if the provider has no such trajectory.
@@ -661,7 +674,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         provider: AgbCode,
         trajectory: &Pseudonym,
-    ) -> Result<Withdrawn, StoreError>;
+    ) -> Result<Withdrawn, StoreError> {
+        Ok(self
+            .withdraw_trajectory_recorded(provider, trajectory, None)
+            .await?
+            .0)
+    }
+    /// [`Store::withdraw_trajectory`] with its audit entry, as [`Store::withdraw_batch_recorded`].
+    async fn withdraw_trajectory_recorded(
+        &self,
+        provider: AgbCode,
+        trajectory: &Pseudonym,
+        record: Option<&RecordFn<Withdrawn>>,
+    ) -> Result<(Withdrawn, Option<i64>), StoreError>;
 
     /// The check values of the database's key set; `None` while the key set was never initialised.
     async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError>;

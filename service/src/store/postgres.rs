@@ -1334,11 +1334,12 @@ impl Store for PgStore {
         rows.iter().map(audit_from_row).collect()
     }
 
-    async fn withdraw_batch(
+    async fn withdraw_batch_recorded(
         &self,
         provider: AgbCode,
         batch_id: Uuid,
-    ) -> Result<Withdrawn, StoreError> {
+        record: Option<&RecordFn<Withdrawn>>,
+    ) -> Result<(Withdrawn, Option<i64>), StoreError> {
         let batch_id = batch_id.hyphenated().to_string();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
@@ -1377,15 +1378,25 @@ impl Store for PgStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
+        let seq = match record {
+            Some(record) => Some(
+                append_audit_in(&mut tx, &record(&withdrawn))
+                    .await
+                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
+                    .seq,
+            ),
+            None => None,
+        };
         tx.commit().await.map_err(db_err)?;
-        Ok(withdrawn)
+        Ok((withdrawn, seq))
     }
 
-    async fn withdraw_trajectory(
+    async fn withdraw_trajectory_recorded(
         &self,
         provider: AgbCode,
         trajectory: &Pseudonym,
-    ) -> Result<Withdrawn, StoreError> {
+        record: Option<&RecordFn<Withdrawn>>,
+    ) -> Result<(Withdrawn, Option<i64>), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
         lock_provider_writes(&mut tx, provider, true).await?;
@@ -1436,8 +1447,17 @@ impl Store for PgStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
+        let seq = match record {
+            Some(record) => Some(
+                append_audit_in(&mut tx, &record(&withdrawn))
+                    .await
+                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
+                    .seq,
+            ),
+            None => None,
+        };
         tx.commit().await.map_err(db_err)?;
-        Ok(withdrawn)
+        Ok((withdrawn, seq))
     }
 
     async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError> {

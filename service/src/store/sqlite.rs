@@ -1449,11 +1449,12 @@ impl Store for SqliteStore {
         rows.iter().map(audit_from_row).collect()
     }
 
-    async fn withdraw_batch(
+    async fn withdraw_batch_recorded(
         &self,
         provider: AgbCode,
         batch_id: Uuid,
-    ) -> Result<Withdrawn, StoreError> {
+        record: Option<&RecordFn<Withdrawn>>,
+    ) -> Result<(Withdrawn, Option<i64>), StoreError> {
         let batch_id = batch_id.hyphenated().to_string();
         let _w = self.writer.lock().await;
         let mut tx = self
@@ -1497,15 +1498,25 @@ impl Store for SqliteStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
+        let seq = match record {
+            Some(record) => Some(
+                append_audit_in(&mut tx, &record(&withdrawn))
+                    .await
+                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
+                    .seq,
+            ),
+            None => None,
+        };
         tx.commit().await.map_err(db_err)?;
-        Ok(withdrawn)
+        Ok((withdrawn, seq))
     }
 
-    async fn withdraw_trajectory(
+    async fn withdraw_trajectory_recorded(
         &self,
         provider: AgbCode,
         trajectory: &Pseudonym,
-    ) -> Result<Withdrawn, StoreError> {
+        record: Option<&RecordFn<Withdrawn>>,
+    ) -> Result<(Withdrawn, Option<i64>), StoreError> {
         let _w = self.writer.lock().await;
         let mut tx = self
             .pool
@@ -1558,8 +1569,17 @@ impl Store for SqliteStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
+        let seq = match record {
+            Some(record) => Some(
+                append_audit_in(&mut tx, &record(&withdrawn))
+                    .await
+                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
+                    .seq,
+            ),
+            None => None,
+        };
         tx.commit().await.map_err(db_err)?;
-        Ok(withdrawn)
+        Ok((withdrawn, seq))
     }
 
     async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError> {

@@ -508,32 +508,55 @@ async fn audit_write_failures(app: TestApp) {
     let regional = RegionalKey::generate().expect("regional key");
     let export = &out.providers[0];
     let p = app.register_provider(export.agb).await;
+    let (_dir2, other) = synth_exports(1, 60, 27);
+    let q = app.register_provider(other.providers[0].agb).await;
+    // One provider's data goes in while the chain can be written.
+    upload_file(&upload_options(&app, &p, &export.path, &regional))
+        .await
+        .expect("upload");
+    let batch = app.state.store.list_batches(p.agb).await.expect("batches")[0].batch_id;
     let db = RawDb::open(&app).await;
     break_audit_writes(&db).await;
 
     // An upload whose entry cannot be written fails, and stores nothing: the entry is written in the
     // upload's own transaction, so no crash or failure leaves a batch without its entry.
-    let err = upload_file(&upload_options(&app, &p, &export.path, &regional))
-        .await
-        .expect_err("the upload fails without its audit entry");
+    let err = upload_file(&upload_options(
+        &app,
+        &q,
+        &other.providers[0].path,
+        &regional,
+    ))
+    .await
+    .expect_err("the upload fails without its audit entry");
     assert!(err.to_string().contains("internal"), "{err}");
-    assert_eq!(app.stored_rows(Some(p.agb)).await, 0);
+    assert_eq!(app.stored_rows(Some(q.agb)).await, 0);
     assert!(app
         .state
         .store
-        .list_batches(p.agb)
+        .list_batches(q.agb)
         .await
         .expect("batches")
         .is_empty());
     assert_eq!(failures(&app, "failed"), "1");
     assert_eq!(verified(&app).await, Ok(()), "nothing unrecorded to find");
 
+    // So does a withdrawal: the rows stay, the batch stays.
+    let res = reqwest::Client::new()
+        .delete(format!("{}/v1/batches/{batch}", app.base_url))
+        .bearer_auth(&p.token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(app.stored_rows(Some(p.agb)).await, export.rows);
+    assert_eq!(failures(&app, "failed"), "2");
+
     // An export hands out nothing without its entry.
     let res = get(&app, &p.token, "/v1/export").await;
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = res.text().await.expect("body");
     assert!(!body.contains("\"trajectory\""), "{body}");
-    assert_eq!(failures(&app, "failed"), "2");
+    assert_eq!(failures(&app, "failed"), "3");
 
     // A refusal stands as answered; the failed entry is counted.
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
@@ -542,10 +565,13 @@ async fn audit_write_failures(app: TestApp) {
         StatusCode::FORBIDDEN
     );
     assert_eq!(failures(&app, "answered"), "1");
-    assert!(load_chain(app.state.store.as_ref())
-        .await
-        .expect("chain")
-        .is_empty());
+    let chain = load_chain(app.state.store.as_ref()).await.expect("chain");
+    let actions: Vec<&str> = chain.iter().map(|e| e.entry.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["upload"],
+        "only the upload made before the failure"
+    );
 }
 
 #[tokio::test]
