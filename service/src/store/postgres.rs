@@ -849,11 +849,7 @@ impl Store for PgStore {
             content_digest: hex::encode(batch.content_digest),
             replayed: false,
         };
-        if let Some(record) = record {
-            append_audit_in(&mut tx, &record(&receipt))
-                .await
-                .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?;
-        }
+        append_recorded(&mut tx, record, &receipt).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(PutBatch::Stored(receipt))
     }
@@ -1378,15 +1374,7 @@ impl Store for PgStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
-        let seq = match record {
-            Some(record) => Some(
-                append_audit_in(&mut tx, &record(&withdrawn))
-                    .await
-                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
-                    .seq,
-            ),
-            None => None,
-        };
+        let seq = append_recorded(&mut tx, record, &withdrawn).await?;
         tx.commit().await.map_err(db_err)?;
         Ok((withdrawn, seq))
     }
@@ -1447,15 +1435,7 @@ impl Store for PgStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
-        let seq = match record {
-            Some(record) => Some(
-                append_audit_in(&mut tx, &record(&withdrawn))
-                    .await
-                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
-                    .seq,
-            ),
-            None => None,
-        };
+        let seq = append_recorded(&mut tx, record, &withdrawn).await?;
         tx.commit().await.map_err(db_err)?;
         Ok((withdrawn, seq))
     }
@@ -2503,6 +2483,22 @@ fn check_mark(since: i64, newest: i64) -> Result<(), StoreError> {
         return Err(StoreError::UnknownMark { since, newest });
     }
     Ok(())
+}
+
+/// Appends the entry `record` makes of an audited action's outcome inside the action's transaction;
+/// the entry's sequence number, `None` without `record`. A failed append is `AuditUnwritten`.
+async fn append_recorded<T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    record: Option<&RecordFn<T>>,
+    outcome: &T,
+) -> Result<Option<i64>, StoreError> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    match append_audit_in(tx, &record(outcome)).await {
+        Ok(e) => Ok(Some(e.seq)),
+        Err(e) => Err(StoreError::AuditUnwritten(Box::new(e.into()))),
+    }
 }
 
 /// Appends `entry` to the audit chain inside `tx`: locks the log first (one appender at a time on every

@@ -812,11 +812,7 @@ impl Store for SqliteStore {
             content_digest: hex::encode(batch.content_digest),
             replayed: false,
         };
-        if let Some(record) = record {
-            append_audit_in(&mut tx, &record(&receipt))
-                .await
-                .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?;
-        }
+        append_recorded(&mut tx, record, &receipt).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(PutBatch::Stored(receipt))
     }
@@ -1498,15 +1494,7 @@ impl Store for SqliteStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
-        let seq = match record {
-            Some(record) => Some(
-                append_audit_in(&mut tx, &record(&withdrawn))
-                    .await
-                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
-                    .seq,
-            ),
-            None => None,
-        };
+        let seq = append_recorded(&mut tx, record, &withdrawn).await?;
         tx.commit().await.map_err(db_err)?;
         Ok((withdrawn, seq))
     }
@@ -1569,15 +1557,7 @@ impl Store for SqliteStore {
             batches,
         };
         record_withdrawal(&mut tx, provider, withdrawn).await?;
-        let seq = match record {
-            Some(record) => Some(
-                append_audit_in(&mut tx, &record(&withdrawn))
-                    .await
-                    .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?
-                    .seq,
-            ),
-            None => None,
-        };
+        let seq = append_recorded(&mut tx, record, &withdrawn).await?;
         tx.commit().await.map_err(db_err)?;
         Ok((withdrawn, seq))
     }
@@ -2288,6 +2268,22 @@ fn check_mark(since: i64, newest: i64) -> Result<(), StoreError> {
         return Err(StoreError::UnknownMark { since, newest });
     }
     Ok(())
+}
+
+/// Appends the entry `record` makes of an audited action's outcome inside the action's transaction;
+/// the entry's sequence number, `None` without `record`. A failed append is `AuditUnwritten`.
+async fn append_recorded<T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    record: Option<&RecordFn<T>>,
+    outcome: &T,
+) -> Result<Option<i64>, StoreError> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    match append_audit_in(tx, &record(outcome)).await {
+        Ok(e) => Ok(Some(e.seq)),
+        Err(e) => Err(StoreError::AuditUnwritten(Box::new(e.into()))),
+    }
 }
 
 /// Appends `entry` to the audit chain inside `tx`, whose opener holds the write lock (this process's
