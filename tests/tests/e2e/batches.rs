@@ -12,7 +12,7 @@ use kwm_sdk::withdrawn::WithdrawnList;
 use kwm_sdk::{upload_file, Pseudonymiser, RegionalKey, RetryPolicy, UploadReport};
 
 use crate::helpers::{
-    answer_losing_proxy, spawn_app, spawn_app_on, synth_exports, upload_options, Backend,
+    answer_losing_proxy, kwm, spawn_app, spawn_app_on, synth_exports, upload_options, Backend,
     CsvExport, TestApp, TestProvider,
 };
 
@@ -325,16 +325,6 @@ fn regional_file(regional: &RegionalKey, p: &TestProvider) -> String {
             .expect("regional key written");
     }
     path.display().to_string()
-}
-
-/// `kwm ...` in a thread of its own (the command starts its own runtime), as a provider runs it.
-async fn kwm(args: Vec<String>) -> Result<(), kwm_sdk::cli::CliError> {
-    let mut argv = vec!["kwm".to_string()];
-    argv.extend(args);
-    let t = std::thread::spawn(move || kwm_sdk::cli::run_from(argv));
-    tokio::task::spawn_blocking(move || t.join().expect("kwm ran"))
-        .await
-        .expect("joined")
 }
 
 #[tokio::test]

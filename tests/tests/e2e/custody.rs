@@ -14,7 +14,7 @@ use kwm_service::audit_trail::{load_chain, verify};
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    publish_round, region_with_room_for_corrections, spawn_app, spawn_app_on, spawn_app_with,
+    kwm, publish_round, region_with_room_for_corrections, spawn_app, spawn_app_on, spawn_app_with,
     synth_exports, upload_options, Backend, TestApp, TestProvider,
 };
 use crate::rawdb::RawDb;
@@ -386,16 +386,6 @@ async fn an_export_holds_exactly_the_providers_own_rows_on_postgres() {
     if let Some(app) = spawn_app_on(Backend::Postgres).await {
         export(app).await;
     }
-}
-
-/// `kwm ...` in a thread of its own (the command starts its own runtime), as a provider runs it.
-async fn kwm(args: Vec<String>) -> Result<(), kwm_sdk::cli::CliError> {
-    let mut argv = vec!["kwm".to_string()];
-    argv.extend(args);
-    let t = std::thread::spawn(move || kwm_sdk::cli::run_from(argv));
-    tokio::task::spawn_blocking(move || t.join().expect("kwm ran"))
-        .await
-        .expect("joined")
 }
 
 #[tokio::test]

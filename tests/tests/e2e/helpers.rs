@@ -541,3 +541,13 @@ impl CsvExport {
         std::fs::write(path, text).expect("export written");
     }
 }
+
+/// `kwm ...` in a thread of its own (the command starts its own runtime), as a provider runs it.
+pub async fn kwm(args: Vec<String>) -> Result<(), kwm_sdk::cli::CliError> {
+    let mut argv = vec!["kwm".to_string()];
+    argv.extend(args);
+    let t = std::thread::spawn(move || kwm_sdk::cli::run_from(argv));
+    tokio::task::spawn_blocking(move || t.join().expect("kwm ran"))
+        .await
+        .expect("joined")
+}
