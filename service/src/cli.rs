@@ -859,11 +859,19 @@ pub fn read_signing_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         };
         anyhow::bail!("{shown} holds {what}; {NEED}");
     };
-    let lines: Vec<&str> = text
+    let mut lines: Vec<&str> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
+    // `kwm keygen` states the kind of each key file on its first line; older files lack it.
+    if let Some(kind) = lines.first().and_then(|l| l.strip_prefix("kind:")) {
+        let kind = kind.trim();
+        if kind != kwm_sdk::keys::KeyKind::SigningPublic.label() {
+            anyhow::bail!("{shown} is a key file of kind {kind:?}, not signing-public-key; {NEED}");
+        }
+        lines.remove(0);
+    }
     if text.contains("PRIVATE KEY") {
         anyhow::bail!("{shown} holds a PEM private key; {NEED}");
     }

@@ -93,6 +93,16 @@ fn provider_add_says_what_it_got_when_given_a_private_key() {
             && err.contains("signing.pub"),
         "{err}"
     );
+    // A key file that states another kind, under another name.
+    std::fs::copy(data.join("keys/trajectory.key"), data.join("t.txt")).expect("copied");
+    let out = add_provider(data, "12345678", &data.join("t.txt"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("of kind \"trajectory-key\", not signing-public-key")
+            && err.contains("signing.pub"),
+        "{err}"
+    );
     // Some other text file.
     std::fs::write(data.join("notes.txt"), "hello\n").expect("written");
     let out = add_provider(data, "12345678", &data.join("notes.txt"));
