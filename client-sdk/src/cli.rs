@@ -350,8 +350,9 @@ fn keygen(a: KeygenArgs) -> Result<(), CliError> {
              under another key are other children"
         );
         println!(
-            "give the check value (never the key) to the service's operator, who registers it so that \
-             uploads under another key are refused"
+            "give the check value (never the key) to the service's operator, who registers it once with \
+             `kwm-service admin region key-check set CHECK_VALUE`, so that uploads under another key are \
+             refused"
         );
         return Ok(());
     }

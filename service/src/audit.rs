@@ -26,6 +26,7 @@ pub enum AuditAction {
     ProviderKeyChanged,
     KeyRotated,
     PolicyChanged,
+    RegionalKeyCheckSet,
     Forbidden,
 }
 
@@ -44,6 +45,7 @@ impl AuditAction {
             Self::ProviderKeyChanged => "provider-key-changed",
             Self::KeyRotated => "key-rotated",
             Self::PolicyChanged => "policy-changed",
+            Self::RegionalKeyCheckSet => "regional-key-check-set",
             Self::Forbidden => "forbidden",
         }
     }
@@ -63,6 +65,7 @@ impl AuditAction {
             ProviderKeyChanged,
             KeyRotated,
             PolicyChanged,
+            RegionalKeyCheckSet,
             Forbidden,
         ]
         .into_iter()
