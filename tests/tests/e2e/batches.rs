@@ -352,4 +352,18 @@ async fn the_openapi_document_names_the_withdrawn_batch_refusal() {
         gone.to_string().contains("batch-withdrawn"),
         "POST /v1/batches documents 410 batch-withdrawn: {gone}"
     );
+    // And the refusals of another regional key, or of none registered yet.
+    let responses = &doc["paths"]["/v1/batches"]["post"]["responses"];
+    assert!(
+        responses["422"].to_string().contains("wrong-regional-key"),
+        "POST /v1/batches documents 422 wrong-regional-key: {}",
+        responses["422"]
+    );
+    assert!(
+        responses["409"]
+            .to_string()
+            .contains("regional-key-not-registered"),
+        "POST /v1/batches documents 409 regional-key-not-registered: {}",
+        responses["409"]
+    );
 }
