@@ -183,7 +183,8 @@ pub struct UploadArgs {
     /// Directory with the provider's keys from `kwm keygen`
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
-    /// The region's pseudonymisation key from `kwm keygen --regional`
+    /// The region's pseudonymisation key: the file the regional team hands to every provider (made once
+    /// with `kwm keygen --regional`)
     #[arg(long, value_name = "FILE")]
     pub regional_key: Option<PathBuf>,
     /// Print the receipt summary as one JSON object on stdout (and no progress bar)
