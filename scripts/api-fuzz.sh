@@ -56,13 +56,14 @@ unset KWM_CONFIG
 
 # A provider with keys and a small synthetic export, registered before the service starts.
 "$BIN/kwm" keygen --out "$WORK/provider" >/dev/null
-"$BIN/kwm" keygen --regional --out "$WORK/regional.key" >/dev/null
+REGIONAL_CHECK="$("$BIN/kwm" keygen --regional --out "$WORK/regional.key" | sed -n 's/^check value: //p')"
 "$BIN/kwm" synth --out-dir "$WORK/exports" --providers 1 --trajectories 400 --first-year 2022 \
   --last-year 2024 --seed 14 >/dev/null
 EXPORT="$(find "$WORK/exports" -name '*.csv' | head -1)"
 AGB="$(basename "$EXPORT" .csv)"
 admin() { "$BIN/kwm-service" admin "$@" | tail -1; }
 "$BIN/kwm-service" admin init >/dev/null   # a new service: its keys, before any admin command
+"$BIN/kwm-service" admin region key-check set "$REGIONAL_CHECK" >/dev/null   # the region's key, once
 declare -A TOKENS
 TOKENS[provider]="$(admin provider add --agb "$AGB" --name "Fuzz provider" \
   --signing-key "$WORK/provider/signing.pub")"

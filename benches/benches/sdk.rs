@@ -51,6 +51,7 @@ fn sdk(c: &mut Criterion) {
                     kwm_sdk::batch::new_batch_id(),
                     &service_key,
                     keys.signer(),
+                    &regional.check_value(),
                     created,
                 )
                 .expect("sealed");

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
 
 /// Upper bound of the bytes of a sealed batch's JSON besides its base64 ciphertext: the header, the
-/// encapsulated key, the signature and the member names come to about 500 bytes.
+/// encapsulated key, the signature and the member names (with the regional key's check value) come to about 600 bytes.
 pub const SEALED_OVERHEAD_BYTES: u64 = 1024;
 
 const PAYLOAD_OPEN: &[u8] = b"{\"records\":[";
@@ -189,7 +189,9 @@ pub fn now_utc_seconds() -> OffsetDateTime {
     now.replace_nanosecond(0).unwrap_or(now)
 }
 
-/// Seals a plaintext as one batch with the given id.
+/// Seals a plaintext as one batch with the given id. `regional_key_check` is the check value of the
+/// regional key its client pseudonyms were made with ([`crate::RegionalKey::check_value`]).
+#[allow(clippy::too_many_arguments)]
 pub fn seal_plaintext(
     plaintext: &[u8],
     record_count: u32,
@@ -197,6 +199,7 @@ pub fn seal_plaintext(
     batch_id: Uuid,
     recipient: &HpkePublicKey,
     signer: &Ed25519KeyPair,
+    regional_key_check: &str,
     created_at: OffsetDateTime,
 ) -> Result<SealedBatch, EnvelopeError> {
     let header = BatchHeader {
@@ -206,6 +209,7 @@ pub fn seal_plaintext(
         key_id: recipient.key_id(),
         record_count,
         created_at,
+        regional_key_check: regional_key_check.to_string(),
     };
     envelope::seal(header, plaintext, recipient, signer)
 }
@@ -218,13 +222,21 @@ pub fn seal_records(
     batch_id: Option<Uuid>,
     recipient: &HpkePublicKey,
     signer: &Ed25519KeyPair,
+    regional_key_check: &str,
     created_at: OffsetDateTime,
 ) -> Result<SealedBatch, SealError> {
     let plaintext = payload_bytes(records)?;
     let id = batch_id.unwrap_or_else(new_batch_id);
     let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords)?;
     Ok(seal_plaintext(
-        &plaintext, count, provider, id, recipient, signer, created_at,
+        &plaintext,
+        count,
+        provider,
+        id,
+        recipient,
+        signer,
+        regional_key_check,
+        created_at,
     )?)
 }
 
@@ -339,6 +351,7 @@ mod tests {
                 new_batch_id(),
                 &sk.public_key(),
                 keys.signer(),
+                &"ab".repeat(32),
                 now_utc_seconds(),
             )
             .expect("seal");
@@ -382,6 +395,7 @@ mod tests {
             Some(id),
             &sk.public_key(),
             keys.signer(),
+            &"ab".repeat(32),
             now_utc_seconds(),
         )
         .expect("seal");
@@ -398,6 +412,7 @@ mod tests {
             None,
             &sk.public_key(),
             keys.signer(),
+            &"ab".repeat(32),
             now_utc_seconds(),
         )
         .expect("seal");

@@ -136,8 +136,8 @@ pub struct KeygenArgs {
     /// Directory for signing.key, signing.pub and trajectory.key; with --regional, the key file
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
-    /// Create the region's pseudonymisation key (once per region, shared by its providers, never with
-    /// the custodian)
+    /// Create the region's pseudonymisation key: done ONCE per region by the regional team, which hands
+    /// the same file to every provider (never to the custodian); a provider never makes its own
     #[arg(long)]
     pub regional: bool,
     /// Overwrite existing key files (the old keys are lost for good)
@@ -183,7 +183,8 @@ pub struct UploadArgs {
     /// Directory with the provider's keys from `kwm keygen`
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
-    /// The region's pseudonymisation key from `kwm keygen --regional`
+    /// The region's pseudonymisation key: the file the regional team hands to every provider (made once
+    /// with `kwm keygen --regional`)
     #[arg(long, value_name = "FILE")]
     pub regional_key: Option<PathBuf>,
     /// Print the receipt summary as one JSON object on stdout (and no progress bar)
@@ -340,10 +341,20 @@ fn keygen(a: KeygenArgs) -> Result<(), CliError> {
         let key = RegionalKey::generate().map_err(key_err)?;
         key.write_to(&a.out, a.force).map_err(key_err)?;
         println!(
-            "wrote the regional pseudonymisation key to {} (mode 0600)",
+            "wrote the region's pseudonymisation key to {} (mode 0600)",
             a.out.display()
         );
-        println!("share it with the region's other providers over a secure channel; never with the custodian");
+        println!("check value: {}", key.check_value());
+        println!(
+            "the region generates this key ONCE and hands the same file to every provider of the region \
+             over a secure channel; never to the custodian. A provider never makes its own: pseudonyms \
+             under another key are other children"
+        );
+        println!(
+            "give the check value (never the key) to the service's operator, who registers it once with \
+             `kwm-service admin region key-check set CHECK_VALUE`, so that uploads under another key are \
+             refused"
+        );
         return Ok(());
     }
     let keys = ProviderKeys::generate().map_err(key_err)?;
@@ -526,6 +537,14 @@ fn upload_cmd(a: UploadArgs, loaded: LoadedConfig) -> Result<(), CliError> {
     // A missing or malformed key file is a problem with the input the user gave: exit code 2.
     let keys = ProviderKeys::load(&keys_dir).map_err(|e| CliError::usage(e.to_string()))?;
     let regional = RegionalKey::load(&regional_path).map_err(|e| CliError::usage(e.to_string()))?;
+    if regional.secret().expose() == keys.trajectory_key().expose() {
+        return Err(CliError::usage(format!(
+            "{} holds the same key as {}: a trajectory-key, not a regional-key. {}",
+            regional_path.display(),
+            keys_dir.join(TRAJECTORY_KEY_FILE).display(),
+            crate::keys::KeyKind::Regional.instead()
+        )));
+    }
     for w in keys.warnings().iter().chain(regional.warnings()) {
         eprintln!("warning: {w}");
     }

@@ -1,6 +1,8 @@
 //! The provider's key material on disk: the Ed25519 signing key pair and the trajectory key (`kwm keygen`),
 //! and the region's pseudonymisation key (`kwm keygen --regional`). Secret files are written with mode 0600
-//! and loading warns when they are readable by others.
+//! and loading warns when they are readable by others. Each text key file states its kind on its first
+//! line (`kind: regional-key`), so that a key passed where another is expected is refused by name; files
+//! of older versions without that line are still read, with a warning.
 
 use std::fmt;
 use std::fs;
@@ -24,6 +26,77 @@ pub const TRAJECTORY_KEY_FILE: &str = "trajectory.key";
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// The label of the regional key's check value: HMAC-SHA256(regional key, this label). It names the key
+/// without revealing it, so the service can tell a batch pseudonymised under another regional key.
+pub const REGIONAL_KEY_CHECK_LABEL: &[u8] = b"kwm regional key check value v1";
+
+/// What a key file holds, as its first line states (`kind: LABEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The region's pseudonymisation key: one per region, the same file at every provider.
+    Regional,
+    /// A provider's own trajectory key (`trajectory.key`).
+    Trajectory,
+    /// A provider's public signing key (`signing.pub`).
+    SigningPublic,
+    /// A provider's private signing key (`signing.key`, PKCS#8 DER: binary, so without a kind line).
+    Signing,
+}
+
+impl KeyKind {
+    const ALL: [KeyKind; 4] = [
+        KeyKind::Regional,
+        KeyKind::Trajectory,
+        KeyKind::SigningPublic,
+        KeyKind::Signing,
+    ];
+
+    /// The label on the file's first line.
+    pub const fn label(self) -> &'static str {
+        match self {
+            KeyKind::Regional => "regional-key",
+            KeyKind::Trajectory => "trajectory-key",
+            KeyKind::SigningPublic => "signing-public-key",
+            KeyKind::Signing => "signing-key",
+        }
+    }
+
+    /// What the kind is, for messages.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Regional => {
+                "the region's pseudonymisation key (`kwm keygen --regional`, made once by the region \
+                 and the same file at every provider)"
+            }
+            KeyKind::Trajectory => "a provider's own trajectory key (trajectory.key of `kwm keygen`)",
+            KeyKind::SigningPublic => "a provider's public signing key (signing.pub of `kwm keygen`)",
+            KeyKind::Signing => "a provider's private signing key (signing.key of `kwm keygen`)",
+        }
+    }
+
+    /// What to pass where this kind is expected.
+    pub const fn instead(self) -> &'static str {
+        match self {
+            KeyKind::Regional => {
+                "pass the region's key file with --regional-key (or regional_key in kwm.toml); \
+                 if you do not have it, get it from the regional team: never make one yourself"
+            }
+            KeyKind::Trajectory | KeyKind::Signing | KeyKind::SigningPublic => {
+                "pass the directory that `kwm keygen --out DIR` wrote (signing.key, signing.pub, \
+                 trajectory.key) with --keys"
+            }
+        }
+    }
+
+    fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.label() == label)
+    }
+
+    fn line(self) -> String {
+        format!("kind: {}\n", self.label())
+    }
+}
+
 /// Why key material could not be written or read. Never contains key bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -37,6 +110,15 @@ pub enum KeyError {
     },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(
+        "{path} is a {} ({}), but a {} is needed here ({}); {}",
+        found.label(), found.describe(), expected.label(), expected.describe(), expected.instead()
+    )]
+    WrongKind {
+        path: PathBuf,
+        found: KeyKind,
+        expected: KeyKind,
+    },
     #[error("the system random number generator failed")]
     Rng,
 }
@@ -151,9 +233,17 @@ impl ProviderKeys {
             }
         }
         write_file(&paths[0], &self.pkcs8, true, force)?;
-        let public = format!("{}\n", self.signing_public_key_base64());
+        let public = format!(
+            "{}{}\n",
+            KeyKind::SigningPublic.line(),
+            self.signing_public_key_base64()
+        );
         write_file(&paths[1], public.as_bytes(), false, force)?;
-        let traj = Zeroizing::new(format!("{}\n", B64.encode(self.trajectory.expose())));
+        let traj = Zeroizing::new(format!(
+            "{}{}\n",
+            KeyKind::Trajectory.line(),
+            B64.encode(self.trajectory.expose())
+        ));
         write_file(&paths[2], traj.as_bytes(), true, force)?;
         Ok(paths.to_vec())
     }
@@ -161,6 +251,10 @@ impl ProviderKeys {
     /// Loads the keys written by [`ProviderKeys::write_to`]. A `signing.pub` next to the key must belong
     /// to it. Secret files readable by group or others give a warning (see [`ProviderKeys::warnings`]).
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        // A key file given where the directory is expected is named for what it is.
+        if let Ok(text) = fs::read_to_string(dir) {
+            split_kind(dir, &text, KeyKind::Trajectory)?;
+        }
         if !dir.is_dir() {
             return Err(KeyError::Io {
                 path: dir.to_path_buf(),
@@ -184,8 +278,9 @@ impl ProviderKeys {
         let pub_path = dir.join(SIGNING_PUB_FILE);
         if pub_path.exists() {
             let text = fs::read_to_string(&pub_path).map_err(io_err(&pub_path))?;
+            let (_, body) = split_kind(&pub_path, &text, KeyKind::SigningPublic)?;
             let ok = B64
-                .decode(text.trim())
+                .decode(body.trim())
                 .map(|b| b == signing.public_key().as_ref())
                 .unwrap_or(false);
             if !ok {
@@ -199,7 +294,7 @@ impl ProviderKeys {
             }
         }
         let traj_path = dir.join(TRAJECTORY_KEY_FILE);
-        let trajectory = read_key32(&traj_path, &mut warnings)?;
+        let trajectory = read_key32(&traj_path, KeyKind::Trajectory, &mut warnings)?;
         Ok(Self {
             signing,
             pkcs8: der,
@@ -265,7 +360,14 @@ impl RegionalKey {
         &self.warnings
     }
 
-    /// Writes the key as one line of base64, mode 0600. Refuses to overwrite unless `force`.
+    /// The key's check value: hex of HMAC-SHA256(key, [`REGIONAL_KEY_CHECK_LABEL`]). It tells two
+    /// regional keys apart without revealing either.
+    pub fn check_value(&self) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.expose());
+        hex::encode(ring::hmac::sign(&key, REGIONAL_KEY_CHECK_LABEL).as_ref())
+    }
+
+    /// Writes the kind line and the key as one line of base64, mode 0600. Refuses to overwrite unless `force`.
     pub fn write_to(&self, path: &Path, force: bool) -> Result<(), KeyError> {
         if !force && path.exists() {
             return Err(KeyError::Exists {
@@ -277,13 +379,17 @@ impl RegionalKey {
                 create_private_dir(parent)?;
             }
         }
-        let text = Zeroizing::new(format!("{}\n", B64.encode(self.key.expose())));
+        let text = Zeroizing::new(format!(
+            "{}{}\n",
+            KeyKind::Regional.line(),
+            B64.encode(self.key.expose())
+        ));
         write_file(path, text.as_bytes(), true, force)
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let mut warnings = Vec::new();
-        let key = read_key32(path, &mut warnings)?;
+        let key = read_key32(path, KeyKind::Regional, &mut warnings)?;
         Ok(Self { key, warnings })
     }
 }
@@ -353,15 +459,94 @@ fn read_secret_file(
     fs::read(path).map(Zeroizing::new).map_err(io_err(path))
 }
 
-/// Reads a file holding 32 bytes in base64 (one line; surrounding white space is ignored).
-fn read_key32(path: &Path, warnings: &mut Vec<String>) -> Result<SecretKey32, KeyError> {
-    let bytes = read_secret_file(path, warnings)?;
-    let format_err = || KeyError::Format {
-        path: path.to_path_buf(),
-        reason: "must hold 32 bytes in base64 on one line, as `kwm keygen` writes it".into(),
+/// Splits off the `kind:` line of a key file and checks it names `expected`. Returns whether the line was
+/// there (files of older versions lack it) and the rest of the text.
+fn split_kind<'t>(
+    path: &Path,
+    text: &'t str,
+    expected: KeyKind,
+) -> Result<(bool, &'t str), KeyError> {
+    let trimmed = text.trim_start();
+    let Some(rest) = trimmed.strip_prefix("kind:") else {
+        return Ok((false, text));
     };
-    let text = std::str::from_utf8(&bytes).map_err(|_| format_err())?;
-    let decoded = Zeroizing::new(B64.decode(text.trim()).map_err(|_| format_err())?);
+    let (label, body) = rest.split_once('\n').unwrap_or((rest, ""));
+    let label = label.trim();
+    match KeyKind::from_label(label) {
+        Some(k) if k == expected => Ok((true, body)),
+        Some(found) => Err(KeyError::WrongKind {
+            path: path.to_path_buf(),
+            found,
+            expected,
+        }),
+        None => Err(KeyError::Format {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the first line names an unknown kind of key {label:?}; a {} is needed here ({}); {}",
+                expected.label(),
+                expected.describe(),
+                expected.instead()
+            ),
+        }),
+    }
+}
+
+/// Reads a key file of `expected` kind holding 32 bytes in base64 (after its `kind:` line; surrounding
+/// white space is ignored). A file of another kind is refused by name; one without a kind line (written
+/// by an older `kwm`) is read with a warning, unless its file name says it is another kind.
+fn read_key32(
+    path: &Path,
+    expected: KeyKind,
+    warnings: &mut Vec<String>,
+) -> Result<SecretKey32, KeyError> {
+    let bytes = read_secret_file(path, warnings)?;
+    let format_err = || {
+        KeyError::Format {
+        path: path.to_path_buf(),
+        reason: format!(
+            "must hold a `kind: {}` line and 32 bytes in base64 on one line, as `kwm keygen` writes it",
+            expected.label()
+        ),
+    }
+    };
+    let wrong = |found: KeyKind| KeyError::WrongKind {
+        path: path.to_path_buf(),
+        found,
+        expected,
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        // Binary: PKCS#8 DER starts with a SEQUENCE tag.
+        return Err(if bytes.first() == Some(&0x30) {
+            wrong(KeyKind::Signing)
+        } else {
+            format_err()
+        });
+    };
+    if text.contains("PRIVATE KEY") {
+        return Err(wrong(KeyKind::Signing));
+    }
+    let (stated, body) = split_kind(path, text, expected)?;
+    if !stated {
+        // An older file: its name is the only hint of what it is.
+        let named = match path.file_name().and_then(|n| n.to_str()) {
+            Some(TRAJECTORY_KEY_FILE) => Some(KeyKind::Trajectory),
+            Some(SIGNING_PUB_FILE) => Some(KeyKind::SigningPublic),
+            Some(SIGNING_KEY_FILE) => Some(KeyKind::Signing),
+            _ => None,
+        };
+        if let Some(found) = named.filter(|k| *k != expected) {
+            return Err(wrong(found));
+        }
+        warnings.push(format!(
+            "{} does not state its kind (written by an older kwm); it is read as a {}. Make sure it is \
+             {}; `kwm keygen` now writes a first line `kind: {}`",
+            path.display(),
+            expected.label(),
+            expected.describe(),
+            expected.label()
+        ));
+    }
+    let decoded = Zeroizing::new(B64.decode(body.trim()).map_err(|_| format_err())?);
     let mut arr: [u8; 32] = decoded.as_slice().try_into().map_err(|_| format_err())?;
     Ok(SecretKey32::from_bytes(&mut arr))
 }
@@ -389,8 +574,9 @@ mod tests {
             assert_eq!(mode(&out), 0o700);
         }
         let pub_text = fs::read_to_string(out.join(SIGNING_PUB_FILE)).expect("pub");
-        assert_eq!(pub_text.lines().count(), 1);
-        assert_eq!(B64.decode(pub_text.trim()).expect("b64").len(), 32);
+        let lines: Vec<&str> = pub_text.lines().collect();
+        assert_eq!(lines, ["kind: signing-public-key", lines[1]]);
+        assert_eq!(B64.decode(lines[1]).expect("b64").len(), 32);
 
         let loaded = ProviderKeys::load(&out).expect("load");
         assert!(loaded.warnings().is_empty(), "{:?}", loaded.warnings());
@@ -464,6 +650,57 @@ mod tests {
         assert!(err.to_string().contains("32 bytes in base64"), "{err}");
         fs::write(&path, format!("{}\n", B64.encode([1u8; 16]))).expect("write");
         assert!(RegionalKey::load(&path).is_err());
+    }
+
+    #[test]
+    fn key_files_state_their_kind_and_the_wrong_kind_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = ProviderKeys::generate().expect("keygen");
+        keys.write_to(dir.path(), false).expect("write");
+        let traj = dir.path().join(TRAJECTORY_KEY_FILE);
+        let err = RegionalKey::load(&traj).expect_err("a trajectory key is not a regional key");
+        assert!(
+            matches!(
+                err,
+                KeyError::WrongKind {
+                    found: KeyKind::Trajectory,
+                    expected: KeyKind::Regional,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let regional_path = dir.path().join("regional.key");
+        let regional = RegionalKey::generate().expect("keygen");
+        regional.write_to(&regional_path, false).expect("write");
+        // A regional key copied over trajectory.key is refused too.
+        fs::copy(&regional_path, &traj).expect("copy");
+        let err =
+            ProviderKeys::load(dir.path()).expect_err("a regional key is not a trajectory key");
+        assert!(err.to_string().contains("is a regional-key"), "{err}");
+        // An older file without the kind line still loads, with a warning.
+        fs::write(
+            &regional_path,
+            format!("{}\n", B64.encode(regional.secret().expose())),
+        )
+        .expect("write");
+        let loaded = RegionalKey::load(&regional_path).expect("old format");
+        assert_eq!(loaded.secret().expose(), regional.secret().expose());
+        assert!(
+            loaded.warnings()[0].contains("older kwm"),
+            "{:?}",
+            loaded.warnings()
+        );
+    }
+
+    #[test]
+    fn the_check_value_tells_regional_keys_apart_without_the_key() {
+        let a = RegionalKey::generate().expect("keygen");
+        let b = RegionalKey::generate().expect("keygen");
+        assert_eq!(a.check_value().len(), 64);
+        assert_eq!(a.check_value(), a.clone().check_value());
+        assert_ne!(a.check_value(), b.check_value());
+        assert_ne!(a.check_value(), hex::encode(a.secret().expose()));
     }
 
     #[test]

@@ -480,6 +480,7 @@ async fn send_batch(
             batch_id,
             key,
             opts.keys.signer(),
+            &opts.regional_key.check_value(),
             batch::now_utc_seconds(),
         )
         .map_err(|e| SendError::Other(e.into()))

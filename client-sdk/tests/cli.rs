@@ -515,3 +515,126 @@ fn a_service_url_without_a_scheme_is_named() {
         "{err}"
     );
 }
+
+/// Issue 14.2: a key of the wrong kind is refused before anything is read or sent, with a message that
+/// names both kinds and what to pass instead; `keygen --regional` says the region makes it once and
+/// prints its check value.
+#[test]
+fn a_key_of_the_wrong_kind_is_refused_by_name() {
+    let (dir, export) = setup();
+    let d = dir.path();
+    let export = export.to_str().expect("utf-8 path");
+    let first_line = |p: &str| {
+        std::fs::read_to_string(d.join(p))
+            .expect("key file")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(first_line("regional.key"), "kind: regional-key");
+    assert_eq!(first_line("keys/trajectory.key"), "kind: trajectory-key");
+    assert_eq!(first_line("keys/signing.pub"), "kind: signing-public-key");
+
+    let upload = |keys: &str, regional: &str| {
+        kwm(
+            &[
+                "upload",
+                export,
+                "--service",
+                // Nothing listens here: a request would fail with exit code 1, not 2.
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--keys",
+                keys,
+                "--regional-key",
+                regional,
+            ],
+            d,
+        )
+    };
+    // trajectory.key given as the regional key.
+    let out = upload("keys", "keys/trajectory.key");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is a trajectory-key")
+            && err.contains("but a regional-key is needed here")
+            && err.contains("get it from the regional team"),
+        "{err}"
+    );
+    // The same, from an older kwm: no kind line, the file renamed.
+    let body = std::fs::read_to_string(d.join("keys/trajectory.key")).expect("key");
+    let old = body.lines().nth(1).expect("base64 line");
+    std::fs::write(d.join("copied.key"), format!("{old}\n")).expect("write");
+    let out = upload("keys", "copied.key");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the same key as") && err.contains("a trajectory-key, not a regional-key"),
+        "{err}"
+    );
+    // signing.pub given as the regional key; the regional key given as the keys directory.
+    let out = upload("keys", "keys/signing.pub");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a signing-public-key"), "{err}");
+    let out = upload("regional.key", "regional.key");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is a regional-key")
+            && err.contains("but a trajectory-key is needed here")
+            && err.contains("--keys"),
+        "{err}"
+    );
+    // The private signing key (binary DER) given as the regional key.
+    let out = upload("keys", "keys/signing.key");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a signing-key"), "{err}");
+
+    // An older regional key file without the kind line is still read, with a warning.
+    let body = std::fs::read_to_string(d.join("regional.key")).expect("key");
+    let old = body.lines().nth(1).expect("base64 line");
+    std::fs::write(d.join("old-regional.key"), format!("{old}\n")).expect("write");
+    let out = kwm(
+        &[
+            "upload",
+            export,
+            "--keys",
+            "keys",
+            "--regional-key",
+            "old-regional.key",
+            "--dry-run",
+        ],
+        d,
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("does not state its kind (written by an older kwm)"),
+        "{err}"
+    );
+
+    // keygen --regional: once per region, handed to every provider, with its check value.
+    let out = kwm(&["keygen", "--regional", "--out", "r2.key"], d);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        said.contains("ONCE") && said.contains("every provider"),
+        "{said}"
+    );
+    let check = said
+        .lines()
+        .find_map(|l| l.strip_prefix("check value: "))
+        .expect("a check value line");
+    assert_eq!(check.len(), 64, "{said}");
+    assert!(check.chars().all(|c| c.is_ascii_hexdigit()), "{said}");
+    let key = std::fs::read_to_string(d.join("r2.key")).expect("key");
+    assert!(
+        !said.contains(key.lines().nth(1).expect("b64")),
+        "never the key"
+    );
+}

@@ -174,6 +174,7 @@ fn sample_batch(sk: &HpkeSecretKey, keys: &ProviderKeys) -> SealedBatch {
         Some(uuid::Uuid::new_v4()),
         &sk.public_key(),
         keys.signer(),
+        &"ab".repeat(32),
         kwm_sdk::batch::now_utc_seconds(),
     )
     .expect("seal")

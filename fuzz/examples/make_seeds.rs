@@ -53,6 +53,7 @@ fn main() {
         key_id: kwm_fuzz::service_public_key().key_id(),
         record_count: prepared.records.len() as u32,
         created_at: time::macros::datetime!(2025-06-30 12:00:00 UTC),
+        regional_key_check: "ab".repeat(32),
     };
     let sealed = envelope::seal(
         header,

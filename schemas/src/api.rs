@@ -108,8 +108,8 @@ pub struct AuditRecord {
     /// (a provider's own view shows `operator` instead of the login).
     pub actor_id: String,
     /// `upload`, `upload-replayed`, `upload-refused`, `withdraw`, `export`, `release`, `token-issued`,
-    /// `token-revoked`, `provider-registered`, `provider-key-changed`, `key-rotated`, `policy-changed`
-    /// or `forbidden`.
+    /// `token-revoked`, `provider-registered`, `provider-key-changed`, `key-rotated`, `policy-changed`,
+    /// `regional-key-check-set` or `forbidden`.
     pub action: String,
     /// What the action was about: `batch <id>`, `release <id> ...`, `token <id>`, `GET /v1/...`.
     pub subject: String,

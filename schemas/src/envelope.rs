@@ -139,6 +139,19 @@ pub struct BatchHeader {
     #[serde(with = "created_at")]
     #[schemars(schema_with = "created_at::schema")]
     pub created_at: OffsetDateTime,
+    /// The check value of the regional key the client pseudonyms were made with: hex of
+    /// HMAC-SHA256(regional key, "kwm regional key check value v1"). It names the key without revealing
+    /// it; the service refuses a batch whose check value is not the region's (`wrong-regional-key`).
+    #[schemars(schema_with = "regional_key_check_schema")]
+    pub regional_key_check: String,
+}
+
+fn regional_key_check_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": "^[0-9a-f]{64}$",
+        "description": "hex of HMAC-SHA256(regional key, \"kwm regional key check value v1\")"
+    })
 }
 
 /// The one protocol version this build speaks: any other is refused (`unsupported-version`).
@@ -193,13 +206,16 @@ impl BatchHeader {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         format!(
-            "kwm-batch-header\nversion:{}\nprovider:{}\nbatch_id:{}\nkey_id:{}\nrecord_count:{}\ncreated_at:{}\n",
+            "kwm-batch-header\nversion:{}\nprovider:{}\nbatch_id:{}\nkey_id:{}\nrecord_count:{}\ncreated_at:{}\nregional_key_check:{}\n",
             self.version,
             self.provider,
             self.batch_id.hyphenated(),
             self.key_id,
             self.record_count,
-            created
+            created,
+            // The last line: nothing follows it, so even a value with a newline cannot be confused
+            // with another header (and the service refuses anything but 64 hex digits).
+            self.regional_key_check
         )
         .into_bytes()
     }
@@ -398,6 +414,7 @@ mod tests {
             key_id: key.key_id(),
             record_count: 1,
             created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("valid"),
+            regional_key_check: "ab".repeat(32),
         }
     }
 
@@ -460,7 +477,8 @@ mod tests {
     fn a_created_at_out_of_range_is_refused_with_a_clear_error() {
         let header = |created_at: &str| {
             format!(
-                r#"{{"version":1,"provider":"12345678","batch_id":"0190c3a1-0000-7000-8000-000000000000","key_id":"0123456789abcdef","record_count":1,"created_at":"{created_at}"}}"#
+                r#"{{"version":1,"provider":"12345678","batch_id":"0190c3a1-0000-7000-8000-000000000000","key_id":"0123456789abcdef","record_count":1,"created_at":"{created_at}","regional_key_check":"{}"}}"#,
+                "ab".repeat(32)
             )
         };
         for bad in [

@@ -32,6 +32,12 @@ pub enum ProblemType {
     /// The provider withdrew the batch with this id: it stays withdrawn (a new upload of the same
     /// records is a new batch with a new id).
     BatchWithdrawn,
+    /// The batch was pseudonymised under another regional key than the region's (its check value
+    /// differs from the registered one): its client pseudonyms would be other children.
+    WrongRegionalKey,
+    /// The operator has not registered the check value of the region's key yet: no batch can be told
+    /// right from wrong, so none is stored.
+    RegionalKeyNotRegistered,
 }
 
 /// The prefix of every problem `type` URI.
@@ -59,6 +65,8 @@ impl ProblemType {
         Self::NotReleased,
         Self::PeriodNotFinal,
         Self::BatchWithdrawn,
+        Self::WrongRegionalKey,
+        Self::RegionalKeyNotRegistered,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -83,6 +91,8 @@ impl ProblemType {
             Self::NotReleased => "not-released",
             Self::PeriodNotFinal => "period-not-final",
             Self::BatchWithdrawn => "batch-withdrawn",
+            Self::WrongRegionalKey => "wrong-regional-key",
+            Self::RegionalKeyNotRegistered => "regional-key-not-registered",
         }
     }
 
@@ -114,6 +124,8 @@ impl ProblemType {
             Self::NotReleased => 404,
             Self::PeriodNotFinal => 409,
             Self::BatchWithdrawn => 410,
+            Self::WrongRegionalKey => 422,
+            Self::RegionalKeyNotRegistered => 409,
         }
     }
 
@@ -139,6 +151,10 @@ impl ProblemType {
             Self::NotReleased => "This period has not been released",
             Self::PeriodNotFinal => "This period cannot be published yet",
             Self::BatchWithdrawn => "This batch was withdrawn",
+            Self::WrongRegionalKey => "The batch was pseudonymised under another regional key",
+            Self::RegionalKeyNotRegistered => {
+                "The check value of the region's key is not registered yet"
+            }
         }
     }
 

@@ -27,6 +27,7 @@ pub enum AuditAction {
     ProviderKeyChanged,
     KeyRotated,
     PolicyChanged,
+    RegionalKeyCheckSet,
     Forbidden,
 }
 
@@ -46,6 +47,7 @@ impl AuditAction {
             Self::ProviderKeyChanged => "provider-key-changed",
             Self::KeyRotated => "key-rotated",
             Self::PolicyChanged => "policy-changed",
+            Self::RegionalKeyCheckSet => "regional-key-check-set",
             Self::Forbidden => "forbidden",
         }
     }
@@ -66,6 +68,7 @@ impl AuditAction {
             ProviderKeyChanged,
             KeyRotated,
             PolicyChanged,
+            RegionalKeyCheckSet,
             Forbidden,
         ]
         .into_iter()

@@ -113,6 +113,34 @@ pub enum AdminCommand {
     /// A running instance's release index.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// The region: the check value of its pseudonymisation key.
+    #[command(subcommand)]
+    Region(RegionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// The check value of the region's pseudonymisation key, by which uploads under another key are
+    /// refused (`wrong-regional-key`).
+    #[command(subcommand, name = "key-check")]
+    KeyCheck(KeyCheckCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCheckCommand {
+    /// Register the check value that `kwm keygen --regional` printed for the region's key (never the
+    /// key itself: the custodian must not hold it). Audited.
+    Set {
+        /// 64 hex digits
+        #[arg(value_name = "HEX")]
+        check_value: String,
+        /// Replace a registered check value (after the region changed its key: every provider must
+        /// then upload with the new key)
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Show the registered check value and when it was registered.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -744,6 +772,70 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 println!("planned: {} from {}", p.period, p.publish_after);
             }
         }
+        AdminCommand::Region(RegionCommand::KeyCheck(KeyCheckCommand::Set {
+            check_value,
+            replace,
+        })) => {
+            let text = check_value.trim().to_ascii_lowercase();
+            let check = crate::store::RegionalKeyCheck::from_hex(&text, time::OffsetDateTime::now_utc())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{check_value:?} is not a check value: it is 64 hex digits, as `kwm keygen --regional` \
+                         prints it (`check value: ...`); never pass the key itself"
+                    )
+                })?;
+            let old = state.store.get_regional_key_check().await?;
+            if old
+                .as_ref()
+                .is_some_and(|o| o.check_value == check.check_value)
+            {
+                println!("This check value is registered already; nothing changed.");
+                return Ok(());
+            }
+            match state.store.put_regional_key_check(&check, replace).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => anyhow::bail!(
+                    "another check value of the region's key is registered ({}); pass --replace to \
+                     change it (only when the region changed its key: uploads under the old key are then \
+                     refused); nothing changed",
+                    old.map(|o| hex::encode(o.check_value)).unwrap_or_default()
+                ),
+                Err(e) => return Err(e.into()),
+            }
+            let e = audit_trail::entry(
+                &audit_trail::operator(),
+                AuditAction::RegionalKeyCheckSet,
+                "region key-check".to_string(),
+                None,
+                &serde_json::json!({
+                    "old_check_value": old.as_ref().map(|o| hex::encode(o.check_value)),
+                    "check_value": text,
+                }),
+            );
+            state.store.append_audit(&e).await.with_context(|| {
+                "the check value of the region's key was registered, but its audit entry could not be written"
+            })?;
+            println!(
+                "Registered the check value of the region's key: {text}. Uploads pseudonymised under \
+                 another regional key are refused from now on."
+            );
+        }
+        AdminCommand::Region(RegionCommand::KeyCheck(KeyCheckCommand::Show)) => {
+            match state.store.get_regional_key_check().await? {
+                Some(c) => println!(
+                    "{}  registered {}",
+                    hex::encode(c.check_value),
+                    c.registered_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                ),
+                None => println!(
+                    "no check value registered: uploads are refused until the operator runs \
+                     `kwm-service admin region key-check set HEX` with the check value that \
+                     `kwm keygen --regional` printed for the region's key"
+                ),
+            }
+        }
         AdminCommand::Privacy => {
             let report = crate::rounds::privacy_report(state.store.as_ref(), &state.region)
                 .await
@@ -859,11 +951,19 @@ pub fn read_signing_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         };
         anyhow::bail!("{shown} holds {what}; {NEED}");
     };
-    let lines: Vec<&str> = text
+    let mut lines: Vec<&str> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
+    // `kwm keygen` states the kind of each key file on its first line; older files lack it.
+    if let Some(kind) = lines.first().and_then(|l| l.strip_prefix("kind:")) {
+        let kind = kind.trim();
+        if kind != kwm_sdk::keys::KeyKind::SigningPublic.label() {
+            anyhow::bail!("{shown} is a key file of kind {kind:?}, not signing-public-key; {NEED}");
+        }
+        lines.remove(0);
+    }
     if text.contains("PRIVATE KEY") {
         anyhow::bail!("{shown} holds a PEM private key; {NEED}");
     }

@@ -152,6 +152,13 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     );
     let regional = RegionalKey::generate()?;
     regional.write_to(&opts.dir.join("regional.key"), true)?;
+    // As the operator does once for a region: register the check value of its key (never the key).
+    let check = crate::store::RegionalKeyCheck::from_hex(
+        &regional.check_value(),
+        OffsetDateTime::now_utc(),
+    )
+    .context("the regional key's check value")?;
+    state.store.put_regional_key_check(&check, true).await?;
 
     println!();
     println!(

@@ -62,12 +62,15 @@ pub async fn ingest_batch(
     })?;
 
     // Signature, decryption, parsing and validation are CPU work: keep them off the async workers.
+    let header_check = batch.header.regional_key_check.clone();
     let st = state.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         open_and_validate(&st, &provider.signing_public_key, batch)
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation task failed: {e}")))??;
+
+    check_regional_key(state, &header_check).await?;
 
     match state
         .store
@@ -94,6 +97,33 @@ pub async fn ingest_batch(
         )),
         Err(e) => Err(crate::audit_trail::failed_action(state, e, "upload")),
     }
+}
+
+/// Refuses a batch whose client pseudonyms were made under another key than the region's: its check
+/// value (in the signed header) must be the registered one. Without a registered one nothing can be told
+/// right from wrong, so the batch is refused too: a wrong key accepted once gives children pseudonyms that
+/// no later upload matches.
+async fn check_regional_key(state: &AppState, sent: &str) -> Result<(), ApiError> {
+    let Some(registered) = state.store.get_regional_key_check().await? else {
+        return Err(ApiError::new(
+            ProblemType::RegionalKeyNotRegistered,
+            "this service does not know the check value of the region's pseudonymisation key yet, so it \
+             stores no upload; the operator registers it once with `kwm-service admin region key-check \
+             set HEX` (the check value that `kwm keygen --regional` printed for the region's key)",
+        ));
+    };
+    // The check value is no secret (it is printed and registered in the clear): a plain comparison.
+    let matches = hex::decode(sent).is_ok_and(|b| b == registered.check_value);
+    if !matches {
+        return Err(ApiError::new(
+            ProblemType::WrongRegionalKey,
+            "this batch was pseudonymised under another regional key than the region's (its check value \
+             differs), so its children would get new pseudonyms; nothing was stored. Get the region's key \
+             from the regional team and upload again with --regional-key; never make your own with `kwm \
+             keygen --regional`",
+        ));
+    }
+    Ok(())
 }
 
 fn open_and_validate(

@@ -93,6 +93,16 @@ fn provider_add_says_what_it_got_when_given_a_private_key() {
             && err.contains("signing.pub"),
         "{err}"
     );
+    // A key file that states another kind, under another name.
+    std::fs::copy(data.join("keys/trajectory.key"), data.join("t.txt")).expect("copied");
+    let out = add_provider(data, "12345678", &data.join("t.txt"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("of kind \"trajectory-key\", not signing-public-key")
+            && err.contains("signing.pub"),
+        "{err}"
+    );
     // Some other text file.
     std::fs::write(data.join("notes.txt"), "hello\n").expect("written");
     let out = add_provider(data, "12345678", &data.join("notes.txt"));
@@ -477,5 +487,77 @@ fn index_verify_asks_a_running_instance_and_says_what_it_found() {
         text(&out.stderr).contains("with its scheme"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// Issue 14.2: the operator registers the check value of the region's key once (never the key), sees
+/// it with `show`, cannot change it by accident (`--replace`), and both changes are in the audit chain.
+#[test]
+fn region_key_check_set_and_show() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path();
+    init(data);
+    let shown = ok(kwm_service(data, &["admin", "region", "key-check", "show"]));
+    assert!(
+        shown.contains("no check value registered") && shown.contains("key-check set"),
+        "{shown}"
+    );
+
+    let first = kwm_sdk::RegionalKey::generate().expect("key").check_value();
+    let said = ok(kwm_service(
+        data,
+        &["admin", "region", "key-check", "set", &first],
+    ));
+    assert!(said.contains(&first), "{said}");
+    let shown = ok(kwm_service(data, &["admin", "region", "key-check", "show"]));
+    assert!(shown.starts_with(&first), "{shown}");
+    // The same value again changes nothing.
+    let again = ok(kwm_service(
+        data,
+        &["admin", "region", "key-check", "set", &first],
+    ));
+    assert!(again.contains("nothing changed"), "{again}");
+
+    // Another value is refused without --replace, and the old one stays.
+    let second = kwm_sdk::RegionalKey::generate().expect("key").check_value();
+    let out = kwm_service(data, &["admin", "region", "key-check", "set", &second]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--replace") && err.contains(&first), "{err}");
+    let shown = ok(kwm_service(data, &["admin", "region", "key-check", "show"]));
+    assert!(shown.starts_with(&first), "{shown}");
+    ok(kwm_service(
+        data,
+        &["admin", "region", "key-check", "set", &second, "--replace"],
+    ));
+    let shown = ok(kwm_service(data, &["admin", "region", "key-check", "show"]));
+    assert!(shown.starts_with(&second), "{shown}");
+
+    // Not a check value (e.g. the key file's base64): refused, saying what is needed.
+    let out = kwm_service(
+        data,
+        &[
+            "admin",
+            "region",
+            "key-check",
+            "set",
+            "UlJSUlJSUlJSUlJSUlJSUlJSUlJSUlJSUlJSUlJSUlI=",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("64 hex digits") && err.contains("never pass the key"),
+        "{err}"
+    );
+
+    let audit = ok(kwm_service(
+        data,
+        &["admin", "audit", "list", "--after", "0", "--limit", "100"],
+    ));
+    assert_eq!(
+        audit.matches("regional-key-check-set").count(),
+        2,
+        "{audit}"
     );
 }

@@ -6,7 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{init, kwm, kwm_binary, kwm_service, kwm_service_cmd, ok, printed_token, serve, text};
+use common::{
+    init, kwm, kwm_binary, kwm_service, kwm_service_cmd, ok, printed_token, register_regional_key,
+    serve, text,
+};
 
 /// `kwm ...` in `cwd` with `KWM_TOKEN` set, as the README has the provider do it.
 fn kwm_with_token(cwd: &Path, token: &str, args: &[&str]) -> Output {
@@ -70,6 +73,7 @@ fn the_readme_kwm_toml_and_its_commands_work_as_written() {
         .args(["admin", "init"])
         .output()
         .expect("runs"));
+    register_regional_key(&data, &work.join("regional.key"));
     let token = printed_token(&ok(kwm_service_cmd(&data)
         .args([
             "admin",
@@ -232,6 +236,7 @@ fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
     let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
     let agb = agb.trim();
     init(&data);
+    register_regional_key(&data, &work.join("regional.key"));
     let token = printed_token(&ok(kwm_service_cmd(&data)
         .args([
             "admin",
@@ -411,6 +416,7 @@ fn kwm_scores_writes_the_own_scores_as_dutch_csv_and_as_a_workbook() {
     let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
     let agb = agb.trim();
     init(&data);
+    register_regional_key(&data, &work.join("regional.key"));
     let token = printed_token(&ok(kwm_service_cmd(&data)
         .args([
             "admin",

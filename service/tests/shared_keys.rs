@@ -198,6 +198,16 @@ fn two_instances_with_their_own_data_dirs_share_the_keys_of_their_database() {
     };
     let first = register(&first_agb);
     let second = register(&second_agb);
+    let regional = kwm_sdk::RegionalKey::generate().expect("regional key");
+    let mut set = on_db(&dir_c, &db.url, Some(MASTER));
+    set.args([
+        "admin",
+        "region",
+        "key-check",
+        "set",
+        &regional.check_value(),
+    ]);
+    ok(set.output().expect("runs"));
 
     let a = serve_with(on_db(&dir_a, &db.url, Some(MASTER)));
     let b = serve_with(on_db(&dir_b, &db.url, Some(MASTER)));
@@ -205,7 +215,6 @@ fn two_instances_with_their_own_data_dirs_share_the_keys_of_their_database() {
     let first_key = active_key(&rt, &a.base_url);
     assert_eq!(active_key(&rt, &b.base_url), first_key);
 
-    let regional = kwm_sdk::RegionalKey::generate().expect("regional key");
     let upload = |base: &str, (token, keys_dir): &(String, std::path::PathBuf)| {
         let mut o = kwm_sdk::UploadOptions::new(
             &export,

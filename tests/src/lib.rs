@@ -166,6 +166,14 @@ impl Default for TempSqlite {
     }
 }
 
+/// The regional key of every test service: fixed, so that the check value each test service registers
+/// (`admin region key-check set`) is the one the tests' uploads carry. A test of another key makes its
+/// own with `RegionalKey::generate`.
+pub fn regional_key() -> kwm_sdk::RegionalKey {
+    let mut bytes = [0x52u8; 32];
+    kwm_sdk::RegionalKey::from_secret(kwm_sdk::SecretKey32::from_bytes(&mut bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

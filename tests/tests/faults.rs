@@ -17,7 +17,7 @@ use kwm_schemas::problem::{Problem, ProblemType};
 use kwm_schemas::{AgbCode, RegionConfig, WireRecord};
 use kwm_sdk::batch::{now_utc_seconds, seal_records};
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
-use kwm_sdk::{Client, ClientError, ProviderKeys, Pseudonymiser, RegionalKey, RetryPolicy, Token};
+use kwm_sdk::{Client, ClientError, ProviderKeys, Pseudonymiser, RetryPolicy, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -224,6 +224,19 @@ impl Deployment {
         assert!(
             out.status.success(),
             "admin init failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // And the check value of the region's key (the tests' fixed one) is registered once.
+        let out = deployment
+            .command()
+            .args(["admin", "region", "key-check", "set"])
+            .arg(kwm_tests::regional_key().check_value())
+            .output()
+            .expect("running kwm-service admin region key-check set");
+        assert!(
+            out.status.success(),
+            "admin region key-check set failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -464,7 +477,7 @@ impl TestProvider {
         let keys = ProviderKeys::generate().expect("provider keys");
         let keys_dir = tempfile::tempdir().expect("a key dir");
         keys.write_to(keys_dir.path(), true).expect("keys written");
-        let regional = RegionalKey::generate().expect("a regional key");
+        let regional = kwm_tests::regional_key();
         let ctx = PrepareContext::new(RegionConfig::wbw(), Pseudonymiser::new(&regional, &keys));
         let prepared = prepare_file(&export.path, &ctx).expect("the export prepares");
         assert!(prepared.bad_rows.is_empty(), "synthetic rows are valid");
@@ -504,6 +517,7 @@ impl TestProvider {
                     None,
                     &key,
                     self.keys.signer(),
+                    &kwm_tests::regional_key().check_value(),
                     now_utc_seconds(),
                 )
                 .expect("sealed")

@@ -12,7 +12,7 @@ use kwm_schemas::release::{Release, ReleaseScope};
 use kwm_schemas::{AgbCode, Month, Period, RegionConfig, WireRecord};
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
 use kwm_sdk::synth::{generate, SynthOptions};
-use kwm_sdk::{ProviderKeys, Pseudonymiser, RegionalKey};
+use kwm_sdk::{ProviderKeys, Pseudonymiser};
 use kwm_service::index::ReleaseIndex;
 use kwm_service::noise::NoNoise;
 use kwm_service::release::{compute_round, engine_rows, ComputedRound, IndexedInput};
@@ -151,7 +151,7 @@ fn exports(
     opts.first_year = 2023;
     opts.last_year = 2025;
     let out = generate(&opts)?;
-    let regional = RegionalKey::generate()?;
+    let regional = kwm_tests::regional_key();
     out.providers
         .iter()
         .map(|p| {

@@ -19,8 +19,8 @@ use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use kwm_service::audit::{verify_chain, AuditAction, AuditEntry, NewAuditEntry};
 use kwm_service::store::{
     ChangeSink, KeyCheck, NewBatch, NewRelease, NewRound, NewRoundRelease, NewToken, PrivacyCharge,
-    Provider, PutBatch, PutRelease, PutRound, RoundRecord, ServiceKeyKind, Store, StoreError,
-    StoredRelease, StoredRoundRelease, StoredServiceKey, Withdrawn,
+    Provider, PutBatch, PutRelease, PutRound, RegionalKeyCheck, RoundRecord, ServiceKeyKind, Store,
+    StoreError, StoredRelease, StoredRoundRelease, StoredServiceKey, Withdrawn,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -80,6 +80,7 @@ macro_rules! conformance_tests {
 
 conformance_tests!(
     ping_answers,
+    the_regional_key_check_is_registered_once_and_replaced_only_on_purpose,
     providers_are_stored_once,
     one_signing_key_belongs_to_one_provider,
     tokens_are_found_by_hash,
@@ -297,6 +298,37 @@ fn sorted(mut records: Vec<WireRecord>) -> Vec<WireRecord> {
 
 async fn ping_answers(store: Arc<dyn Store>) -> TestResult {
     store.ping().await?;
+    Ok(())
+}
+
+async fn the_regional_key_check_is_registered_once_and_replaced_only_on_purpose(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    assert_eq!(store.get_regional_key_check().await?, None);
+    let first = RegionalKeyCheck {
+        check_value: [1; 32],
+        registered_at: now(),
+    };
+    store.put_regional_key_check(&first, false).await?;
+    assert_eq!(store.get_regional_key_check().await?, Some(first.clone()));
+    // The same value again is no change of key.
+    store.put_regional_key_check(&first, false).await?;
+    let second = RegionalKeyCheck {
+        check_value: [2; 32],
+        registered_at: now(),
+    };
+    let err = store
+        .put_regional_key_check(&second, false)
+        .await
+        .expect_err("another value without replace");
+    assert!(matches!(err, StoreError::Conflict(_)), "got {err:?}");
+    assert_eq!(
+        store.get_regional_key_check().await?,
+        Some(first),
+        "the conflict changed nothing"
+    );
+    store.put_regional_key_check(&second, true).await?;
+    assert_eq!(store.get_regional_key_check().await?, Some(second));
     Ok(())
 }
 

@@ -150,6 +150,18 @@ async fn measure(
     )
     .await?;
     let regional = RegionalKey::generate()?;
+    // As the operator does once for a region: register the check value of its key.
+    state
+        .store
+        .put_regional_key_check(
+            &kwm_service::store::RegionalKeyCheck::from_hex(
+                &regional.check_value(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .context("check value")?,
+            true,
+        )
+        .await?;
 
     // The raw ceiling's rows: what the service would store (stage-2 pseudonyms), prepared up front.
     let ctx = PrepareContext::new(

@@ -76,6 +76,19 @@ async fn main() -> anyhow::Result<()> {
     );
     let out = tokio::task::spawn_blocking(move || generate(&synth)).await??;
     let regional = RegionalKey::generate()?;
+    // As the operator does once for a region: register the check value of its key.
+    state
+        .store
+        .put_regional_key_check(
+            &kwm_service::store::RegionalKeyCheck::from_hex(
+                &regional.check_value(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .context("check value")?,
+            true,
+        )
+        .await?;
+    let regional_check = regional.check_value();
     let mut tasks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5) + Duration::from_secs(args.seconds);
     let start_at = Instant::now() + Duration::from_secs(5);
@@ -106,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         let client =
             Client::new(&base, Some(Token::new(token.as_str())))?.with_retry(RetryPolicy::none());
         let (agb, batch_size) = (p.agb, args.batch_size);
+        let regional_check = regional_check.clone();
         tasks.push(tokio::spawn(async move {
             let mut o = Outcome {
                 latencies: Vec::new(),
@@ -135,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
                     None,
                     &key,
                     keys.signer(),
+                    &regional_check,
                     time::OffsetDateTime::now_utc(),
                 )?;
                 let t = Instant::now();

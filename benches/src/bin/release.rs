@@ -106,6 +106,18 @@ async fn main() -> anyhow::Result<()> {
     );
     let t0 = Instant::now();
     let regional = RegionalKey::generate()?;
+    // As the operator does once for a region: register the check value of its key.
+    state
+        .store
+        .put_regional_key_check(
+            &kwm_service::store::RegionalKeyCheck::from_hex(
+                &regional.check_value(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .context("check value")?,
+            true,
+        )
+        .await?;
     let mut stored_count = 0usize;
     for p in &out.providers {
         let keys = ProviderKeys::generate()?;

@@ -82,7 +82,20 @@ async fn main() -> anyhow::Result<()> {
     let key_dir = dir.path().join("keys");
     keys.write_to(&key_dir, true)?;
     let regional_path = dir.path().join("regional.key");
-    RegionalKey::generate()?.write_to(&regional_path, true)?;
+    let regional = RegionalKey::generate()?;
+    regional.write_to(&regional_path, true)?;
+    // As the operator does once for a region: register the check value of its key.
+    state
+        .store
+        .put_regional_key_check(
+            &kwm_service::store::RegionalKeyCheck::from_hex(
+                &regional.check_value(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .context("check value")?,
+            true,
+        )
+        .await?;
     state
         .store
         .put_provider(&Provider {

@@ -50,6 +50,8 @@ pub fn endpoints() -> Vec<Endpoint> {
                 ProblemType::InvalidRecord,
                 ProblemType::BatchConflict,
                 ProblemType::BatchWithdrawn,
+                ProblemType::WrongRegionalKey,
+                ProblemType::RegionalKeyNotRegistered,
                 ProblemType::TooLarge,
                 ProblemType::UnsupportedVersion,
                 ProblemType::BadRequest,
@@ -119,7 +121,7 @@ async fn post_batch(
             )))
         }
         // Refusals that matter for security: someone else's key, someone else's batch, a batch id
-        // reused for other content, or a withdrawn batch posted again. The details digest binds the
+        // reused for other content, a withdrawn batch posted again, or another regional key. The details digest binds the
         // entry to the header sent.
         Err(err)
             if matches!(
@@ -128,6 +130,7 @@ async fn post_batch(
                     | ProblemType::Forbidden
                     | ProblemType::BatchConflict
                     | ProblemType::BatchWithdrawn
+                    | ProblemType::WrongRegionalKey
             ) =>
         {
             let e = entry(

@@ -408,6 +408,25 @@ pub struct KeyCheck {
     pub created_at: OffsetDateTime,
 }
 
+/// The registered check value of the region's pseudonymisation key (HMAC-SHA256 of a fixed label under
+/// the key; never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionalKeyCheck {
+    pub check_value: [u8; 32],
+    pub registered_at: OffsetDateTime,
+}
+
+impl RegionalKeyCheck {
+    /// From the 64 hex digits that `kwm keygen --regional` prints; `None` for anything else.
+    pub fn from_hex(text: &str, registered_at: OffsetDateTime) -> Option<Self> {
+        let check_value = hex::decode(text.trim()).ok()?.try_into().ok()?;
+        Some(Self {
+            check_value,
+            registered_at,
+        })
+    }
+}
+
 /// Connections of a store's pool at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -687,6 +706,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         trajectory: &Pseudonym,
         record: Option<&RecordFn<Withdrawn>>,
     ) -> Result<(Withdrawn, Option<i64>), StoreError>;
+
+    /// The registered check value of the region's key; `None` while none is registered.
+    async fn get_regional_key_check(&self) -> Result<Option<RegionalKeyCheck>, StoreError>;
+    /// Registers the check value of the region's key. `Conflict` if another one is registered and
+    /// `replace` is false (the old one stays).
+    async fn put_regional_key_check(
+        &self,
+        check: &RegionalKeyCheck,
+        replace: bool,
+    ) -> Result<(), StoreError>;
 
     /// The check values of the database's key set; `None` while the key set was never initialised.
     async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError>;

@@ -34,8 +34,9 @@ use uuid::Uuid;
 use super::{
     check_new_round, data_version_of, round_retry_pause, ChangeSink, KeyCheck, NewBatch,
     NewRelease, NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound,
-    RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError, StoredRelease, StoredRoundRelease,
-    StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE, NEWEST_ERASED, ROUND_ATTEMPTS,
+    RegionalKeyCheck, RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError, StoredRelease,
+    StoredRoundRelease, StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE, NEWEST_ERASED,
+    ROUND_ATTEMPTS,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -1438,6 +1439,59 @@ impl Store for PgStore {
         let seq = append_recorded(&mut tx, record, &withdrawn).await?;
         tx.commit().await.map_err(db_err)?;
         Ok((withdrawn, seq))
+    }
+
+    async fn get_regional_key_check(&self) -> Result<Option<RegionalKeyCheck>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT check_value, {} FROM regional_key_check WHERE singleton = 1",
+            ts_column("registered_at")
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .map(|r| {
+            let v: Vec<u8> = r.try_get("check_value").map_err(db_err)?;
+            Ok(RegionalKeyCheck {
+                check_value: v.try_into().map_err(|_| corrupt("regional_key_check"))?,
+                registered_at: parse_ts(&r.try_get::<String, _>("registered_at").map_err(db_err)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_regional_key_check(
+        &self,
+        check: &RegionalKeyCheck,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Two operators at once: the second waits on the row lock of the first.
+        sqlx::query("LOCK TABLE regional_key_check IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let old: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT check_value FROM regional_key_check WHERE singleton = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if old.is_some_and(|o| o != check.check_value) && !replace {
+            return Err(StoreError::Conflict(
+                "another check value of the region's key is registered".into(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO regional_key_check (singleton, check_value, registered_at) VALUES (1, $1, $2::timestamptz) \
+             ON CONFLICT (singleton) DO UPDATE SET check_value = excluded.check_value, \
+             registered_at = excluded.registered_at",
+        )
+        .bind(&check.check_value[..])
+        .bind(format_ts(check.registered_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
     }
 
     async fn get_key_check(&self) -> Result<Option<KeyCheck>, StoreError> {

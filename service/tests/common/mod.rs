@@ -48,6 +48,18 @@ pub fn init(data_dir: &Path) -> String {
     ok(kwm_service(data_dir, &["admin", "init"]))
 }
 
+/// `kwm-service --data-dir DIR admin region key-check set HEX` with the check value of the regional key
+/// in `key_file`, as the operator does once for the region.
+pub fn register_regional_key(data_dir: &Path, key_file: &Path) -> String {
+    let check = kwm_sdk::RegionalKey::load(key_file)
+        .expect("the regional key")
+        .check_value();
+    ok(kwm_service(
+        data_dir,
+        &["admin", "region", "key-check", "set", &check],
+    ))
+}
+
 /// Runs and asserts success; stdout.
 pub fn ok(out: Output) -> String {
     assert!(

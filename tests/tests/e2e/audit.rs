@@ -25,7 +25,7 @@ struct Uploaded {
 
 async fn upload_all(app: &TestApp, providers: u32, rows: u64, seed: u64) -> Uploaded {
     let (dir, out) = synth_exports(providers, rows, seed);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let mut ps = Vec::new();
     for export in &out.providers {
         let p = app.register_provider(export.agb).await;
@@ -452,6 +452,7 @@ async fn refused_uploads_are_recorded() {
         None,
         &key,
         p.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         time::OffsetDateTime::now_utc(),
     )
     .expect("sealed");
@@ -505,7 +506,7 @@ fn failures(app: &TestApp, request: &str) -> String {
 
 async fn audit_write_failures(app: TestApp) {
     let (_dir, out) = synth_exports(1, 80, 26);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let export = &out.providers[0];
     let p = app.register_provider(export.agb).await;
     let (_dir2, other) = synth_exports(1, 60, 27);

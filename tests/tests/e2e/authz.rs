@@ -12,7 +12,7 @@ use kwm_schemas::release::RoundOutcome;
 use kwm_schemas::{Pseudonym, RegionConfig, Role, WireRecord};
 use kwm_sdk::batch::seal_records;
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
-use kwm_sdk::{upload_file, Pseudonymiser, RegionalKey};
+use kwm_sdk::{upload_file, Pseudonymiser};
 use reqwest::Method;
 use uuid::Uuid;
 
@@ -360,7 +360,7 @@ fn expected(op: &Operation, call: &Call, caller: Caller) -> u16 {
 
 async fn world(app: &TestApp) -> World {
     let (_dir, out) = synth_exports(2, 600, 31);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let mut providers: Vec<(TestProvider, Vec<WireRecord>, Uuid)> = Vec::new();
     for export in &out.providers {
         let p = app.register_provider(export.agb).await;
@@ -457,6 +457,7 @@ async fn sealed_fresh(p: &TestProvider, records: &[WireRecord]) -> SealedBatch {
         None,
         &key,
         p.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         time::OffsetDateTime::now_utc(),
     )
     .expect("sealed")

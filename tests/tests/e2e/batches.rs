@@ -51,7 +51,7 @@ async fn withdraw_all(p: &TestProvider, report: &UploadReport) {
 async fn a_correction_back_and_a_withdrawn_export_again(app: TestApp) {
     let (dir, out) = synth_exports(1, 200, 41);
     let export = &out.providers[0];
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let p = app.register_provider(export.agb).await;
     let mut csv = CsvExport::read(&export.path);
     let (sat, id) = (csv.column("satisfaction"), csv.column("trajectory_id"));
@@ -116,7 +116,7 @@ async fn a_correction_back_lands_and_a_withdrawn_export_uploads_again_on_postgre
 async fn an_obsolete_export_withdrawn(app: TestApp) {
     let (dir, out) = synth_exports(1, 240, 43);
     let export = &out.providers[0];
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let p = app.register_provider(export.agb).await;
     let csv = CsvExport::read(&export.path);
     let n = csv.rows.len() as u64;
@@ -153,6 +153,7 @@ async fn an_obsolete_export_withdrawn(app: TestApp) {
         None,
         &key,
         p.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         now_utc_seconds(),
     )
     .expect("sealed");
@@ -207,7 +208,7 @@ async fn a_retry_after_a_lost_answer_is_a_replay_that_changes_nothing() {
     let app = spawn_app().await;
     let (_dir, out) = synth_exports(1, 150, 45);
     let export = &out.providers[0];
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let p = app.register_provider(export.agb).await;
     let mut o = upload_options(&app, &p, &export.path, &regional);
     // The answer to the first batch is lost on the way back; the SDK posts the same batch again.
@@ -247,7 +248,7 @@ async fn a_withdrawn_trajectory_stays_out_of_later_uploads() {
     let app = spawn_app().await;
     let (_dir, out) = synth_exports(1, 120, 47);
     let export = &out.providers[0];
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let p = app.register_provider(export.agb).await;
     let n = export.rows;
     upload(&app, &p, &export.path, &regional).await;
@@ -340,5 +341,19 @@ async fn the_openapi_document_names_the_withdrawn_batch_refusal() {
     assert!(
         gone.to_string().contains("batch-withdrawn"),
         "POST /v1/batches documents 410 batch-withdrawn: {gone}"
+    );
+    // And the refusals of another regional key, or of none registered yet.
+    let responses = &doc["paths"]["/v1/batches"]["post"]["responses"];
+    assert!(
+        responses["422"].to_string().contains("wrong-regional-key"),
+        "POST /v1/batches documents 422 wrong-regional-key: {}",
+        responses["422"]
+    );
+    assert!(
+        responses["409"]
+            .to_string()
+            .contains("regional-key-not-registered"),
+        "POST /v1/batches documents 409 regional-key-not-registered: {}",
+        responses["409"]
     );
 }

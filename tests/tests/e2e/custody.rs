@@ -9,7 +9,7 @@ use kwm_schemas::problem::ProblemType;
 use kwm_schemas::release::Release;
 use kwm_schemas::{ExportedRecord, Role};
 use kwm_sdk::custody::{self, Withdrawal};
-use kwm_sdk::{upload_file, RegionalKey};
+use kwm_sdk::upload_file;
 use kwm_service::audit_trail::{load_chain, verify};
 use reqwest::StatusCode;
 
@@ -78,7 +78,7 @@ async fn withdrawal(app: TestApp) {
     opts.first_year = 2025;
     opts.last_year = 2025;
     let out = kwm_sdk::synth::generate(&opts).expect("synthetic exports");
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let mut ps: Vec<TestProvider> = Vec::new();
     for export in &out.providers[0..4] {
         let p = app.register_provider(export.agb).await;
@@ -245,7 +245,7 @@ async fn withdrawn_rows_are_gone_and_new_releases_leave_them_out_on_postgres() {
 async fn export(app: TestApp) {
     // More rows than a page of the export (1000), so it is read and sent in several.
     let (dir, out) = synth_exports(2, 2600, 32);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let mut ps = Vec::new();
     for export in &out.providers {
         let p = app.register_provider(export.agb).await;
@@ -393,7 +393,7 @@ async fn the_kwm_commands_withdraw_and_export() {
     let app = spawn_app().await;
     let (dir, out) = synth_exports(1, 300, 33);
     let export = &out.providers[0];
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let p = app.register_provider(export.agb).await;
     let mut o = upload_options(&app, &p, &export.path, &regional);
     o.batch_size = 100;

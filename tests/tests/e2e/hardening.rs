@@ -10,7 +10,7 @@ use kwm_schemas::region::WBW_TOML;
 use kwm_schemas::{RegionConfig, Role};
 use kwm_sdk::batch::seal_records;
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
-use kwm_sdk::{Pseudonymiser, RegionalKey};
+use kwm_sdk::Pseudonymiser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -301,7 +301,7 @@ async fn a_graceful_stop_lets_an_upload_in_flight_finish() {
     let (_dir, out) = synth_exports(1, 40, 5);
     let export = &out.providers[0];
     let p = app.register_provider(export.agb).await;
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let ctx = PrepareContext::new(RegionConfig::wbw(), Pseudonymiser::new(&regional, &p.keys));
     let records = prepare_file(&export.path, &ctx).expect("prepared").records;
     let (_, key) = p.client.active_key().await.expect("keys");
@@ -311,6 +311,7 @@ async fn a_graceful_stop_lets_an_upload_in_flight_finish() {
         None,
         &key,
         p.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         time::OffsetDateTime::now_utc(),
     )
     .expect("sealed");

@@ -106,6 +106,20 @@ pub async fn spawn_app_configured(
     region_toml: Option<String>,
     configure: impl FnOnce(&mut Config),
 ) -> Option<TestApp> {
+    spawn(backend, region_toml, configure, true).await
+}
+
+/// The service before its operator registered the check value of the region's key.
+pub async fn spawn_app_without_regional_key(backend: Backend) -> Option<TestApp> {
+    spawn(backend, None, |_| {}, false).await
+}
+
+async fn spawn(
+    backend: Backend,
+    region_toml: Option<String>,
+    configure: impl FnOnce(&mut Config),
+    register: bool,
+) -> Option<TestApp> {
     init_log_capture();
     let data_dir = tempfile::tempdir().expect("temp data dir");
     let region_file = region_toml.map(|text| {
@@ -136,9 +150,27 @@ pub async fn spawn_app_configured(
             .expect("the database is initialised");
     }
     let mut app = start(config).await;
+    if register {
+        // As the operator does once: the check value of the region's key (the tests' fixed one).
+        register_regional_key(&app.state, &kwm_tests::regional_key()).await;
+    }
     app._data_dir = Some(data_dir);
     app._pg = pg;
     Some(app)
+}
+
+/// Registers the check value of `regional` as the region's, as `admin region key-check set --replace`.
+pub async fn register_regional_key(state: &AppState, regional: &kwm_sdk::RegionalKey) {
+    let check = kwm_service::store::RegionalKeyCheck::from_hex(
+        &regional.check_value(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .expect("a check value is 64 hex digits");
+    state
+        .store
+        .put_regional_key_check(&check, true)
+        .await
+        .expect("the check value is registered");
 }
 
 /// Builds and serves one instance.

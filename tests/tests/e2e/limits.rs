@@ -160,7 +160,7 @@ async fn a_withdrawal_leaves_no_pseudonym_in_the_sqlite_files() {
     .await
     .expect("SQLite");
     let (_dir, out) = synth_exports(1, 60, 7);
-    let regional = kwm_sdk::RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let ps = upload_providers(&app, &out, 0..1, &regional).await;
     let stored = app
         .state

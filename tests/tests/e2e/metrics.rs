@@ -8,7 +8,7 @@ use kwm_schemas::release::Release;
 use kwm_schemas::{RegionConfig, Role};
 use kwm_sdk::batch::seal_records;
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
-use kwm_sdk::{upload_file, Pseudonymiser, RegionalKey};
+use kwm_sdk::{upload_file, Pseudonymiser};
 
 use crate::helpers::{get_json, publish_round, spawn_app, synth_exports, upload_options, TestApp};
 
@@ -112,7 +112,7 @@ async fn series_move_with_uploads_refusals_and_releases() {
     let (_dir, out) = synth_exports(1, 300, 21);
     let export = &out.providers[0];
     let p = app.register_provider(export.agb).await;
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let report = upload_file(&upload_options(&app, &p, &export.path, &regional))
         .await
         .expect("upload");
@@ -128,6 +128,7 @@ async fn series_move_with_uploads_refusals_and_releases() {
         None,
         &key,
         p.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         time::OffsetDateTime::now_utc(),
     )
     .expect("sealed");

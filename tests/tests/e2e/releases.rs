@@ -7,7 +7,6 @@ use kwm_schemas::release::{
     CellStatus, Figure, ProviderScores, Release, ReleaseList, ReleaseScope,
 };
 use kwm_schemas::{RegionConfig, Role};
-use kwm_sdk::RegionalKey;
 use reqwest::StatusCode;
 
 use crate::helpers::{
@@ -58,7 +57,7 @@ fn published_cells(r: &Release) -> usize {
 
 async fn a_round_is_read(app: TestApp) {
     let (_dir, out) = synth_exports(5, 8_000, 11);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let providers = upload_providers(&app, &out, 0..4, &regional).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let region = app.issue_token(Role::Region, None).await;
@@ -290,7 +289,7 @@ async fn a_round_is_read(app: TestApp) {
 async fn a_municipality_lists_its_own_release_and_the_regions() {
     let app = spawn_app().await;
     let (_dir, out) = synth_exports(2, 1_500, 12);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&app, &out, 0..2, &regional).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let region = app.issue_token(Role::Region, None).await;

@@ -11,7 +11,6 @@ use kwm_schemas::criteria::{Criterion, CriterionKind};
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::release::{CellStatus, Figure, ProviderScores, Release, ReleaseCell, ReleaseRow};
 use kwm_schemas::{Code, RegionConfig, Role};
-use kwm_sdk::RegionalKey;
 use reqwest::StatusCode;
 
 use crate::helpers::{
@@ -341,7 +340,7 @@ async fn reports(backend: Backend) {
         return;
     };
     let (_dir, out) = synth_exports(3, 4_000, 14);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let providers = upload_providers(&app, &out, 0..3, &regional).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let region_token = app.issue_token(Role::Region, None).await;

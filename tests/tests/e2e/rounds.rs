@@ -13,7 +13,6 @@ use kwm_schemas::release::{
     PrivacyReport, ProviderScores, Release, ReleaseList, ReleaseScope, RoundList, RoundOutcome,
 };
 use kwm_schemas::Role;
-use kwm_sdk::RegionalKey;
 use kwm_service::audit_trail::{load_chain, verify};
 use kwm_service::store::{PrivacyCharge, RoundRecord};
 use reqwest::StatusCode;
@@ -172,7 +171,7 @@ async fn published_once_then_corrected(backend: Backend) {
         return;
     };
     let (_dir, out) = synth_exports(4, 4_000, 41);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&app, &out, 0..3, &regional).await;
     let region = app.issue_token(Role::Region, None).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
@@ -326,7 +325,7 @@ on_both_backends!(
 async fn a_year_round_can_be_corrected_under_the_shipped_region_file() {
     let app = app_on(Backend::Sqlite, None).await.expect("SQLite");
     let (_dir, out) = synth_exports(3, 2_000, 42);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&app, &out, 0..2, &regional).await;
     let region = app.issue_token(Role::Region, None).await;
     publish_round(&app, &region, "2025").await;
@@ -385,7 +384,7 @@ async fn reads_never_charge(backend: Backend) {
         return;
     };
     let (_dir, out) = synth_exports(2, 1_500, 43);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let providers = upload_providers(&app, &out, 0..2, &regional).await;
     let mut tokens = vec![(Role::Provider, providers[0].token.clone())];
     tokens.push((
@@ -525,7 +524,7 @@ async fn two_instances_publish_once(backend: Backend) {
     let more = [a.second_instance().await, a.second_instance().await];
     let bases = [&a, &b, &more[0], &more[1]].map(|app| app.base_url.clone());
     let (_dir, out) = synth_exports(2, 1_500, 44);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&a, &out, 0..2, &regional).await;
     let region = a.issue_token(Role::Region, None).await;
     let admin = a.issue_token(Role::Admin, None).await;
@@ -621,7 +620,7 @@ async fn cap_holds_across_corrections(backend: Backend) {
     };
     let b = a.second_instance().await;
     let (_dir, out) = synth_exports(5, 2_500, 45);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     // The first provider in small batches, so that withdrawing one is a correction.
     let first = a.register_provider(out.providers[0].agb).await;
     let mut o = upload_options(&a, &first, &out.providers[0].path, &regional);
@@ -762,7 +761,7 @@ on_both_backends!(
 async fn refusals_name_their_reason() {
     let app = app_on(Backend::Sqlite, None).await.expect("SQLite");
     let (_dir, out) = synth_exports(2, 1_500, 46);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let providers = upload_providers(&app, &out, 0..2, &regional).await;
     let region = app.issue_token(Role::Region, None).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
@@ -875,7 +874,7 @@ async fn calendar_publishes_once(backend: Backend) {
         return;
     };
     let (_dir, out) = synth_exports(2, 1_500, 47);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&a, &out, 0..2, &regional).await;
     let region = a.issue_token(Role::Region, None).await;
     let before: RoundList = get_json(&a, &region, "/v1/rounds").await;
@@ -988,7 +987,7 @@ async fn municipality_reads_and_downloads(backend: Backend) {
         return;
     };
     let (_dir, out) = synth_exports(3, 3_000, 48);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&app, &out, 0..3, &regional).await;
     let region = app.issue_token(Role::Region, None).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
@@ -1104,7 +1103,7 @@ async fn admin_commands(backend: Backend) {
         return;
     };
     let (_dir, out) = synth_exports(2, 1_500, 49);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     upload_providers(&app, &out, 0..2, &regional).await;
     let store = app.state.store.as_ref();
 

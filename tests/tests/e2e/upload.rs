@@ -11,7 +11,8 @@ use ring::signature::KeyPair;
 use time::OffsetDateTime;
 
 use crate::helpers::{
-    spawn_app, spawn_app_on, synth_exports, upload_options, Backend, TestApp, TestProvider,
+    register_regional_key, spawn_app, spawn_app_on, spawn_app_without_regional_key, synth_exports,
+    upload_options, Backend, TestApp, TestProvider,
 };
 
 /// The records of a synthetic export, pseudonymised and coarsened by the SDK.
@@ -30,6 +31,7 @@ async fn seal(p: &TestProvider, records: &[WireRecord], id: Option<uuid::Uuid>) 
         id,
         &key,
         p.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         OffsetDateTime::now_utc(),
     )
     .expect("sealed")
@@ -52,7 +54,7 @@ fn problem(e: ClientError) -> (Option<u16>, ProblemType, kwm_schemas::problem::P
 
 async fn happy_path(app: TestApp) {
     let (dir, out) = synth_exports(2, 600, 7);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let export = &out.providers[0];
     let p = app.register_provider(export.agb).await;
 
@@ -123,6 +125,116 @@ async fn happy_path(app: TestApp) {
     drop(dir);
 }
 
+/// Issue 14.2: a batch pseudonymised under another regional key than the region's (here: a provider's
+/// own, freshly made one) is refused with `wrong-regional-key` and stores nothing; the SDK's upload
+/// stops at it; under the region's key the same export is stored.
+async fn another_regional_key_is_refused(app: TestApp) {
+    let (dir, out) = synth_exports(1, 60, 11);
+    let export = &out.providers[0];
+    let p = app.register_provider(export.agb).await;
+    let own = RegionalKey::generate().expect("a provider's own regional key");
+    let records = records_of(&export.path, &p, &own);
+    let (_, key) = p.client.active_key().await.expect("keys");
+    let sealed = seal_records(
+        &records,
+        p.agb,
+        None,
+        &key,
+        p.keys.signer(),
+        &own.check_value(),
+        OffsetDateTime::now_utc(),
+    )
+    .expect("sealed");
+    let (status, kind, doc) = problem(p.client.post_batch(&sealed).await.expect_err("refused"));
+    assert_eq!((status, kind), (Some(422), ProblemType::WrongRegionalKey));
+    assert!(
+        doc.detail.contains("another regional key")
+            && doc.detail.contains("from the regional team"),
+        "{}",
+        doc.detail
+    );
+    let err = upload_file(&upload_options(&app, &p, &export.path, &own))
+        .await
+        .expect_err("the SDK's upload is refused too");
+    assert!(err.to_string().contains("regional team"), "{err}");
+    assert_eq!(app.stored_rows(None).await, 0, "nothing stored");
+    assert!(p
+        .client
+        .list_batches()
+        .await
+        .expect("batches")
+        .batches
+        .is_empty());
+
+    let report = upload_file(&upload_options(
+        &app,
+        &p,
+        &export.path,
+        &kwm_tests::regional_key(),
+    ))
+    .await
+    .expect("the region's key is accepted");
+    assert_eq!(report.stored, export.rows);
+    drop(dir);
+}
+
+#[tokio::test]
+async fn another_regional_key_is_refused_on_sqlite() {
+    another_regional_key_is_refused(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn another_regional_key_is_refused_on_postgres() {
+    if let Some(app) = spawn_app_on(Backend::Postgres).await {
+        another_regional_key_is_refused(app).await;
+    }
+}
+
+/// Before the operator registered the check value of the region's key, no batch can be told right from
+/// wrong: every upload is refused (`regional-key-not-registered`) with what the operator must run, and
+/// nothing is stored; once it is registered the same batch is stored.
+async fn unregistered_regional_key_refuses_uploads(app: TestApp) {
+    let (dir, out) = synth_exports(1, 40, 12);
+    let export = &out.providers[0];
+    let p = app.register_provider(export.agb).await;
+    let regional = kwm_tests::regional_key();
+    let records = records_of(&export.path, &p, &regional);
+    let sealed = seal(&p, &records, None).await;
+    let (status, kind, doc) = problem(p.client.post_batch(&sealed).await.expect_err("refused"));
+    assert_eq!(
+        (status, kind),
+        (Some(409), ProblemType::RegionalKeyNotRegistered)
+    );
+    assert!(
+        doc.detail
+            .contains("kwm-service admin region key-check set"),
+        "{}",
+        doc.detail
+    );
+    assert_eq!(app.stored_rows(None).await, 0, "nothing stored");
+
+    register_regional_key(&app.state, &regional).await;
+    let stored = p.client.post_batch(&sealed).await.expect("stored now");
+    assert!(stored.created);
+    assert_eq!(app.stored_rows(None).await, records.len() as u64);
+    drop(dir);
+}
+
+#[tokio::test]
+async fn unregistered_regional_key_refuses_uploads_on_sqlite() {
+    let app = spawn_app_without_regional_key(Backend::Sqlite)
+        .await
+        .expect("SQLite is always available");
+    unregistered_regional_key_refuses_uploads(app).await;
+}
+
+#[tokio::test]
+async fn unregistered_regional_key_refuses_uploads_on_postgres() {
+    if let Some(app) = spawn_app_without_regional_key(Backend::Postgres).await {
+        unregistered_regional_key_refuses_uploads(app).await;
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -141,7 +253,7 @@ async fn upload_replay_and_no_secrets_on_postgres() {
 
 async fn split_and_correct(app: TestApp) {
     let (_dir, out) = synth_exports(1, 250, 11);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let export = &out.providers[0];
     let p = app.register_provider(export.agb).await;
     let mut opts = upload_options(&app, &p, &export.path, &regional);
@@ -213,7 +325,7 @@ async fn large_upload_is_split_and_corrections_replace_on_postgres() {
 /// Every refusal stores nothing: each case checks the row count afterwards.
 async fn refusals(app: TestApp) {
     let (_dir, out) = synth_exports(2, 120, 3);
-    let regional = RegionalKey::generate().expect("regional key");
+    let regional = kwm_tests::regional_key();
     let a = app.register_provider(out.providers[0].agb).await;
     let b = app.register_provider(out.providers[1].agb).await;
     let records = records_of(&out.providers[0].path, &a, &regional);
@@ -321,6 +433,7 @@ async fn refusals(app: TestApp) {
         None,
         &stranger,
         a.keys.signer(),
+        &kwm_tests::regional_key().check_value(),
         OffsetDateTime::now_utc(),
     )
     .expect("sealed");
