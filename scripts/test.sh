@@ -60,3 +60,6 @@ fi
 
 log "API fuzzing (schemathesis against the real service)"
 bash scripts/api-fuzz.sh
+
+log "coverage-guided fuzzing of the parsers (AFL++, a smoke run of each target)"
+KWM_FUZZ_SECONDS="${KWM_FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
