@@ -561,12 +561,17 @@ pub async fn open(
     let stored = store.put_key_set(&check, &rows).await?;
     if !stored {
         // Another instance initialised the database first: its keys are the keys.
-        if let Some(path) = &created_file {
-            let _ = fs::remove_file(path);
-        }
         let check = store.get_key_check().await?.ok_or_else(|| {
             anyhow::anyhow!("database {database} lost its key set while it was initialised")
         })?;
+        // The master key file made here goes only when it opens nothing: an instance on the same
+        // data dir may have read it and sealed the winning key set under it (removing it then would
+        // leave the database's keys without their master key at the next start).
+        if let Some(path) = &created_file {
+            if check.master_check != master.check_value() {
+                let _ = fs::remove_file(path);
+            }
+        }
         let files = FileKeys::read(&keys_dir, Some(&master))?;
         return load(
             store,
@@ -1052,6 +1057,40 @@ mod tests {
             again.pseudonym_key.pseudonymise(&stage1()),
             keys.pseudonym_key.pseudonymise(&stage1())
         );
+    }
+
+    /// Instances starting at once on one new data dir (a demo run twice, a service and an admin
+    /// command): whichever stores the key set, every one that starts holds the same keys, and the
+    /// master key file they were sealed under is still there for the next start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_starting_at_once_on_one_data_dir_keep_one_key_set_and_its_master_key() {
+        for _ in 0..12 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let stores = [
+                sqlite_store(dir.path()).await,
+                sqlite_store(dir.path()).await,
+                sqlite_store(dir.path()).await,
+            ];
+            let starts = stores.iter().map(|s| {
+                let (s, d) = (s.clone(), dir.path().to_path_buf());
+                tokio::spawn(async move { open(s, &d, "test", WhenNew::Create, None).await })
+            });
+            let opened: Vec<ServiceKeys> = futures::future::join_all(starts)
+                .await
+                .into_iter()
+                .filter_map(|r| r.expect("joined").ok())
+                .collect();
+            assert!(!opened.is_empty(), "at least one instance starts");
+            let later = open(stores[0].clone(), dir.path(), "test", WhenNew::Refuse, None)
+                .await
+                .expect("the next start opens the keys with the master key file");
+            for k in &opened {
+                assert_eq!(
+                    k.pseudonym_key.pseudonymise(&stage1()),
+                    later.pseudonym_key.pseudonymise(&stage1())
+                );
+            }
+        }
     }
 
     #[tokio::test]
