@@ -209,8 +209,19 @@ fn write_export(path: &Path, d: char, header: &[String], rows: &[Vec<String>]) {
     std::fs::write(path, text).expect("export written");
 }
 
-#[test]
-fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
+/// A quality officer's desk as the README sets it up: her keys and the region's key, a synthetic
+/// export of `trajectories` rows, a new service that knows the region's key and her provider (with her
+/// token), serving, and `kwm.toml` pointing at it.
+struct ProviderDesk {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    work: std::path::PathBuf,
+    agb: String,
+    token: String,
+    _service: common::Served,
+}
+
+fn provider_desk(trajectories: u32) -> ProviderDesk {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("service");
     std::fs::create_dir(&data).expect("data dir");
@@ -230,11 +241,11 @@ fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
             "--providers",
             "1",
             "--trajectories",
-            "120",
+            &trajectories.to_string(),
         ],
     ));
     let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
-    let agb = agb.trim();
+    let agb = agb.trim().to_string();
     init(&data);
     register_regional_key(&data, &work.join("regional.key"));
     let token = printed_token(&ok(kwm_service_cmd(&data)
@@ -243,7 +254,7 @@ fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
             "provider",
             "add",
             "--agb",
-            agb,
+            &agb,
             "--name",
             "Voorbeeld",
         ])
@@ -260,6 +271,21 @@ fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
         ),
     )
     .expect("kwm.toml");
+    ProviderDesk {
+        _dir: dir,
+        data,
+        work,
+        agb,
+        token,
+        _service: service,
+    }
+}
+
+#[test]
+fn a_quality_officer_corrects_back_withdraws_and_uploads_again() {
+    let desk = provider_desk(120);
+    let (work, token) = (desk.work.clone(), desk.token.clone());
+    let agb = desk.agb.as_str();
     let (d, header, mut rows) = read_export(&work.join(format!("synth/{agb}.csv")));
     let n = rows.len() as u64;
     let col = |name: &str| header.iter().position(|c| c == name).expect(name);
@@ -391,55 +417,9 @@ fn dutch_csv(bytes: &[u8]) -> Vec<Vec<String>> {
 
 #[test]
 fn kwm_scores_writes_the_own_scores_as_dutch_csv_and_as_a_workbook() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("service");
-    std::fs::create_dir(&data).expect("data dir");
-    let work = dir.path().join("provider");
-    std::fs::create_dir(&work).expect("provider dir");
-    ok(kwm(&work, &["keygen", "--out", "keys/"]));
-    ok(kwm(
-        &work,
-        &["keygen", "--regional", "--out", "regional.key"],
-    ));
-    ok(kwm(
-        &work,
-        &[
-            "synth",
-            "--out-dir",
-            "synth",
-            "--providers",
-            "1",
-            "--trajectories",
-            "600",
-        ],
-    ));
-    let agb = std::fs::read_to_string(work.join("synth/providers.txt")).expect("providers.txt");
-    let agb = agb.trim();
-    init(&data);
-    register_regional_key(&data, &work.join("regional.key"));
-    let token = printed_token(&ok(kwm_service_cmd(&data)
-        .args([
-            "admin",
-            "provider",
-            "add",
-            "--agb",
-            agb,
-            "--name",
-            "Voorbeeld",
-        ])
-        .arg("--signing-key")
-        .arg(work.join("keys/signing.pub"))
-        .output()
-        .expect("runs")));
-    let service = serve(&data);
-    std::fs::write(
-        work.join("kwm.toml"),
-        format!(
-            "service = \"{}\"\nkeys = \"keys/\"\nregional_key = \"regional.key\"\n",
-            service.base_url
-        ),
-    )
-    .expect("kwm.toml");
+    let desk = provider_desk(600);
+    let (work, data, token) = (desk.work.clone(), desk.data.clone(), desk.token.clone());
+    let agb = desk.agb.as_str();
     let export = format!("synth/{agb}.csv");
     ok(kwm_with_token(&work, &token, &["upload", &export]));
 
