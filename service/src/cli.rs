@@ -421,6 +421,15 @@ async fn index_verify(url: &str, token: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{base} did not answer with an index check"))?;
     print!("{}", index_check_table(&check));
+    let rows_agree =
+        check.index_rows == check.stored_rows && check.years.iter().all(|y| y.consistent);
+    if !check.consistent && rows_agree {
+        // Only the change marks were apart: writes kept landing between the two reads.
+        anyhow::bail!(
+            "{base} could not compare at one change mark: uploads or withdrawals kept landing during \
+             the check; run it again when they are quiet"
+        );
+    }
     if !check.consistent {
         anyhow::bail!(
             "the release index of {base} differs from the stored rows{}; restart the instance to \
