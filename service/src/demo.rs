@@ -96,6 +96,13 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
+        if crate::startup::data_dir_in_use(dir)? {
+            anyhow::bail!(
+                "a service is running on {} (an earlier demo, or `kwm-service serve`): stop it \
+                 first, or choose another directory with --data-dir",
+                dir.display()
+            );
+        }
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
     }

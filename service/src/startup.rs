@@ -88,6 +88,51 @@ pub struct Application {
     /// SIGHUP, taken at build time (before the service says it serves), so that a hang-up sent at
     /// once reloads the keys instead of ending the process.
     hangup: Option<tokio::signal::unix::Signal>,
+    /// A shared lock on the data dir's [`IN_USE_FILE`], held while the instance lives.
+    _in_use: std::fs::File,
+}
+
+/// The file in the data dir that every running instance holds a shared lock on, so that `kwm-service
+/// demo` never removes a directory a service runs on: a pool opens its SQLite connections by path, and
+/// one opened after the directory was made anew would reach another database.
+pub const IN_USE_FILE: &str = "in-use.lock";
+
+/// Takes the shared lock on `dir`'s [`IN_USE_FILE`] (created, 0600, if missing).
+fn hold_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(IN_USE_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock_shared()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// Whether a running instance holds `dir` (see [`IN_USE_FILE`]).
+pub fn data_dir_in_use(dir: &std::path::Path) -> anyhow::Result<bool> {
+    let path = dir.join(IN_USE_FILE);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 /// The file of a SQLite database URL (`sqlite://PATH?options`); `None` for other URLs and for an
@@ -176,6 +221,7 @@ pub async fn initialise(config: &Config) -> anyhow::Result<KeysReport> {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (state, report) = open_state(&config, OpenMode::Serve).await?;
+        let in_use = hold_data_dir(&config.data_dir)?;
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let listener = TcpListener::bind(config.listen)
             .await
@@ -195,6 +241,7 @@ impl Application {
             config,
             report,
             hangup,
+            _in_use: in_use,
         })
     }
 

@@ -393,6 +393,31 @@ fn the_demo_leaves_its_data_where_serve_and_admin_look_and_says_how_to_go_on() {
     });
     assert_eq!(status, 200);
 
+    // A second demo on the directory a service runs on is refused: it would remove the database
+    // under the running service. Nothing was touched: the service still answers from it.
+    let again = kwm_service_in(dir.path())
+        .arg("--data-dir")
+        .arg(&demo)
+        .args(["demo", "--listen", "127.0.0.1:0", "--exit"])
+        .output()
+        .expect("the second demo runs");
+    assert!(!again.status.success(), "{}", text(&again.stdout));
+    let err = text(&again.stderr);
+    assert!(
+        err.contains("a service is running on") && err.contains("--data-dir"),
+        "{err}"
+    );
+    let still = ok(kwm_service(&abs, &["admin", "provider", "list"]));
+    assert_eq!(still, providers, "the demo's data is untouched");
+    let status = rt.block_on(async {
+        reqwest_get(
+            &format!("{}/v1/releases?scope=GM0748&period=2025", service.base_url),
+            &token,
+        )
+        .await
+    });
+    assert_eq!(status, 200);
+
     // The help says what the option is.
     let help = ok(kwm_service(dir.path(), &["demo", "--help"]));
     assert!(help.contains("--data-dir"), "{help}");

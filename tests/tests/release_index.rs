@@ -399,6 +399,123 @@ async fn concurrent_writes_and_syncs(
     Ok(())
 }
 
+/// A running instance whose SQLite file is replaced under it (a second `kwm-service demo` on the same
+/// directory removes it and starts a new database at the same path) must never read the new file:
+/// connections it opens afterwards would see another database, and an index synced through them
+/// would add the other database's rows to its own. Its reads give its own rows or fail, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_never_reads_a_database_file_that_replaced_its_own() -> TestResult {
+    let region = RegionConfig::wbw();
+    let dir = tempfile::tempdir()?;
+    let data = exports(dir.path(), &region)?;
+    let db_dir = dir.path().join("data");
+    let url = format!("sqlite://{}/kwm.sqlite3", db_dir.display());
+
+    let first = kwm_service::store::connect(&url).await?;
+    register(first.as_ref(), data[0].0).await?;
+    first
+        .put_batch(&batch(data[0].0, data[0].1.clone()))
+        .await?;
+    let own = first.count_trajectories(None).await?;
+    let index = Arc::new(ReleaseIndex::new(&region));
+    anyhow::ensure!(index.sync(first.as_ref()).await?.rows as u64 == own);
+
+    // The directory removed and a new database started at the same path, with other rows.
+    std::fs::remove_dir_all(&db_dir)?;
+    let second = kwm_service::store::connect(&url).await?;
+    register(second.as_ref(), data[1].0).await?;
+    second
+        .put_batch(&batch(data[1].0, data[1].1.clone()))
+        .await?;
+
+    // Many reads at once make the first instance's pool open new connections.
+    let mut refused = 0;
+    for _ in 0..5 {
+        let reads: Vec<_> = (0..16)
+            .map(|_| {
+                let store = first.clone();
+                tokio::spawn(async move { store.count_trajectories(None).await })
+            })
+            .collect();
+        for read in reads {
+            let result = read.await?;
+            match result {
+                Ok(n) => anyhow::ensure!(n == own, "read {n} rows, its own database has {own}"),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    anyhow::ensure!(e.contains("not the database this instance opened"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        match index.sync(first.as_ref()).await {
+            Ok(s) => anyhow::ensure!(
+                s.rows as u64 == own,
+                "the index holds {} rows, its database {own}",
+                s.rows
+            ),
+            Err(e) => anyhow::ensure!(
+                format!("{e:#}").contains("not the database this instance opened"),
+                "{e:#}"
+            ),
+        }
+    }
+    anyhow::ensure!(
+        refused > 0,
+        "no read opened a new connection: the test proves nothing"
+    );
+    Ok(())
+}
+
+/// The same on PostgreSQL: a database dropped and created anew under the same name while an instance
+/// runs. Its old connections are gone; the new ones reach a database with another identity and are
+/// refused, and from then on every call fails at once, naming the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_never_reads_a_postgres_database_created_anew_under_its_name() -> TestResult {
+    let Some(db) = kwm_tests::EphemeralPostgres::create().await else {
+        return Ok(());
+    };
+    let region = RegionConfig::wbw();
+    let dir = tempfile::tempdir()?;
+    let data = exports(dir.path(), &region)?;
+    let first = kwm_service::store::connect(db.url()).await?;
+    register(first.as_ref(), data[0].0).await?;
+    first
+        .put_batch(&batch(data[0].0, data[0].1[..100].to_vec()))
+        .await?;
+    anyhow::ensure!(first.count_trajectories(None).await? == 100);
+
+    let admin = sqlx::PgPool::connect(&kwm_tests::postgres_test_url().context("the URL")?).await?;
+    sqlx::query(&format!(r#"DROP DATABASE "{}" WITH (FORCE)"#, db.name()))
+        .execute(&admin)
+        .await?;
+    sqlx::query(&format!(r#"CREATE DATABASE "{}""#, db.name()))
+        .execute(&admin)
+        .await?;
+    let second = kwm_service::store::connect(db.url()).await?;
+    register(second.as_ref(), data[1].0).await?;
+    second
+        .put_batch(&batch(data[1].0, data[1].1[..30].to_vec()))
+        .await?;
+
+    // The first call may fail on a connection the drop ended, or wait out the pool's timeout while
+    // new connections are refused; it never counts the other database's rows.
+    for attempt in 0..3 {
+        match first.count_trajectories(None).await {
+            Ok(n) => anyhow::bail!("attempt {attempt} read {n} rows of another database"),
+            Err(e) if attempt > 0 => {
+                let e = format!("{e:#}");
+                anyhow::ensure!(
+                    e.contains("is not the database this instance opened") && e.contains(db.name()),
+                    "{e}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Moves the earliest month's rows to another municipality, without a change-feed entry.
 const TAMPER: &str = "UPDATE trajectories \
      SET municipality = CASE WHEN municipality = 'GM0748' THEN 'GM0777' ELSE 'GM0748' END \

@@ -15,6 +15,7 @@ use crate::audit::{AuditEntry, NewAuditEntry};
 
 pub mod postgres;
 pub mod sqlite;
+mod tether;
 
 /// The store's error stays small: the domain decides what a conflict or a missing row means.
 #[derive(Debug, thiserror::Error)]

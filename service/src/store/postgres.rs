@@ -12,9 +12,10 @@
 //! order. An advisory lock orders them: every writer of `trajectories` holds it shared until commit,
 //! and the reader takes it exclusively for the moment it fixes its snapshot (see [`CHANGE_FEED_LOCK`]).
 
+use super::tether::{Tether, SELECT_IDENTITY};
 use crate::store::RecordFn;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -177,6 +178,8 @@ static SELECT_PROVIDER_COLUMNS: LazyLock<String> =
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Keeps the pool on the database it opened.
+    tether: Arc<Tether>,
 }
 
 impl PgStore {
@@ -188,9 +191,27 @@ impl PgStore {
         if options.get_application_name().is_none() {
             options = options.application_name("kwm-service");
         }
+        let tether = Arc::new(Tether::new(format!(
+            "the PostgreSQL database {} on {}:{}",
+            options.get_database().unwrap_or("(default)"),
+            options.get_host(),
+            options.get_port()
+        )));
+        let hook = tether.clone();
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                let tether = hook.clone();
+                Box::pin(async move {
+                    let found: Option<String> = sqlx::query_scalar(SELECT_IDENTITY)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .ok()
+                        .flatten();
+                    tether.check_connection(found)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(db_err)?;
@@ -198,7 +219,18 @@ impl PgStore {
         MIGRATOR.run(&pool).await.map_err(|e| {
             StoreError::Other(anyhow::anyhow!("running the PostgreSQL migrations: {e}"))
         })?;
-        Ok(Self { pool })
+        let identity: String = sqlx::query_scalar(SELECT_IDENTITY)
+            .fetch_one(&pool)
+            .await
+            .map_err(db_err)?;
+        tether.hold_identity(identity);
+        Ok(Self { pool, tether })
+    }
+
+    /// The pool, while it still reaches the database this store opened (see [`Tether`]).
+    fn pool(&self) -> Result<&PgPool, StoreError> {
+        self.tether.check()?;
+        Ok(&self.pool)
     }
 }
 
@@ -213,7 +245,7 @@ impl PgStore {
         records: &[WireRecord],
     ) -> Result<(), StoreError> {
         let batch_id = Uuid::new_v4().hyphenated().to_string();
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
         sqlx::query(&format!(
             "ALTER TABLE trajectories ALTER COLUMN provider SET DEFAULT '{}', \
@@ -262,7 +294,7 @@ impl PgStore {
         cap_epsilon: Epsilon,
         body: &str,
     ) -> Result<Option<PutRelease>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // Releases of one (scope, period) take turns, on every replica, until commit: the check
         // below then sees the release a concurrent request just stored, and no version number is
         // taken twice. This lock first, then the partitions (sorted): always in this order.
@@ -312,7 +344,7 @@ impl PgStore {
                 tx.rollback().await.map_err(db_err)?;
                 // The budget may be gone because a release of this very data version took it
                 // while this one waited: that release is the answer.
-                if let Some(existing) = self.find_release(&self.pool, release).await? {
+                if let Some(existing) = self.find_release(self.pool()?, release).await? {
                     return Ok(Some(PutRelease::Existing(existing)));
                 }
                 return Ok(Some(PutRelease::BudgetExhausted {
@@ -353,7 +385,7 @@ impl PgStore {
             // Another transaction committed a release of (scope, period) first: of this data
             // version (the answer), or of another that took the version number (start over).
             tx.rollback().await.map_err(db_err)?;
-            if let Some(existing) = self.find_release(&self.pool, release).await? {
+            if let Some(existing) = self.find_release(self.pool()?, release).await? {
                 return Ok(Some(PutRelease::Existing(existing)));
             }
             return match constraint.as_str() {
@@ -414,7 +446,7 @@ impl PgStore {
         let id = round.id.hyphenated().to_string();
         let created_at = truncate_to_micros(round.created_at);
         let created_text = format_ts(created_at)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         // Rounds of one period take turns, on every replica, until commit: the newest version read
         // below is still the newest at commit, so a data version is stored once and no version
         // number is taken twice. This lock first, then the years (ascending), then the audit log:
@@ -575,7 +607,7 @@ impl PgStore {
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(self.pool()?)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -588,7 +620,7 @@ impl Store for PgStore {
     }
 
     async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // Registrations queue behind each other, so that two cannot take the same key at once
         // (readers are not blocked).
         sqlx::query("LOCK TABLE providers IN SHARE ROW EXCLUSIVE MODE")
@@ -633,7 +665,7 @@ impl Store for PgStore {
     }
 
     async fn put_provider_key(&self, agb: AgbCode, key: &[u8]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         sqlx::query("LOCK TABLE providers IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await
@@ -668,7 +700,7 @@ impl Store for PgStore {
             *SELECT_PROVIDER_COLUMNS
         ))
         .bind(agb.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| provider_from_row(&r))
@@ -680,7 +712,7 @@ impl Store for PgStore {
             "SELECT {} FROM providers ORDER BY agb",
             *SELECT_PROVIDER_COLUMNS
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -698,7 +730,7 @@ impl Store for PgStore {
         .bind(t.scope.as_deref())
         .bind(&t.label)
         .bind(format_ts(t.created_at)?)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?;
         id.ok_or_else(|| StoreError::Conflict("a token with this hash exists".into()))
@@ -711,7 +743,7 @@ impl Store for PgStore {
             ts_column("revoked_at")
         ))
         .bind(&token_hash[..])
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| token_from_row(&r))
@@ -734,7 +766,7 @@ impl Store for PgStore {
                 StoreError::Other(anyhow::anyhow!("a batch this large cannot be stored"))
             })?;
 
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
         lock_provider_writes(&mut tx, batch.provider, false).await?;
 
@@ -866,7 +898,7 @@ impl Store for PgStore {
         ))
         .bind(provider.as_str())
         .bind(batch_id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| receipt_from_row(&r))
@@ -879,7 +911,7 @@ impl Store for PgStore {
             *SELECT_BATCH_COLUMNS
         ))
         .bind(provider.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -892,11 +924,11 @@ impl Store for PgStore {
         let n: i64 = match provider {
             Some(p) => sqlx::query_scalar("SELECT count(*) FROM trajectories WHERE provider = $1")
                 .bind(p.as_str())
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool()?)
                 .await
                 .map_err(db_err)?,
             None => sqlx::query_scalar("SELECT count(*) FROM trajectories")
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool()?)
                 .await
                 .map_err(db_err)?,
         };
@@ -913,7 +945,7 @@ impl Store for PgStore {
             .bind(provider.as_str())
             .bind(after.map(|p| &p.as_bytes()[..]))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?
             .iter()
@@ -938,7 +970,7 @@ impl Store for PgStore {
             from = from.as_yyyymm(),
             to = to.as_yyyymm(),
         );
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let mut conn = self.pool()?.acquire().await.map_err(db_err)?;
         let mut out = SortBuckets::default();
         let decoded = async {
             let mut stream = conn.copy_out_raw(&sql).await.map_err(db_err)?;
@@ -966,7 +998,7 @@ impl Store for PgStore {
         // Cheap first look, without the lock: nothing committed since the mark, nothing to read (a
         // writer still in flight shows up in a later call).
         let newest: i64 = sqlx::query_scalar(NEWEST_CHANGE)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool()?)
             .await
             .map_err(db_err)?;
         check_mark(since, newest)?;
@@ -974,7 +1006,7 @@ impl Store for PgStore {
             return Ok(since);
         }
         let mut conn = CloseUnlessClean {
-            conn: self.pool.acquire().await.map_err(db_err)?,
+            conn: self.pool()?.acquire().await.map_err(db_err)?,
             clean: false,
         };
         let mark = read_changes(&mut conn.conn, since, sink).await?;
@@ -989,7 +1021,7 @@ impl Store for PgStore {
              WHERE trajectory IS NOT NULL AND at < $1::timestamptz",
         )
         .bind(format_ts(before)?)
-        .execute(&self.pool)
+        .execute(self.pool()?)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
@@ -998,7 +1030,7 @@ impl Store for PgStore {
     async fn data_version(&self) -> Result<String, StoreError> {
         // The change feed's newest number: one index lookup, however many batches are stored.
         let newest: i64 = sqlx::query_scalar(NEWEST_CHANGE)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool()?)
             .await
             .map_err(db_err)?;
         Ok(data_version_of(newest))
@@ -1041,7 +1073,7 @@ impl Store for PgStore {
             *SELECT_RELEASE_COLUMNS
         ))
         .bind(id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| release_from_row(&r))
@@ -1060,7 +1092,7 @@ impl Store for PgStore {
         ))
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| release_from_row(&r))
@@ -1082,7 +1114,7 @@ impl Store for PgStore {
         )
         .bind(scope)
         .bind(period)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool()?)
         .await
         .map_err(db_err)?;
         let head = match (id, version) {
@@ -1109,7 +1141,7 @@ impl Store for PgStore {
         ))
         .bind(scope)
         .bind(period)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -1125,7 +1157,7 @@ impl Store for PgStore {
             "SELECT partition, spent_nanos FROM budget WHERE partition = ANY($1::text[])",
         )
         .bind(partitions)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?;
         let mut spent = std::collections::HashMap::with_capacity(rows.len());
@@ -1147,7 +1179,7 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT partition, spent_nanos FROM budget ORDER BY partition COLLATE \"C\"",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1160,7 +1192,7 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         let chained = append_audit_in(&mut tx, entry).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(chained)
@@ -1193,7 +1225,7 @@ impl Store for PgStore {
     }
 
     async fn list_rounds(&self, period: Option<&str>) -> Result<Vec<RoundRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let mut conn = self.pool()?.acquire().await.map_err(db_err)?;
         Ok(load_rounds(&mut conn, RoundsOf::Period(period)).await?)
     }
 
@@ -1204,7 +1236,7 @@ impl Store for PgStore {
             *SELECT_ROUND_RELEASE_COLUMNS
         ))
         .bind(id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| round_release_from_row(&r))
@@ -1227,7 +1259,7 @@ impl Store for PgStore {
         ))
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| round_release_from_row(&r))
@@ -1247,7 +1279,7 @@ impl Store for PgStore {
         )
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?;
         id.map(|id| Uuid::parse_str(&id).map_err(|_| corrupt("round_releases.id")))
@@ -1260,7 +1292,7 @@ impl Store for PgStore {
             "SELECT data_year, spent_nanos FROM privacy_budget WHERE data_year = ANY($1::int4[])",
         )
         .bind(&asked)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?;
         let mut spent = std::collections::HashMap::with_capacity(rows.len());
@@ -1281,7 +1313,7 @@ impl Store for PgStore {
              ORDER BY data_year, privacy_charges.at, id",
             ts_column("at")
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -1315,7 +1347,7 @@ impl Store for PgStore {
             .bind(p.as_str())
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?,
             None => sqlx::query(&format!(
@@ -1324,7 +1356,7 @@ impl Store for PgStore {
             ))
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?,
         };
@@ -1338,7 +1370,7 @@ impl Store for PgStore {
         record: Option<&RecordFn<Withdrawn>>,
     ) -> Result<(Withdrawn, Option<i64>), StoreError> {
         let batch_id = batch_id.hyphenated().to_string();
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
         lock_provider_writes(&mut tx, provider, true).await?;
         // The receipt first: a concurrent withdrawal of the same batch waits here, then finds none.
@@ -1386,7 +1418,7 @@ impl Store for PgStore {
         trajectory: &Pseudonym,
         record: Option<&RecordFn<Withdrawn>>,
     ) -> Result<(Withdrawn, Option<i64>), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         enter_change_feed(&mut tx).await?;
         lock_provider_writes(&mut tx, provider, true).await?;
         let gone: Option<(String, String)> = sqlx::query_as(
@@ -1446,7 +1478,7 @@ impl Store for PgStore {
             "SELECT check_value, {} FROM regional_key_check WHERE singleton = 1",
             ts_column("registered_at")
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| {
@@ -1464,7 +1496,7 @@ impl Store for PgStore {
         check: &RegionalKeyCheck,
         replace: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // Two operators at once: the second waits on the row lock of the first.
         sqlx::query("LOCK TABLE regional_key_check IN EXCLUSIVE MODE")
             .execute(&mut *tx)
@@ -1499,7 +1531,7 @@ impl Store for PgStore {
             "SELECT master_check, pseudonym_check, {} FROM key_check WHERE singleton = 1",
             ts_column("created_at")
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| {
@@ -1521,7 +1553,7 @@ impl Store for PgStore {
         check: &KeyCheck,
         keys: &[StoredServiceKey],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // Two instances initialising at once: the second waits on the row lock of the first's
         // insert, then finds it and writes nothing.
         let done = sqlx::query(
@@ -1552,7 +1584,7 @@ impl Store for PgStore {
             ts_column("activates_at"),
             ts_column("retires_at")
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -1581,7 +1613,7 @@ impl Store for PgStore {
                 "only HPKE keys are rotated"
             )));
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         sqlx::query(
             "UPDATE service_keys SET retires_at = $1::timestamptz \
              WHERE kind = 'hpke' AND retires_at IS NULL",
@@ -1601,7 +1633,7 @@ impl Store for PgStore {
              AND retires_at < $1::timestamptz",
         )
         .bind(format_ts(before)?)
-        .execute(&self.pool)
+        .execute(self.pool()?)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
@@ -1613,7 +1645,7 @@ impl Store for PgStore {
         )
         .bind(id)
         .bind(format_ts(at)?)
-        .execute(&self.pool)
+        .execute(self.pool()?)
         .await
         .map_err(db_err)?;
         if done.rows_affected() == 0 {
@@ -1628,7 +1660,7 @@ impl Store for PgStore {
             ts_column("created_at"),
             ts_column("revoked_at")
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()

@@ -11,7 +11,7 @@
 
 use crate::store::RecordFn;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +30,7 @@ use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::tether::{Tether, SELECT_IDENTITY};
 use super::{
     check_new_round, data_version_of, round_retry_pause, ChangeSink, KeyCheck, NewBatch,
     NewRelease, NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound,
@@ -219,6 +220,8 @@ const BATCH_COLUMNS: &str = "provider, batch_id, key_id, content_digest, record_
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Keeps the pool on the database file it opened.
+    tether: Arc<Tether>,
     /// Serialises this process's write transactions (see the module comment).
     writer: tokio::sync::Mutex<()>,
 }
@@ -278,6 +281,8 @@ impl SqliteStore {
             .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let path = options.get_filename().to_owned();
+        let tether = Arc::new(Tether::new(format!("the database file {}", path.display())));
         let pool_options = if in_memory {
             // An in-memory database lives as long as its one connection.
             SqlitePoolOptions::new()
@@ -291,14 +296,44 @@ impl SqliteStore {
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(15))
         };
-        let pool = pool_options.connect_with(options).await.map_err(db_err)?;
+        let hook = tether.clone();
+        let pool = pool_options
+            .after_connect(move |conn, _| {
+                let tether = hook.clone();
+                Box::pin(async move {
+                    let found: Option<String> = sqlx::query_scalar(SELECT_IDENTITY)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .ok()
+                        .flatten();
+                    tether.check_connection(found)
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        if !in_memory {
+            tether.hold_file(&path)?;
+        }
         MIGRATOR.run(&pool).await.map_err(|e| {
             StoreError::Other(anyhow::anyhow!("running the SQLite migrations: {e}"))
         })?;
+        let identity: String = sqlx::query_scalar(SELECT_IDENTITY)
+            .fetch_one(&pool)
+            .await
+            .map_err(db_err)?;
+        tether.hold_identity(identity);
         Ok(Self {
             pool,
+            tether,
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The pool, while it still reaches the database this store opened (see [`Tether`]).
+    fn pool(&self) -> Result<&SqlitePool, StoreError> {
+        self.tether.check()?;
+        Ok(&self.pool)
     }
 }
 
@@ -324,7 +359,7 @@ impl SqliteStore {
             )
         };
         let full = sql(ROWS_PER_STATEMENT);
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // The rows the foreign keys of `trajectories` point at, as the service path has them too (a
         // provider loaded before keeps its row).
         sqlx::query(
@@ -383,7 +418,7 @@ impl SqliteStore {
         // IMMEDIATE: the write lock is taken now, so rounds of every period, in this process or
         // another, take turns: the newest version read here is still the newest at commit, and the
         // spend read by each charge is the committed one.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool()?.begin_with("BEGIN IMMEDIATE").await?;
 
         let newest = sqlx::query(
             "SELECT id, version, data_version FROM rounds WHERE period = ?1 \
@@ -519,7 +554,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(self.pool()?)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -612,7 +647,7 @@ impl Store for SqliteStore {
             "SELECT agb, name, signing_public_key, created_at FROM providers WHERE agb = ?1",
         )
         .bind(agb.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| provider_from_row(&r))
@@ -621,7 +656,7 @@ impl Store for SqliteStore {
 
     async fn list_providers(&self) -> Result<Vec<Provider>, StoreError> {
         sqlx::query("SELECT agb, name, signing_public_key, created_at FROM providers ORDER BY agb")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?
             .iter()
@@ -640,7 +675,7 @@ impl Store for SqliteStore {
         .bind(t.scope.as_deref())
         .bind(&t.label)
         .bind(format_ts(t.created_at)?)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?;
         id.ok_or_else(|| StoreError::Conflict("a token with this hash exists".into()))
@@ -651,7 +686,7 @@ impl Store for SqliteStore {
             "SELECT id, role, scope, label, created_at, revoked_at FROM tokens WHERE token_hash = ?1",
         )
         .bind(&token_hash[..])
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| token_from_row(&r))
@@ -828,7 +863,7 @@ impl Store for SqliteStore {
         ))
         .bind(provider.as_str())
         .bind(batch_id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| receipt_from_row(&r))
@@ -842,7 +877,7 @@ impl Store for SqliteStore {
              ORDER BY received_at DESC, rowid DESC"
         ))
         .bind(provider.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -854,11 +889,11 @@ impl Store for SqliteStore {
         let n: i64 = match provider {
             Some(p) => sqlx::query_scalar("SELECT count(*) FROM trajectories WHERE provider = ?1")
                 .bind(p.as_str())
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool()?)
                 .await
                 .map_err(db_err)?,
             None => sqlx::query_scalar("SELECT count(*) FROM trajectories")
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool()?)
                 .await
                 .map_err(db_err)?,
         };
@@ -875,7 +910,7 @@ impl Store for SqliteStore {
             .bind(provider.as_str())
             .bind(after.map(|p| &p.as_bytes()[..]))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?
             .iter()
@@ -889,7 +924,7 @@ impl Store for SqliteStore {
         to: Month,
     ) -> Result<Vec<(AgbCode, WireRecord)>, StoreError> {
         // One read transaction: every chunk sees the same snapshot (WAL: writers go on meanwhile).
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         let mut out = SortBuckets::default();
         read_between(
             &mut tx,
@@ -909,7 +944,7 @@ impl Store for SqliteStore {
     ) -> Result<i64, StoreError> {
         // Cheap first look, outside a transaction: nothing new, nothing to read.
         let newest: i64 = sqlx::query_scalar(NEWEST_CHANGE)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool()?)
             .await
             .map_err(db_err)?;
         check_mark(since, newest)?;
@@ -919,7 +954,7 @@ impl Store for SqliteStore {
         // One read transaction, one snapshot: its first statement fixes it (WAL), and SQLite runs one
         // write transaction at a time, so every change numbered up to the mark is in it and no part
         // of a later one.
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         let mark: i64 = sqlx::query_scalar(NEWEST_CHANGE)
             .fetch_one(&mut *tx)
             .await
@@ -997,7 +1032,7 @@ impl Store for SqliteStore {
              WHERE trajectory IS NOT NULL AND at < ?1",
         )
         .bind(before.unix_timestamp())
-        .execute(&self.pool)
+        .execute(self.pool()?)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
@@ -1008,7 +1043,7 @@ impl Store for SqliteStore {
         // busy answer only means the next run does it.
         let _w = self.writer.lock().await;
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+            .execute(self.pool()?)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -1017,7 +1052,7 @@ impl Store for SqliteStore {
     async fn data_version(&self) -> Result<String, StoreError> {
         // The change feed's newest number: one index lookup, however many batches are stored.
         let newest: i64 = sqlx::query_scalar(NEWEST_CHANGE)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool()?)
             .await
             .map_err(db_err)?;
         Ok(data_version_of(newest))
@@ -1157,7 +1192,7 @@ impl Store for SqliteStore {
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE id = ?1"
         ))
         .bind(id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| release_from_row(&r))
@@ -1175,7 +1210,7 @@ impl Store for SqliteStore {
         ))
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| release_from_row(&r))
@@ -1197,7 +1232,7 @@ impl Store for SqliteStore {
         )
         .bind(scope)
         .bind(period)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool()?)
         .await
         .map_err(db_err)?;
         let head = match (id, version) {
@@ -1224,7 +1259,7 @@ impl Store for SqliteStore {
         ))
         .bind(scope)
         .bind(period)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -1241,7 +1276,7 @@ impl Store for SqliteStore {
              WHERE partition IN (SELECT value FROM json_each(?1))",
         )
         .bind(json_array(partitions)?)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?;
         let mut spent = std::collections::HashMap::with_capacity(rows.len());
@@ -1260,7 +1295,7 @@ impl Store for SqliteStore {
 
     async fn list_budget(&self) -> Result<Vec<(String, Epsilon)>, StoreError> {
         let rows = sqlx::query("SELECT partition, spent_nanos FROM budget ORDER BY partition")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1311,7 +1346,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_rounds(&self, period: Option<&str>) -> Result<Vec<RoundRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let mut conn = self.pool()?.acquire().await.map_err(db_err)?;
         Ok(load_rounds(&mut conn, RoundsOf::Period(period)).await?)
     }
 
@@ -1321,7 +1356,7 @@ impl Store for SqliteStore {
              WHERE rr.id = ?1"
         ))
         .bind(id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| round_release_from_row(&r))
@@ -1343,7 +1378,7 @@ impl Store for SqliteStore {
         ))
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| round_release_from_row(&r))
@@ -1363,7 +1398,7 @@ impl Store for SqliteStore {
         )
         .bind(scope)
         .bind(period)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?;
         id.map(|id| Uuid::parse_str(&id).map_err(|_| corrupt("round_releases.id")))
@@ -1378,7 +1413,7 @@ impl Store for SqliteStore {
              WHERE data_year IN (SELECT value FROM json_each(?1))",
         )
         .bind(asked)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?;
         let mut spent = std::collections::HashMap::with_capacity(rows.len());
@@ -1398,7 +1433,7 @@ impl Store for SqliteStore {
             "SELECT data_year, rho_nanos, subject_kind, subject_id, at FROM privacy_charges \
              ORDER BY data_year, at, id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -1431,7 +1466,7 @@ impl Store for SqliteStore {
             .bind(p.as_str())
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?,
             None => sqlx::query(&format!(
@@ -1439,7 +1474,7 @@ impl Store for SqliteStore {
             ))
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(db_err)?,
         };
@@ -1565,7 +1600,7 @@ impl Store for SqliteStore {
 
     async fn get_regional_key_check(&self) -> Result<Option<RegionalKeyCheck>, StoreError> {
         sqlx::query("SELECT check_value, registered_at FROM regional_key_check WHERE singleton = 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool()?)
             .await
             .map_err(db_err)?
             .map(|r| {
@@ -1619,7 +1654,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "SELECT master_check, pseudonym_check, created_at FROM key_check WHERE singleton = 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await
         .map_err(db_err)?
         .map(|r| {
@@ -1672,7 +1707,7 @@ impl Store for SqliteStore {
             "SELECT id, kind, sealed, public_key, created_at, activates_at, retires_at \
              FROM service_keys ORDER BY activates_at, created_at, id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
@@ -1726,7 +1761,7 @@ impl Store for SqliteStore {
              AND retires_at < ?1",
         )
         .bind(format_ts(before)?)
-        .execute(&self.pool)
+        .execute(self.pool()?)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
@@ -1738,7 +1773,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1")
                 .bind(id)
                 .bind(format_ts(at)?)
-                .execute(&self.pool)
+                .execute(self.pool()?)
                 .await
                 .map_err(db_err)?;
         if done.rows_affected() == 0 {
@@ -1752,7 +1787,7 @@ impl Store for SqliteStore {
             "SELECT id, role, scope, label, created_at, revoked_at FROM tokens \
              ORDER BY created_at, id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(db_err)?
         .iter()
