@@ -5,12 +5,11 @@
 //! When an entry cannot be written:
 //! - an action that changes state or hands out data (upload, withdrawal, export, token issue and
 //!   revocation, key rotation) fails with 503 (database unavailable) or 500 ([`append_required`]).
-//!   The entry of an upload or a withdrawal is appended in the action's own transaction
-//!   (`Store::put_batch_recorded`, `Store::withdraw_batch_recorded`, ...), as a round's is: both
-//!   commit or neither ([`failed_action`]). Token issue and revocation, provider registration and key
-//!   rotation still commit first and append right after: a failed append there leaves a committed
-//!   action without its entry; the caller is told (the command fails) and the error is logged. An export appends before any data
-//!   leaves; an issued token is revoked again when its entry fails.
+//!   The entry of every action that changes state is appended in the action's own transaction
+//!   (`Store::put_batch_recorded`, `Store::withdraw_batch_recorded`, `Store::put_token_recorded`,
+//!   `Store::put_provider_recorded`, `Store::put_rotated_key_recorded`, ...), as a round's is: both
+//!   commit or neither ([`failed_action`]; the operator's command fails saying nothing changed). An
+//!   export appends before any data leaves, and its `export-sent` entry after.
 //! - a refusal (a bad signature, a forbidden call, a batch conflict) stands as answered; the failed
 //!   append is logged as an error ([`append_best_effort`]): a refusal changed nothing.
 //!
@@ -647,8 +646,8 @@ async fn check_entries_exist(
     Ok(Ok(()))
 }
 
-/// Issues a token the way the operator's commands do: stored as a hash, recorded as `token-issued`,
-/// and revoked again if the entry cannot be written (a token nobody can account for must not work).
+/// Issues a token the way the operator's commands do: stored as a hash, with its `token-issued`
+/// entry in the same transaction (a token nobody can account for never exists).
 pub async fn issue_token(
     store: &dyn Store,
     actor: &Actor,
@@ -656,32 +655,25 @@ pub async fn issue_token(
     scope: Option<&str>,
     label: &str,
 ) -> anyhow::Result<(i64, zeroize::Zeroizing<String>)> {
-    let (id, token) = crate::auth::issue_token(store, role, scope, label).await?;
     let provider = match role {
         Role::Provider => scope.and_then(|s| s.parse().ok()),
         _ => None,
     };
-    let details =
-        serde_json::json!({ "id": id, "role": role.as_str(), "scope": scope, "label": label });
-    let e = entry(
-        actor,
-        AuditAction::TokenIssued,
-        format!("token {id} ({role})"),
-        provider,
-        &details,
-    );
-    if let Err(err) = store.append_audit(&e).await {
-        let revoked = store.revoke_token(id, now_micros()).await;
-        anyhow::bail!(
-            "the audit entry of token {id} could not be written ({err}); the token was {}",
-            if revoked.is_ok() {
-                "revoked again and is not shown"
-            } else {
-                "NOT revoked: revoke it with `admin token revoke`"
-            }
-        );
-    }
-    Ok((id, token))
+    let (actor, scope_text, label_text) =
+        (actor.clone(), scope.map(str::to_owned), label.to_owned());
+    let record = move |id: &i64| {
+        entry(
+            &actor,
+            AuditAction::TokenIssued,
+            format!("token {id} ({role})"),
+            provider,
+            &serde_json::json!({
+                "id": id, "role": role.as_str(), "scope": scope_text, "label": label_text
+            }),
+        )
+    };
+    // A failed append issues nothing (`AuditUnwritten`: "nothing was changed").
+    crate::auth::issue_token_recorded(store, role, scope, label, Some(&record)).await
 }
 
 #[cfg(test)]

@@ -553,11 +553,6 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 signing_public_key: public,
                 created_at: OffsetDateTime::now_utc(),
             };
-            match state.store.put_provider(&provider).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; nothing was registered"),
-                Err(e) => return Err(e.into()),
-            }
             let actor = audit_trail::operator();
             let registered = audit_trail::entry(
                 &actor,
@@ -570,11 +565,15 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                     "signing_public_key": hex::encode(&provider.signing_public_key),
                 }),
             );
-            state
+            match state
                 .store
-                .append_audit(&registered)
+                .put_provider_recorded(&provider, Some(&registered))
                 .await
-                .context("provider registered, but its audit entry could not be written; no token was issued (issue one with `admin token issue` once the database is back)")?;
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; nothing was registered"),
+                Err(e) => return Err(e.into()),
+            }
             let (_, token) = audit_trail::issue_token(
                 state.store.as_ref(),
                 &actor,
@@ -599,12 +598,6 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 println!("Provider {agb} already has this signing key; nothing changed.");
                 return Ok(());
             }
-            match state.store.put_provider_key(agb, &public).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; the key was not changed"),
-                Err(StoreError::NotFound) => anyhow::bail!("provider {agb} is not registered"),
-                Err(e) => return Err(e.into()),
-            }
             let e = audit_trail::entry(
                 &audit_trail::operator(),
                 AuditAction::ProviderKeyChanged,
@@ -616,9 +609,16 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                     "signing_public_key": hex::encode(&public),
                 }),
             );
-            state.store.append_audit(&e).await.with_context(|| {
-                format!("the signing key of provider {agb} was replaced, but its audit entry could not be written")
-            })?;
+            match state
+                .store
+                .put_provider_key_recorded(agb, &public, Some(&e))
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; the key was not changed"),
+                Err(StoreError::NotFound) => anyhow::bail!("provider {agb} is not registered"),
+                Err(e) => return Err(e.into()),
+            }
             println!(
                 "Replaced the signing key of provider {agb} ({}); batches signed with the old key are refused from now on.",
                 old.name
@@ -652,27 +652,28 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 activate_after >= 0 && retire_after >= 0,
                 "durations must not be negative"
             );
+            let actor = audit_trail::operator();
+            let record = move |id: &kwm_schemas::envelope::KeyId| {
+                audit_trail::entry(
+                    &actor,
+                    AuditAction::KeyRotated,
+                    format!("key {id}"),
+                    None,
+                    &serde_json::json!({
+                        "key_id": id.to_string(),
+                        "activate_after": activate_after,
+                        "retire_after": retire_after,
+                    }),
+                )
+            };
             let id = state
                 .keyring
                 .rotate(
                     time::Duration::seconds(activate_after),
                     time::Duration::seconds(retire_after),
+                    Some(&record),
                 )
                 .await?;
-            let e = audit_trail::entry(
-                &audit_trail::operator(),
-                AuditAction::KeyRotated,
-                format!("key {id}"),
-                None,
-                &serde_json::json!({
-                    "key_id": id.to_string(),
-                    "activate_after": activate_after,
-                    "retire_after": retire_after,
-                }),
-            );
-            state.store.append_audit(&e).await.with_context(|| {
-                format!("key {id} was added, but its audit entry could not be written")
-            })?;
             println!("Added key {id}; it becomes active in {activate_after} s, the current key retires {retire_after} s after that.");
             println!("Running instances see it at their next key reload (key_reload_secs, or send them SIGHUP).");
         }
@@ -685,10 +686,6 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 println!("Token {id} was already revoked.");
                 return Ok(());
             }
-            state
-                .store
-                .revoke_token(id, OffsetDateTime::now_utc())
-                .await?;
             let provider = match t.role {
                 Role::Provider => t.scope.as_deref().and_then(|s| s.parse().ok()),
                 _ => None,
@@ -700,9 +697,10 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 provider,
                 &serde_json::json!({ "id": id }),
             );
-            state.store.append_audit(&e).await.with_context(|| {
-                format!("token {id} is revoked, but its audit entry could not be written")
-            })?;
+            state
+                .store
+                .revoke_token_recorded(id, OffsetDateTime::now_utc(), Some(&e))
+                .await?;
             println!(
                 "Revoked token {id} ({}); it is refused from now on.",
                 t.role
@@ -801,16 +799,6 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 println!("This check value is registered already; nothing changed.");
                 return Ok(());
             }
-            match state.store.put_regional_key_check(&check, replace).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => anyhow::bail!(
-                    "another check value of the region's key is registered ({}); pass --replace to \
-                     change it (only when the region changed its key: uploads under the old key are then \
-                     refused); nothing changed",
-                    old.map(|o| hex::encode(o.check_value)).unwrap_or_default()
-                ),
-                Err(e) => return Err(e.into()),
-            }
             let e = audit_trail::entry(
                 &audit_trail::operator(),
                 AuditAction::RegionalKeyCheckSet,
@@ -821,9 +809,20 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                     "check_value": text,
                 }),
             );
-            state.store.append_audit(&e).await.with_context(|| {
-                "the check value of the region's key was registered, but its audit entry could not be written"
-            })?;
+            match state
+                .store
+                .put_regional_key_check_recorded(&check, replace, Some(&e))
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => anyhow::bail!(
+                    "another check value of the region's key is registered ({}); pass --replace to \
+                     change it (only when the region changed its key: uploads under the old key are then \
+                     refused); nothing changed",
+                    old.map(|o| hex::encode(o.check_value)).unwrap_or_default()
+                ),
+                Err(e) => return Err(e.into()),
+            }
             println!(
                 "Registered the check value of the region's key: {text}. Uploads pseudonymised under \
                  another regional key are refused from now on."

@@ -15,12 +15,20 @@ use time::OffsetDateTime;
 use kwm_schemas::release::ReleaseScope;
 use kwm_schemas::Period;
 
-use crate::auth::issue_token;
+use crate::audit_trail::issue_token;
 use crate::config::Config;
 use crate::rounds::{latest_release, publish_round, Actor};
 use crate::startup::Application;
 use crate::store::Provider;
 use crate::tables;
+
+/// Who the demo's own actions are recorded as in the audit chain.
+fn demo_actor() -> Actor {
+    Actor {
+        role: "admin".into(),
+        id: "demo".into(),
+    }
+}
 
 /// Marks a directory as the demo's own, so that a re-run may wipe it and nothing else.
 const MARKER: &str = ".kwm-demo";
@@ -190,6 +198,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
             .await?;
         let (_, token) = issue_token(
             state.store.as_ref(),
+            &demo_actor(),
             Role::Provider,
             Some(p.agb.as_str()),
             name,
@@ -228,10 +237,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
 
     // The municipalities' side: the round of the last full year, published by the region team.
     let period: Period = opts.period.parse().context("--period")?;
-    let actor = Actor {
-        role: "admin".into(),
-        id: "demo".into(),
-    };
+    let actor = demo_actor();
     let deps = state.round_deps();
     let outcome = publish_round(&deps, period, &actor, false)
         .await
@@ -341,12 +347,20 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
 
     let (_, municipality_token) = issue_token(
         state.store.as_ref(),
+        &demo_actor(),
         Role::Municipality,
         Some("GM0748"),
         "demo",
     )
     .await?;
-    let (_, region_token) = issue_token(state.store.as_ref(), Role::Region, None, "demo").await?;
+    let (_, region_token) = issue_token(
+        state.store.as_ref(),
+        &demo_actor(),
+        Role::Region,
+        None,
+        "demo",
+    )
+    .await?;
     let muni = municipality_token.as_str();
     let gm0748 = state
         .store

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::store::{KeyCheck, ServiceKeyKind, Store, StoredServiceKey};
+use crate::store::{KeyCheck, RecordFn, ServiceKeyKind, Store, StoredServiceKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -811,15 +811,20 @@ impl Keyring {
         &self,
         activate_after: time::Duration,
         retire_after: time::Duration,
+        record: Option<&RecordFn<KeyId>>,
     ) -> anyhow::Result<KeyId> {
         let now = OffsetDateTime::now_utc();
         let switch = now + activate_after;
         let retire = switch + retire_after;
         let secret = HpkeSecretKey::generate();
+        let id = secret.public_key().key_id();
         let row = hpke_row(&self.master, &secret, now, switch, None)?;
-        self.store.put_rotated_key(&row, retire).await?;
+        let entry = record.map(|r| r(&id));
+        self.store
+            .put_rotated_key_recorded(&row, retire, entry.as_ref())
+            .await?;
         self.reload().await?;
-        Ok(secret.public_key().key_id())
+        Ok(id)
     }
 
     /// The key new batches should be sealed to: the most recently activated, unretired key.
@@ -1273,7 +1278,7 @@ mod tests {
         let old = a.keyring.active_key_id().expect("active");
         let new = a
             .keyring
-            .rotate(time::Duration::ZERO, time::Duration::ZERO)
+            .rotate(time::Duration::ZERO, time::Duration::ZERO, None)
             .await
             .expect("rotated");
         assert_eq!(a.keyring.active_key_id(), Some(new.clone()));
@@ -1297,7 +1302,7 @@ mod tests {
         assert!(!b.keyring.reload().await.expect("reloaded"), "no change");
         let pending = a
             .keyring
-            .rotate(time::Duration::hours(1), time::Duration::hours(1))
+            .rotate(time::Duration::hours(1), time::Duration::hours(1), None)
             .await
             .expect("rotate");
         assert!(a
@@ -1346,7 +1351,7 @@ mod tests {
         ));
         let new = a
             .keyring
-            .rotate(time::Duration::ZERO, time::Duration::hours(1))
+            .rotate(time::Duration::ZERO, time::Duration::hours(1), None)
             .await
             .expect("rotated");
         // Bounded only so that a broken timer fails instead of hanging.

@@ -60,23 +60,39 @@ pub fn normalise_scope(role: Role, scope: Option<&str>) -> anyhow::Result<Option
     }
 }
 
-/// Issues a token for a role and scope, storing only its hash. The caller shows the token once.
+/// Issues a token for a role and scope, storing only its hash, without an audit entry (tests and
+/// benchmarks; the operator's commands use `audit_trail::issue_token`). The caller shows it once.
 pub async fn issue_token(
     store: &dyn Store,
     role: Role,
     scope: Option<&str>,
     label: &str,
 ) -> anyhow::Result<(i64, Zeroizing<String>)> {
+    issue_token_recorded(store, role, scope, label, None).await
+}
+
+/// [`issue_token`], with the entry `record` makes from the token's id appended in the same
+/// transaction.
+pub async fn issue_token_recorded(
+    store: &dyn Store,
+    role: Role,
+    scope: Option<&str>,
+    label: &str,
+    record: Option<&crate::store::RecordFn<i64>>,
+) -> anyhow::Result<(i64, Zeroizing<String>)> {
     let scope = normalise_scope(role, scope)?;
     let token = generate_token()?;
     let id = store
-        .put_token(&NewToken {
-            token_hash: token_hash(&token),
-            role,
-            scope,
-            label: label.to_string(),
-            created_at: OffsetDateTime::now_utc(),
-        })
+        .put_token_recorded(
+            &NewToken {
+                token_hash: token_hash(&token),
+                role,
+                scope,
+                label: label.to_string(),
+                created_at: OffsetDateTime::now_utc(),
+            },
+            record,
+        )
         .await?;
     Ok((id, token))
 }
