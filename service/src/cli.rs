@@ -10,10 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use kwm_schemas::{AgbCode, Role};
 use time::OffsetDateTime;
 
+use crate::app::audit_trail;
 use crate::audit::{AuditAction, AuditEntry};
-use crate::audit_trail;
 use crate::config::Config;
-use crate::startup::{open_state, Application, OpenMode};
+use crate::http::startup::{open_state, Application, OpenMode};
 use crate::store::{Provider, StoreError, TokenRecord};
 
 #[derive(Debug, Parser)]
@@ -737,7 +737,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Round(RoundCommand::Publish { period }) => {
             let period: kwm_schemas::Period = period.parse().context("--period")?;
             let actor = audit_trail::operator();
-            let o = crate::rounds::publish_round(&state.round_deps(), period, &actor, false)
+            let o = crate::app::rounds::publish_round(&state.round_deps(), period, &actor, false)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             let r = &o.round;
@@ -753,9 +753,10 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Round(RoundCommand::List) => {
-            let (rounds, planned) = crate::rounds::list_rounds(state.store.as_ref(), &state.region)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
+            let (rounds, planned) =
+                crate::app::rounds::list_rounds(state.store.as_ref(), &state.region)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             if rounds.is_empty() {
                 println!("no rounds");
             }
@@ -845,7 +846,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Privacy => {
-            let report = crate::rounds::privacy_report(state.store.as_ref(), &state.region)
+            let report = crate::app::rounds::privacy_report(state.store.as_ref(), &state.region)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             println!("{}", report.guarantee_en);
@@ -887,7 +888,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
 /// Refuses a token for something that does not exist: a municipality outside the region, a
 /// provider that is not registered. (The format of a scope is checked when the token is stored.)
 async fn check_scope(
-    state: &crate::startup::AppState,
+    state: &crate::http::startup::AppState,
     role: Role,
     scope: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -1020,9 +1021,9 @@ pub fn key_table(keys: &[kwm_schemas::api::PublicKeyInfo]) -> String {
 }
 
 /// What a problem says to a person at a terminal: its detail, and the date it names if any.
-fn problem_text(e: &crate::error::ApiError) -> String {
+fn problem_text(e: &crate::app::error::ApiError) -> String {
     match e {
-        crate::error::ApiError::Internal(inner) => format!("{inner:#}"),
+        crate::app::error::ApiError::Internal(inner) => format!("{inner:#}"),
         other => other.to_string_detail(),
     }
 }

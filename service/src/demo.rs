@@ -15,10 +15,10 @@ use time::OffsetDateTime;
 use kwm_schemas::release::ReleaseScope;
 use kwm_schemas::Period;
 
-use crate::audit_trail::issue_token;
+use crate::app::audit_trail::issue_token;
+use crate::app::rounds::{latest_release, publish_round, Actor};
 use crate::config::Config;
-use crate::rounds::{latest_release, publish_round, Actor};
-use crate::startup::Application;
+use crate::http::startup::Application;
 use crate::store::Provider;
 use crate::tables;
 
@@ -104,7 +104,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        if crate::startup::data_dir_in_use(dir)? {
+        if crate::http::startup::data_dir_in_use(dir)? {
             anyhow::bail!(
                 "a service is running on {} (an earlier demo, or `kwm-service serve`): stop it \
                  first, or choose another directory with --data-dir",

@@ -22,11 +22,13 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{json, schema_of, Endpoint, Method, QueryParam, Reply, SchemaFn};
-use crate::audit_trail::api_actor;
-use crate::auth::{Caller, ProviderCaller};
-use crate::error::{ApiError, AppJson};
-use crate::rounds::{self, latest_release, publish_round, CachedRelease};
-use crate::startup::AppState;
+use crate::app::access::Caller;
+use crate::app::audit_trail::api_actor;
+use crate::app::error::ApiError;
+use crate::app::rounds::{self, latest_release, publish_round, CachedRelease};
+use crate::http::auth::ProviderCaller;
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 use crate::tables;
 
 fn release_body(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
