@@ -338,6 +338,39 @@ pub async fn list_rounds(
 }
 
 /// The release of `scope` in the newest version of `period`'s round; `not-released` (saying when it
+
+/// Every published release `caller` may read, of `scope` or of all, newest round last.
+pub async fn releases_for(
+    store: &dyn Store,
+    caller: &crate::app::access::Caller,
+    scope: Option<ReleaseScope>,
+) -> Result<Vec<kwm_schemas::release::ReleaseSummary>, ApiError> {
+    let rounds = store.list_rounds(None).await?;
+    let mut releases = Vec::new();
+    for r in &rounds {
+        let summary = round_summary(r)?;
+        for rel in &summary.releases {
+            if scope.is_some_and(|s| s != rel.scope) {
+                continue;
+            }
+            if caller
+                .may_read_release_scope(&rel.scope.to_string())
+                .is_ok()
+            {
+                releases.push(kwm_schemas::release::ReleaseSummary {
+                    id: rel.id,
+                    round: summary.id,
+                    scope: rel.scope,
+                    period: summary.period,
+                    version: summary.version,
+                    created_at: summary.created_at,
+                });
+            }
+        }
+    }
+    Ok(releases)
+}
+
 /// is planned, if it is) when the period has no round.
 pub async fn latest_release(
     store: &dyn Store,
