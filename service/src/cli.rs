@@ -504,7 +504,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
     } else {
         OpenMode::Admin
     };
-    let (state, report) = open_state(&config, mode).await?;
+    let (state, report) = open_state(&config, mode, crate::clock::system()).await?;
     match cmd {
         AdminCommand::Index(IndexCommand::Verify { url, token }) => {
             index_verify(&url, &token).await?;

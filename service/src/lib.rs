@@ -5,16 +5,17 @@
 //! - composition roots: `main`, `cli` (the operator's commands), `demo`: the only places that may
 //!   put the whole application together with `http`.
 //! - `http/`: router and start-up, routes, auth extractors, middleware, the problem mapping, OpenAPI.
-//! - `app/`: the use cases (upload, rounds, the audit trail, access by token), and the one clock.
+//! - `app/`: the use cases (upload, custody, rounds, the audit trail, access by token).
 //! - the parts: `store/` (all SQL, SQLite and PostgreSQL), `keys` (the HPKE keyring and the
 //!   pseudonymisation key, in the database under the master key), `index` (the release index in
-//!   memory), `metrics`, `config`, `telemetry`.
+//!   memory), `clock` (the one clock, injected), `metrics`, `config`, `telemetry`.
 //! - the pure core: `release/` (the release engine), `noise/` (exact samplers), `audit` (the hash
 //!   chain), `tables` (CSV and XLSX of releases). It takes data and returns data.
 
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -21,7 +21,7 @@ fn room_of_module(top: &str) -> Option<&'static str> {
         "main" | "lib" | "cli" | "demo" => "roots",
         "http" => "http",
         "app" => "app",
-        "store" | "keys" | "index" | "metrics" | "config" | "telemetry" => "parts",
+        "store" | "keys" | "index" | "clock" | "metrics" | "config" | "telemetry" => "parts",
         "release" | "noise" | "audit" | "tables" => "core",
         _ => return None,
     })

@@ -10,13 +10,13 @@ use kwm_schemas::{AgbCode, Period, RegionConfig, WireRecord};
 use kwm_sdk::batch::seal_records;
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
 use kwm_sdk::{ProviderKeys, Pseudonymiser};
-use kwm_service::app::clock::{Clock, FixedClock};
 use kwm_service::app::custody::{self, CustodyDeps};
 use kwm_service::app::rounds::{publish_round, publishable_from, Actor, ReleaseCache, RoundDeps};
 use kwm_service::app::upload::{upload, UploadDeps, UploadRefused, Uploaded};
 use kwm_service::audit::AuditAction;
+use kwm_service::clock::{Clock, FixedClock};
 use kwm_service::index::ReleaseIndex;
-use kwm_service::keys::{Keyring, PseudonymKey, WhenNew};
+use kwm_service::keys::{KeyLookup, Keyring, PseudonymKey, WhenNew};
 use kwm_service::metrics::Metrics;
 use kwm_service::store::{Provider, RegionalKeyCheck, Store};
 use time::macros::datetime;
@@ -41,10 +41,17 @@ impl Parts {
     async fn new(url: &str) -> Self {
         let data = tempfile::tempdir().expect("a data dir");
         let store = kwm_service::store::connect(url).await.expect("the store");
-        let keys =
-            kwm_service::keys::open(store.clone(), data.path(), "test", WhenNew::Create, None)
-                .await
-                .expect("the service keys");
+        let clock = FixedClock::at(datetime!(2026-03-02 09:30:00 UTC));
+        let keys = kwm_service::keys::open(
+            store.clone(),
+            data.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            clock.clone(),
+        )
+        .await
+        .expect("the service keys");
         let region = Arc::new(RegionConfig::wbw());
         let exports = tempfile::tempdir().expect("an export dir");
         let out = kwm_sdk::synth::generate(&kwm_sdk::synth::SynthOptions::new(
@@ -85,7 +92,7 @@ impl Parts {
             pseudonym_key: Arc::new(keys.pseudonym_key),
             index: Arc::new(ReleaseIndex::new(&region)),
             metrics: Metrics::new().expect("metrics"),
-            clock: FixedClock::at(datetime!(2026-03-02 09:30:00 UTC)),
+            clock,
             region,
             provider,
             agb,
@@ -301,7 +308,48 @@ async fn a_round_waits_for_the_clock(parts: Parts) {
     );
 }
 
+/// A rotated key becomes active and the old one retires when the injected clock says so.
+async fn keys_rotate_by_the_clock(parts: Parts) {
+    let old = parts.keyring.active_key_id().expect("an active key");
+    let new = parts
+        .keyring
+        .rotate(time::Duration::days(1), time::Duration::days(7), None)
+        .await
+        .expect("rotated");
+    assert_eq!(
+        parts.keyring.active_key_id(),
+        Some(old.clone()),
+        "pending for a day"
+    );
+    parts
+        .clock
+        .advance(time::Duration::days(1) + time::Duration::seconds(1));
+    assert_eq!(parts.keyring.active_key_id(), Some(new));
+    let usable = |id| {
+        parts
+            .keyring
+            .with_key(id, |l| matches!(l, KeyLookup::Usable(_)))
+    };
+    assert!(
+        usable(&old),
+        "the old key still opens batches sealed before the switch"
+    );
+    parts.clock.advance(time::Duration::days(7));
+    assert!(
+        parts
+            .keyring
+            .with_key(&old, |l| matches!(l, KeyLookup::Retired)),
+        "retired a week after the switch"
+    );
+}
+
 mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_rotate_by_the_injected_clock() {
+        let db = kwm_tests::TempSqlite::new();
+        super::keys_rotate_by_the_clock(super::Parts::new(db.url()).await).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_and_its_withdrawal_run_without_http() {
         let db = kwm_tests::TempSqlite::new();

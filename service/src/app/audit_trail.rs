@@ -29,10 +29,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::app::access::Caller;
-use crate::app::clock::Clock;
 use crate::app::error::ApiError;
 use crate::app::rounds::Actor;
 use crate::audit::{digest_of, AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -113,7 +113,7 @@ pub fn entry<T: Serialize>(
 ) -> NewAuditEntry {
     NewAuditEntry {
         // The chain records when things happened: the system clock, never a test's.
-        at: crate::app::clock::SystemClock.now(),
+        at: crate::clock::SystemClock.now(),
         actor_role: actor.role.clone(),
         actor_id: actor.id.clone(),
         action,

@@ -11,10 +11,10 @@ use ring::digest::{Context, SHA256};
 use uuid::Uuid;
 
 use crate::app::audit_trail::{append_required, batch_subject, entry, failed_action, Recorder};
-use crate::app::clock::SharedClock;
 use crate::app::error::ApiError;
 use crate::app::rounds::Actor;
 use crate::audit::AuditAction;
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, Withdrawn};
 

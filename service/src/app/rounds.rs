@@ -70,7 +70,7 @@ pub struct RoundDeps {
     /// One round computation at a time per instance (the ledger keeps instances consistent).
     pub lock: Arc<tokio::sync::Mutex<()>>,
     /// When a period is final and a calendar round due.
-    pub clock: crate::app::clock::SharedClock,
+    pub clock: crate::clock::SharedClock,
 }
 
 fn month_of(t: OffsetDateTime) -> Month {

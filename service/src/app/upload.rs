@@ -14,10 +14,10 @@ use serde_json::value::RawValue;
 use crate::app::audit_trail::{
     append_best_effort, append_required, batch_subject, entry, failed_action, Recorder,
 };
-use crate::app::clock::SharedClock;
 use crate::app::error::ApiError;
 use crate::app::rounds::Actor;
 use crate::audit::AuditAction;
+use crate::clock::SharedClock;
 use crate::keys::{KeyLookup, Keyring, PseudonymKey};
 use crate::metrics::Metrics;
 use crate::store::{NewBatch, PutBatch, RecordFn, Store, StoreError};

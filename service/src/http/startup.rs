@@ -44,7 +44,7 @@ pub struct AppState {
     /// Refused calls counted per token and window, so that they cannot flood the audit chain.
     pub refusals: Arc<crate::app::audit_trail::RefusalTally>,
     /// The use cases' one clock.
-    pub clock: crate::app::clock::SharedClock,
+    pub clock: crate::clock::SharedClock,
 }
 
 impl AppState {
@@ -183,6 +183,7 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 pub async fn open_state(
     config: &Config,
     mode: OpenMode,
+    clock: crate::clock::SharedClock,
 ) -> anyhow::Result<(AppState, StartupReport)> {
     let url = config.database_url();
     let shown = config.database_url_redacted();
@@ -218,6 +219,7 @@ pub async fn open_state(
         &shown,
         when_new,
         env_master,
+        clock.clone(),
     )
     .await
     .with_context(|| format!("opening the service keys of database {shown}"))?;
@@ -239,7 +241,7 @@ pub async fn open_state(
         refusals: Arc::new(crate::app::audit_trail::RefusalTally::new(
             Duration::from_secs(config.audit_refusal_window_secs),
         )),
-        clock: crate::app::clock::system(),
+        clock,
     };
     Ok((state, StartupReport { keys: keys.report }))
 }
@@ -248,13 +250,21 @@ pub async fn open_state(
 /// init` does (a database initialised before is only checked). A PostgreSQL database needs this once
 /// before `serve`.
 pub async fn initialise(config: &Config) -> anyhow::Result<KeysReport> {
-    let (_, report) = open_state(config, OpenMode::Init).await?;
+    let (_, report) = open_state(config, OpenMode::Init, crate::clock::system()).await?;
     Ok(report.keys)
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let (state, report) = open_state(&config, OpenMode::Serve).await?;
+        Self::build_with_clock(config, crate::clock::system()).await
+    }
+
+    /// [`Application::build`], on `clock` instead of the system's (tests set the time with it).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: crate::clock::SharedClock,
+    ) -> anyhow::Result<Self> {
+        let (state, report) = open_state(&config, OpenMode::Serve, clock).await?;
         let in_use = hold_data_dir(&config.data_dir)?;
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let listener = TcpListener::bind(config.listen)
@@ -295,12 +305,6 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
-    }
-
-    /// Runs the use cases on `clock` instead of the system's (tests set the time with it).
-    pub fn with_clock(mut self, clock: crate::app::clock::SharedClock) -> Self {
-        self.state.clock = clock;
-        self
     }
 
     pub fn config(&self) -> &Config {
