@@ -635,6 +635,7 @@ fn hpke_row(
 
 /// Opens the keys of an initialised database and checks them against its check values and against
 /// any key files at hand.
+#[allow(clippy::too_many_arguments)] // one caller, `open`, with what it found
 async fn load(
     store: Arc<dyn Store>,
     data_dir: &Path,

@@ -337,8 +337,6 @@ pub async fn list_rounds(
     Ok((summaries, planned))
 }
 
-/// The release of `scope` in the newest version of `period`'s round; `not-released` (saying when it
-
 /// Every published release `caller` may read, of `scope` or of all, newest round last.
 pub async fn releases_for(
     store: &dyn Store,
@@ -371,6 +369,7 @@ pub async fn releases_for(
     Ok(releases)
 }
 
+/// The release of `scope` in the newest version of `period`'s round; `not-released` (saying when it
 /// is planned, if it is) when the period has no round.
 pub async fn latest_release(
     store: &dyn Store,
