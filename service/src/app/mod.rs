@@ -8,5 +8,6 @@ pub mod access;
 pub mod audit_trail;
 pub mod custody;
 pub mod error;
+pub mod operator;
 pub mod rounds;
 pub mod upload;
