@@ -23,6 +23,25 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `admin provider add` of provider 12345678 "Voorbeeld" with `signing.pub` of the data dir.
+fn add_voorbeeld(data: &Path) {
+    let out = kwm_service(
+        data,
+        &[
+            "admin",
+            "provider",
+            "add",
+            "--agb",
+            "12345678",
+            "--name",
+            "Voorbeeld",
+            "--signing-key",
+            "signing.pub",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[test]
 fn verify_passes_an_untouched_chain_and_names_a_changed_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -87,21 +106,7 @@ fn registration_and_key_rotation_are_recorded() {
     // Any 32 bytes stand in for the provider's Ed25519 public key here.
     let public = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     std::fs::write(data.join("signing.pub"), public).expect("written");
-    let out = kwm_service(
-        data,
-        &[
-            "admin",
-            "provider",
-            "add",
-            "--agb",
-            "12345678",
-            "--name",
-            "Voorbeeld",
-            "--signing-key",
-            "signing.pub",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    add_voorbeeld(data);
     let out = kwm_service(data, &["admin", "keys", "rotate"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = kwm_service(data, &["admin", "audit", "list"]);
@@ -163,21 +168,7 @@ fn operator_commands_change_nothing_without_their_audit_entry() {
         let public = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
         std::fs::write(data.join(file), public).expect("written");
     }
-    let added = kwm_service(
-        data,
-        &[
-            "admin",
-            "provider",
-            "add",
-            "--agb",
-            "12345678",
-            "--name",
-            "Voorbeeld",
-            "--signing-key",
-            "signing.pub",
-        ],
-    );
-    assert!(added.status.success(), "{}", text(&added.stderr));
+    add_voorbeeld(data);
     let check = "ab".repeat(32);
     let set = kwm_service(data, &["admin", "region", "key-check", "set", &check]);
     assert!(set.status.success(), "{}", text(&set.stderr));

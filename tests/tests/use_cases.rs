@@ -172,6 +172,17 @@ fn provider_actor() -> Actor {
     }
 }
 
+/// The problem of an upload refused and recorded in the audit chain.
+fn refused(outcome: Result<Uploaded, UploadRefused>) -> ProblemType {
+    match outcome {
+        Err(UploadRefused {
+            error,
+            audited: true,
+        }) => error.kind(),
+        other => panic!("a refusal on the audit chain expected: {other:?}"),
+    }
+}
+
 async fn upload_and_withdraw(parts: Parts) {
     let deps = parts.upload_deps();
     let sealed = parts.sealed();
@@ -212,13 +223,10 @@ async fn upload_and_withdraw(parts: Parts) {
 
     // Another provider's batch: refused and on the chain (so the middleware leaves it).
     let other: AgbCode = "87654321".parse().expect("an AGB code");
-    match upload(&deps, &provider_actor(), other, sealed.clone()).await {
-        Err(UploadRefused {
-            error,
-            audited: true,
-        }) => assert_eq!(error.kind(), ProblemType::Forbidden),
-        other => panic!("refused expected: {other:?}"),
-    }
+    assert_eq!(
+        refused(upload(&deps, &provider_actor(), other, sealed.clone()).await),
+        ProblemType::Forbidden
+    );
 
     // Withdrawn: every row goes, at the clock's time; the batch id stays refused.
     let w = custody::withdraw_batch(
@@ -240,13 +248,10 @@ async fn upload_and_withdraw(parts: Parts) {
             .expect("count"),
         0
     );
-    match upload(&deps, &provider_actor(), parts.agb, sealed).await {
-        Err(UploadRefused {
-            error,
-            audited: true,
-        }) => assert_eq!(error.kind(), ProblemType::BatchWithdrawn),
-        other => panic!("a withdrawn batch is refused: {other:?}"),
-    }
+    assert_eq!(
+        refused(upload(&deps, &provider_actor(), parts.agb, sealed).await),
+        ProblemType::BatchWithdrawn
+    );
     assert_eq!(
         parts.actions().await,
         [
