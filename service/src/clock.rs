@@ -1,5 +1,6 @@
 //! The one clock of the use cases, injected: the service runs on [`SystemClock`]; a test sets the time
-//! with [`FixedClock`] (round calendars, data deadlines, key rotation).
+//! with [`FixedClock`] (round calendars, data deadlines, key rotation). A part: the pure core takes
+//! its times as arguments and never reads a clock.
 
 use std::sync::{Arc, Mutex};
 

@@ -6,6 +6,7 @@
 //! key or pseudonymisation key is not the database's refuses to start instead of splitting every
 //! client into two pseudonyms. Key files of earlier versions (`<data dir>/keys/`) are imported on
 //! first start, so existing deployments keep their pseudonyms.
+//! A part of the service: it knows the store and the clock, no use case and no HTTP.
 
 use std::fs;
 use std::io::Write;

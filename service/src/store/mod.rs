@@ -1,5 +1,6 @@
 //! The store: every SQL statement of the service lives behind the [`Store`] trait, with one module per
 //! backend (`sqlite`, `postgres`), chosen once from the database URL. Migrations are embedded per backend.
+//! A part of the service: it knows no use case and no HTTP; it decides nothing a use case decides.
 
 use std::sync::Arc;
 
