@@ -30,6 +30,9 @@ pub enum AuditAction {
     PolicyChanged,
     RegionalKeyCheckSet,
     Forbidden,
+    ProjectRegistered,
+    ProjectClosed,
+    ResearchAnswer,
 }
 
 impl AuditAction {
@@ -50,6 +53,9 @@ impl AuditAction {
             Self::PolicyChanged => "policy-changed",
             Self::RegionalKeyCheckSet => "regional-key-check-set",
             Self::Forbidden => "forbidden",
+            Self::ProjectRegistered => "project-registered",
+            Self::ProjectClosed => "project-closed",
+            Self::ResearchAnswer => "research-answer",
         }
     }
 
@@ -71,6 +77,9 @@ impl AuditAction {
             PolicyChanged,
             RegionalKeyCheckSet,
             Forbidden,
+            ProjectRegistered,
+            ProjectClosed,
+            ResearchAnswer,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)

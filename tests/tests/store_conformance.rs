@@ -22,6 +22,7 @@ use kwm_service::store::{
     Provider, PutBatch, PutRelease, PutRound, RegionalKeyCheck, RoundRecord, ServiceKeyKind, Store,
     StoreError, StoredRelease, StoredRoundRelease, StoredServiceKey, Withdrawn,
 };
+use kwm_service::store::{NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -132,7 +133,9 @@ conformance_tests!(
     a_round_or_release_id_taken_is_a_conflict_and_writes_nothing,
     a_key_set_is_stored_once_with_its_keys,
     a_rotation_retires_the_unretired_keys_and_adds_one,
-    only_long_retired_hpke_keys_are_deleted;
+    only_long_retired_hpke_keys_are_deleted,
+    research_projects_are_numbered_listed_and_closed_once,
+    research_answers_are_charged_up_to_the_project_and_the_years_reserve;
     pairs:
     concurrent_releases_on_two_instances_never_pass_the_cap,
     concurrent_releases_of_one_data_version_store_once,
@@ -143,6 +146,7 @@ conformance_tests!(
     two_instances_publishing_one_data_version_store_one_round,
     two_instances_initialising_at_once_store_one_key_set,
     a_withdrawal_racing_a_later_export_on_two_instances_keeps_its_rows,
+    concurrent_research_answers_on_two_instances_never_pass_a_cap,
 );
 
 // ---------------------------------------------------------------------------------------------------
@@ -3846,5 +3850,246 @@ async fn a_withdrawal_racing_a_later_export_on_two_instances_keeps_its_rows(
         }
         refused_as_withdrawn(b.put_batch(&old).await?)?;
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Research projects and their budgets
+
+fn new_project(name: &str, rho_nanos: i64) -> NewProject {
+    NewProject {
+        name: name.into(),
+        purpose: "which care works for whom".into(),
+        rho_nanos,
+        expires_on: time::macros::date!(2027 - 12 - 31),
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+fn project_entry(p: &Project) -> NewAuditEntry {
+    NewAuditEntry {
+        at: OffsetDateTime::now_utc(),
+        actor_role: "admin".into(),
+        actor_id: "cli test".into(),
+        action: AuditAction::ProjectRegistered,
+        subject: format!("project {}", p.id),
+        provider: None,
+        details_digest: [1; 32],
+    }
+}
+
+fn research_answer(
+    project: &str,
+    rho_nanos: i64,
+    years: &[u16],
+    reserve: i64,
+) -> NewResearchAnswer {
+    NewResearchAnswer {
+        id: Uuid::new_v4(),
+        project: project.into(),
+        kind: ResearchKind::Query,
+        statement: "SELECT target_group, COUNT(*) FROM trajectories GROUP BY target_group".into(),
+        actor: "researcher token 3".into(),
+        rho_nanos,
+        years: years.to_vec(),
+        reserve_nanos: reserve,
+        at: time::macros::datetime!(2026-06-01 10:00 UTC),
+        answer: serde_json::json!({ "rows": [] }),
+        audit: NewAuditEntry {
+            at: OffsetDateTime::now_utc(),
+            actor_role: "researcher".into(),
+            actor_id: "token 3".into(),
+            action: AuditAction::ResearchAnswer,
+            subject: format!("project {project}"),
+            provider: None,
+            details_digest: [2; 32],
+        },
+    }
+}
+
+async fn research_projects_are_numbered_listed_and_closed_once(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let a = store
+        .put_project_recorded(&new_project("Wat werkt", RHO / 5), &project_entry)
+        .await?;
+    let b = store
+        .put_project_recorded(&new_project("Voor wie", RHO / 10), &project_entry)
+        .await?;
+    ensure!(a.id == "p1" && b.id == "p2", "{} {}", a.id, b.id);
+    ensure!(store.list_projects().await? == vec![a.clone(), b.clone()]);
+    ensure!(store.get_project("p2").await? == Some(b.clone()));
+    let close = project_entry(&a);
+    store
+        .close_project_recorded("p1", OffsetDateTime::now_utc(), &close)
+        .await?;
+    let closed = store.get_project("p1").await?.context("p1")?;
+    ensure!(closed.closed_at.is_some());
+    // Closing again keeps the first time and appends nothing.
+    let chain = store.list_audit(0, 100, None).await?.len();
+    store
+        .close_project_recorded("p1", OffsetDateTime::now_utc(), &close)
+        .await?;
+    ensure!(store.get_project("p1").await?.context("p1")?.closed_at == closed.closed_at);
+    ensure!(store.list_audit(0, 100, None).await?.len() == chain);
+    ensure!(matches!(
+        store
+            .close_project_recorded("p9", OffsetDateTime::now_utc(), &close)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    ensure!(
+        chain == 3,
+        "two registrations and one closing on the chain: {chain}"
+    );
+    Ok(())
+}
+
+async fn research_answers_are_charged_up_to_the_project_and_the_years_reserve(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let reserve = RHO / 8;
+    let p = store
+        .put_project_recorded(&new_project("Wat werkt", RHO / 10), &project_entry)
+        .await?;
+    let q = store
+        .put_project_recorded(&new_project("Voor wie", RHO / 10), &project_entry)
+        .await?;
+    // 0.04 twice fits the project's 0.1; a third does not, and charges nothing.
+    for left in [RHO / 100 * 6, RHO / 100 * 2] {
+        match store
+            .put_research_answer(&research_answer(
+                &p.id,
+                RHO / 100 * 4,
+                &[2024, 2025],
+                reserve,
+            ))
+            .await?
+        {
+            PutResearch::Charged { left_nanos, .. } => ensure!(left_nanos == left, "{left_nanos}"),
+            other => anyhow::bail!("charged expected: {other:?}"),
+        }
+    }
+    ensure!(matches!(
+        store
+            .put_research_answer(&research_answer(&p.id, RHO / 100 * 4, &[2024], reserve))
+            .await?,
+        PutResearch::ProjectExhausted { spent_nanos, rho_nanos }
+            if spent_nanos == RHO / 100 * 8 && rho_nanos == RHO / 10
+    ));
+    // The years' reserve (0.125) holds across projects: 2025 has 0.08 spent, 0.05 more would pass it.
+    match store
+        .put_research_answer(&research_answer(
+            &q.id,
+            RHO / 100 * 5,
+            &[2025, 2026],
+            reserve,
+        ))
+        .await?
+    {
+        PutResearch::YearExhausted {
+            year: 2025,
+            spent_nanos,
+            reserve_nanos,
+        } => {
+            ensure!(spent_nanos == RHO / 100 * 8 && reserve_nanos == reserve)
+        }
+        other => anyhow::bail!("the 2025 reserve: {other:?}"),
+    }
+    ensure!(
+        store.get_project(&q.id).await?.context("q")?.spent_nanos == 0,
+        "nothing charged"
+    );
+    ensure!(
+        store.list_research_spend().await? == vec![(2024, RHO / 100 * 8), (2025, RHO / 100 * 8)],
+        "2026 was not charged: {:?}",
+        store.list_research_spend().await?
+    );
+    // Research never counts against the rounds' share.
+    ensure!(store.privacy_spent(&[2024, 2025]).await? == vec![0, 0]);
+    // The accountant's ledger names every research charge, per year.
+    let charges = store.list_privacy_charges().await?;
+    ensure!(
+        charges.iter().filter(|c| c.subject_kind == "query").count() == 4,
+        "{charges:?}"
+    );
+    // Closed and expired projects are answered nothing.
+    let entry = project_entry(&q);
+    store
+        .close_project_recorded(&q.id, OffsetDateTime::now_utc(), &entry)
+        .await?;
+    ensure!(
+        store
+            .put_research_answer(&research_answer(&q.id, 1, &[2024], reserve))
+            .await?
+            == PutResearch::Closed
+    );
+    let mut late = research_answer(&p.id, 1, &[2024], reserve);
+    late.at = time::macros::datetime!(2028-01-01 00:00 UTC);
+    ensure!(matches!(
+        store.put_research_answer(&late).await?,
+        PutResearch::Expired { .. }
+    ));
+    ensure!(
+        store
+            .put_research_answer(&research_answer("p9", 1, &[2024], reserve))
+            .await?
+            == PutResearch::NoProject
+    );
+    let log = store.list_research_log(&p.id).await?;
+    ensure!(
+        log.len() == 2 && log.iter().all(|e| e.rho_nanos == RHO / 100 * 4),
+        "{log:?}"
+    );
+    ensure!(log[0].audit_seq < log[1].audit_seq);
+    let chain = store.list_audit(0, 100, None).await?;
+    ensure!(
+        chain
+            .iter()
+            .filter(|e| e.entry.action == AuditAction::ResearchAnswer)
+            .count()
+            == 2,
+        "one entry per answer given"
+    );
+    Ok(())
+}
+
+/// Two instances answer two projects at once, many times: no project passes its rho and no year
+/// its research reserve, and what was charged is exactly what the answers given say.
+async fn concurrent_research_answers_on_two_instances_never_pass_a_cap(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    let reserve = RHO / 8;
+    let p = a
+        .put_project_recorded(&new_project("Wat werkt", RHO / 10), &project_entry)
+        .await?;
+    let q = b
+        .put_project_recorded(&new_project("Voor wie", RHO / 10), &project_entry)
+        .await?;
+    ensure!(p.id != q.id);
+    let mut tasks = Vec::new();
+    for i in 0..24u32 {
+        let store = [a.clone(), b.clone()][(i % 2) as usize].clone();
+        let project = [p.id.clone(), q.id.clone()][((i / 2) % 2) as usize].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .put_research_answer(&research_answer(&project, RHO / 100, &[2025], reserve))
+                .await
+        }));
+    }
+    let mut charged = 0;
+    for t in tasks {
+        if let PutResearch::Charged { .. } = t.await?? {
+            charged += 1;
+        }
+    }
+    // 12.5 hundredths of reserve for 2025: 12 answers of 0.01 fit, across both projects.
+    ensure!(charged == 12, "{charged} answers charged");
+    let spend = a.list_research_spend().await?;
+    ensure!(spend == vec![(2025, RHO / 100 * 12)], "{spend:?}");
+    let projects = a.list_projects().await?;
+    ensure!(projects.iter().all(|p| p.spent_nanos <= p.rho_nanos));
+    ensure!(projects.iter().map(|p| p.spent_nanos).sum::<i64>() == RHO / 100 * 12);
     Ok(())
 }

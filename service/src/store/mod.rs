@@ -15,8 +15,13 @@ use uuid::Uuid;
 use crate::audit::{AuditEntry, NewAuditEntry};
 
 pub mod postgres;
+mod research;
 pub mod sqlite;
 mod tether;
+
+pub use research::{
+    NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind, ResearchLogEntry,
+};
 
 /// The store's error stays small: the domain decides what a conflict or a missing row means.
 #[derive(Debug, thiserror::Error)]
@@ -785,6 +790,40 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes the HPKE keys retired before `before` (a batch sealed to one is refused anyway);
     /// returns how many. Never the pseudonymisation key, never a key that is not retired.
     async fn delete_retired_keys(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Registers a research project under the next free id (`p1`, `p2`, ...), with its entry, which
+    /// `record` makes from the project as stored.
+    async fn put_project_recorded(
+        &self,
+        project: &NewProject,
+        record: &RecordFn<Project>,
+    ) -> Result<Project, StoreError>;
+    /// Every research project, oldest first.
+    async fn list_projects(&self) -> Result<Vec<Project>, StoreError>;
+    async fn get_project(&self, id: &str) -> Result<Option<Project>, StoreError> {
+        Ok(self.list_projects().await?.into_iter().find(|p| p.id == id))
+    }
+    /// Closes a project at `at`, with its entry: no answer is given it from then on. `NotFound` if
+    /// there is no such project; closing twice keeps the first time (and appends nothing).
+    async fn close_project_recorded(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError>;
+    /// Charges an answer to its project and to each data year it reads, and stores it with its audit
+    /// entry, all in one transaction, or nothing: the project must be open and not past its last day
+    /// (by `answer.at`), its spend plus `rho_nanos` at most its rho, and each year's research spend
+    /// plus `rho_nanos` at most `reserve_nanos`. However many answers race on however many
+    /// instances, no project and no year passes its cap.
+    async fn put_research_answer(
+        &self,
+        answer: &NewResearchAnswer,
+    ) -> Result<PutResearch, StoreError>;
+    /// A project's log, oldest first (without the answers).
+    async fn list_research_log(&self, project: &str) -> Result<Vec<ResearchLogEntry>, StoreError>;
+    /// Research spend per data year, ascending.
+    async fn list_research_spend(&self) -> Result<Vec<(u16, i64)>, StoreError>;
 
     /// Marks a token revoked at `at`. `NotFound` if no such token; revoking twice keeps the first time.
     async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {

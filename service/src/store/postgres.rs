@@ -12,7 +12,9 @@
 //! order. An advisory lock orders them: every writer of `trajectories` holds it shared until commit,
 //! and the reader takes it exclusively for the moment it fixes its snapshot (see [`CHANGE_FEED_LOCK`]).
 
+use super::research::{format_date, parse_date};
 use super::tether::{Tether, SELECT_IDENTITY};
+use super::{NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind, ResearchLogEntry};
 use crate::store::RecordFn;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -1660,6 +1662,288 @@ impl Store for PgStore {
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+
+    async fn put_project_recorded(
+        &self,
+        project: &NewProject,
+        record: &RecordFn<Project>,
+    ) -> Result<Project, StoreError> {
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
+        // Registrations take turns (readers are not blocked); projects are never deleted, so the
+        // next number is free.
+        sqlx::query("LOCK TABLE research_projects IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM research_projects")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let stored = Project {
+            id: format!("p{}", n + 1),
+            name: project.name.clone(),
+            purpose: project.purpose.clone(),
+            rho_nanos: project.rho_nanos,
+            spent_nanos: 0,
+            expires_on: project.expires_on,
+            created_at: truncate_to_micros(project.created_at),
+            closed_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO research_projects (id, name, purpose, rho_nanos, expires_on, created_at) \
+             VALUES ($1, $2, $3, $4, $5::date, $6::timestamptz)",
+        )
+        .bind(&stored.id)
+        .bind(&stored.name)
+        .bind(&stored.purpose)
+        .bind(stored.rho_nanos)
+        .bind(format_date(stored.expires_on))
+        .bind(format_ts(stored.created_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        append_recorded(&mut tx, Some(record), &stored).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(stored)
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT id, name, purpose, rho_nanos, spent_nanos, \
+             to_char(expires_on, 'YYYY-MM-DD') AS expires_on, {}, {} \
+             FROM research_projects ORDER BY created_at, id",
+            ts_column("created_at"),
+            ts_column("closed_at")
+        ))
+        .fetch_all(self.pool()?)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            Ok(Project {
+                id: r.try_get("id").map_err(db_err)?,
+                name: r.try_get("name").map_err(db_err)?,
+                purpose: r.try_get("purpose").map_err(db_err)?,
+                rho_nanos: r.try_get("rho_nanos").map_err(db_err)?,
+                spent_nanos: r.try_get("spent_nanos").map_err(db_err)?,
+                expires_on: parse_date(&r.try_get::<String, _>("expires_on").map_err(db_err)?)?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at").map_err(db_err)?)?,
+                closed_at: r
+                    .try_get::<Option<String>, _>("closed_at")
+                    .map_err(db_err)?
+                    .as_deref()
+                    .map(parse_ts)
+                    .transpose()?,
+            })
+        })
+        .collect()
+    }
+
+    async fn close_project_recorded(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
+        let closed: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT closed_at::text FROM research_projects WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        match closed {
+            None => return Err(StoreError::NotFound),
+            Some(Some(_)) => return Ok(()),
+            Some(None) => {}
+        }
+        sqlx::query("UPDATE research_projects SET closed_at = $2::timestamptz WHERE id = $1")
+            .bind(id)
+            .bind(format_ts(at)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        append_entry(&mut tx, Some(audit)).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn put_research_answer(&self, a: &NewResearchAnswer) -> Result<PutResearch, StoreError> {
+        super::research::check_new_answer(a)?;
+        let answer = serde_json::to_string(&a.answer)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("serialising an answer: {e}")))?;
+        let at = format_ts(a.at)?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
+        // The project's row first: answers to one project take turns on every replica, each
+        // reading the committed spend; then the years in ascending order (as rounds do).
+        let Some(row) = sqlx::query(
+            "SELECT rho_nanos, spent_nanos, to_char(expires_on, 'YYYY-MM-DD') AS expires_on, \
+             closed_at::text AS closed_at FROM research_projects WHERE id = $1 FOR UPDATE",
+        )
+        .bind(&a.project)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        else {
+            return Ok(PutResearch::NoProject);
+        };
+        let rho: i64 = row.try_get("rho_nanos").map_err(db_err)?;
+        let spent: i64 = row.try_get("spent_nanos").map_err(db_err)?;
+        let expires = parse_date(&row.try_get::<String, _>("expires_on").map_err(db_err)?)?;
+        if row
+            .try_get::<Option<String>, _>("closed_at")
+            .map_err(db_err)?
+            .is_some()
+        {
+            return Ok(PutResearch::Closed);
+        }
+        if a.at.date() > expires {
+            return Ok(PutResearch::Expired { on: expires });
+        }
+        if spent > rho - a.rho_nanos {
+            return Ok(PutResearch::ProjectExhausted {
+                spent_nanos: spent,
+                rho_nanos: rho,
+            });
+        }
+        let id = a.id.hyphenated().to_string();
+        if a.rho_nanos > 0 {
+            for &year in &a.years {
+                sqlx::query(
+                    "INSERT INTO research_budget (data_year, spent_nanos) VALUES ($1, 0) \
+                     ON CONFLICT (data_year) DO NOTHING",
+                )
+                .bind(i32::from(year))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let charged: Option<i64> = sqlx::query_scalar(
+                    "UPDATE research_budget SET spent_nanos = spent_nanos + $2 \
+                     WHERE data_year = $1 AND spent_nanos <= $3 RETURNING spent_nanos",
+                )
+                .bind(i32::from(year))
+                .bind(a.rho_nanos)
+                .bind(a.reserve_nanos - a.rho_nanos)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if charged.is_none() {
+                    let spent: i64 = sqlx::query_scalar(
+                        "SELECT spent_nanos FROM research_budget WHERE data_year = $1",
+                    )
+                    .bind(i32::from(year))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    tx.rollback().await.map_err(db_err)?;
+                    return Ok(PutResearch::YearExhausted {
+                        year,
+                        spent_nanos: spent,
+                        reserve_nanos: a.reserve_nanos,
+                    });
+                }
+                // The charge in the accountant's ledger (its year needs a row of its own there).
+                sqlx::query(
+                    "INSERT INTO privacy_budget (data_year, spent_nanos) VALUES ($1, 0) \
+                     ON CONFLICT (data_year) DO NOTHING",
+                )
+                .bind(i32::from(year))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                sqlx::query(
+                    "INSERT INTO privacy_charges (data_year, rho_nanos, subject_kind, subject_id, at) \
+                     VALUES ($1, $2, 'query', $3, $4::timestamptz)",
+                )
+                .bind(i32::from(year))
+                .bind(a.rho_nanos)
+                .bind(&id)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            sqlx::query(
+                "UPDATE research_projects SET spent_nanos = spent_nanos + $2 WHERE id = $1",
+            )
+            .bind(&a.project)
+            .bind(a.rho_nanos)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        let entry = append_audit_in(&mut tx, &a.audit)
+            .await
+            .map_err(|e| StoreError::AuditUnwritten(Box::new(e.into())))?;
+        sqlx::query(
+            "INSERT INTO research_log (id, project_id, kind, statement, actor, rho_nanos, at, \
+             audit_seq, answer) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::timestamptz, $8, $9::json)",
+        )
+        .bind(&id)
+        .bind(&a.project)
+        .bind(a.kind.as_str())
+        .bind(&a.statement)
+        .bind(&a.actor)
+        .bind(a.rho_nanos)
+        .bind(&at)
+        .bind(entry.seq)
+        .bind(&answer)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(PutResearch::Charged {
+            audit_seq: entry.seq,
+            left_nanos: rho - spent - a.rho_nanos,
+        })
+    }
+
+    async fn list_research_log(&self, project: &str) -> Result<Vec<ResearchLogEntry>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT id::text AS id, kind, statement, actor, rho_nanos, {}, audit_seq \
+             FROM research_log WHERE project_id = $1 ORDER BY audit_seq",
+            ts_column("at")
+        ))
+        .bind(project)
+        .fetch_all(self.pool()?)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            Ok(ResearchLogEntry {
+                id: r
+                    .try_get::<String, _>("id")
+                    .map_err(db_err)?
+                    .parse()
+                    .map_err(|_| corrupt("research_log.id"))?,
+                kind: ResearchKind::parse(&r.try_get::<String, _>("kind").map_err(db_err)?)
+                    .ok_or_else(|| corrupt("research_log.kind"))?,
+                statement: r.try_get("statement").map_err(db_err)?,
+                actor: r.try_get("actor").map_err(db_err)?,
+                rho_nanos: r.try_get("rho_nanos").map_err(db_err)?,
+                at: parse_ts(&r.try_get::<String, _>("at").map_err(db_err)?)?,
+                audit_seq: r.try_get("audit_seq").map_err(db_err)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn list_research_spend(&self) -> Result<Vec<(u16, i64)>, StoreError> {
+        sqlx::query("SELECT data_year, spent_nanos FROM research_budget ORDER BY data_year")
+            .fetch_all(self.pool()?)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| {
+                let year: i32 = r.try_get("data_year").map_err(db_err)?;
+                Ok((
+                    u16::try_from(year).map_err(|_| corrupt("research_budget.data_year"))?,
+                    r.try_get("spent_nanos").map_err(db_err)?,
+                ))
+            })
+            .collect()
     }
 
     async fn revoke_token_recorded(
