@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use kwm_schemas::{AgbCode, Role};
 use time::OffsetDateTime;
 
-use crate::app::{audit_trail, operator};
+use crate::app::{audit_trail, operator, research};
 use crate::audit::AuditEntry;
 use crate::config::Config;
 use crate::http::startup::{open_state, Application, OpenMode};
@@ -116,6 +116,36 @@ pub enum AdminCommand {
     /// The region: the check value of its pseudonymisation key.
     #[command(subcommand)]
     Region(RegionCommand),
+    /// Research projects, each with its own privacy budget.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Register a research project with its own budget, carved from what research may spend of each
+    /// data year (privacy.research_reserve of the region file). Prints its id: its researchers'
+    /// tokens have the scope project:<id>. Audited.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// What the project studies, in a sentence
+        #[arg(long)]
+        purpose: String,
+        /// The project's rho: what its answers may spend of any one data year, e.g. 0.05
+        #[arg(long)]
+        rho: String,
+        /// The last day it is answered, YYYY-MM-DD
+        #[arg(long)]
+        expires: String,
+    },
+    /// List the projects with their budget, what they spent and their last day.
+    List,
+    /// Close a project: it is answered nothing from now on. Audited.
+    Close {
+        /// The project's id, as `admin project list` shows it
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,7 +257,7 @@ pub enum TokenCommand {
         #[arg(long)]
         role: String,
         /// AGB code of a registered provider (provider), CBS code of a municipality of the region
-        /// such as GM0748 (municipality), project (researcher)
+        /// such as GM0748 (municipality), project:<id> of an open project (researcher)
         #[arg(long)]
         scope: Option<String>,
         /// A note for the operator, e.g. who holds the token
@@ -693,6 +723,44 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                  another regional key are refused from now on."
             ),
         },
+        AdminCommand::Project(ProjectCommand::Add {
+            name,
+            purpose,
+            rho,
+            expires,
+        }) => {
+            let rho: kwm_schemas::region::Rho = rho
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--rho {rho:?}: {e}"))?;
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            let expires = time::Date::parse(&expires, format)
+                .with_context(|| format!("--expires {expires:?}: a day as YYYY-MM-DD"))?;
+            let p = research::add_project(desk, &name, &purpose, rho, expires).await?;
+            println!(
+                "Registered project {} ({}) with rho {} until {}.",
+                p.id,
+                p.name,
+                research::rho_text(p.rho_nanos),
+                p.expires_on
+            );
+            println!(
+                "Issue its researchers' tokens with `admin token issue --role researcher --scope {}`.",
+                research::project_scope(&p.id)
+            );
+        }
+        AdminCommand::Project(ProjectCommand::List) => {
+            print!("{}", project_table(&state.store.list_projects().await?));
+        }
+        AdminCommand::Project(ProjectCommand::Close { id }) => {
+            let p = research::close_project(desk, &id).await?;
+            println!(
+                "Closed project {} ({}); it spent rho {} of {}.",
+                p.id,
+                p.name,
+                research::rho_text(p.spent_nanos),
+                research::rho_text(p.rho_nanos)
+            );
+        }
         AdminCommand::Region(RegionCommand::KeyCheck(KeyCheckCommand::Show)) => {
             match state.store.get_regional_key_check().await? {
                 Some(c) => println!(
@@ -877,6 +945,33 @@ pub fn token_table(tokens: &[TokenRecord]) -> String {
             timestamp(t.created_at),
             t.revoked_at.map_or_else(|| "-".to_string(), timestamp),
             t.label
+        ));
+    }
+    s
+}
+
+/// Research projects, one per line.
+pub fn project_table(projects: &[crate::store::Project]) -> String {
+    if projects.is_empty() {
+        return "no projects\n".into();
+    }
+    let mut s = format!(
+        "{:<5}  {:<10}  {:<10}  {:<10}  {:<7}  {}\n",
+        "ID", "RHO", "SPENT", "UNTIL", "STATE", "NAME"
+    );
+    for p in projects {
+        s.push_str(&format!(
+            "{:<5}  {:<10}  {:<10}  {:<10}  {:<7}  {}\n",
+            p.id,
+            research::rho_text(p.rho_nanos),
+            research::rho_text(p.spent_nanos),
+            p.expires_on,
+            if p.closed_at.is_some() {
+                "closed"
+            } else {
+                "open"
+            },
+            p.name
         ));
     }
     s

@@ -578,3 +578,93 @@ fn region_key_check_set_and_show() {
         "{audit}"
     );
 }
+
+/// The operator sets up a research project and its researcher's token; a closed project gets none.
+#[test]
+fn a_research_project_is_registered_with_its_budget_and_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path();
+    init(data);
+    let add = |rho: &str, expires: &str| {
+        kwm_service(
+            data,
+            &[
+                "admin",
+                "project",
+                "add",
+                "--name",
+                "Wat werkt voor wie",
+                "--purpose",
+                "welke zorg werkt voor welke doelgroep",
+                "--rho",
+                rho,
+                "--expires",
+                expires,
+            ],
+        )
+    };
+    // More than the region keeps for research (0.125 of each data year) is refused.
+    let too_much = add("0.5", "2099-12-31");
+    assert!(!too_much.status.success());
+    assert!(
+        text(&too_much.stderr).contains("research_reserve"),
+        "{}",
+        text(&too_much.stderr)
+    );
+    let past = add("0.05", "2001-01-01");
+    assert!(!past.status.success());
+    assert!(
+        text(&past.stderr).contains("has passed"),
+        "{}",
+        text(&past.stderr)
+    );
+    let said = ok(add("0.05", "2099-12-31"));
+    assert!(
+        said.contains("Registered project p1") && said.contains("--scope project:p1"),
+        "{said}"
+    );
+
+    let issue = |scope: &str| {
+        kwm_service(
+            data,
+            &[
+                "admin",
+                "token",
+                "issue",
+                "--role",
+                "researcher",
+                "--scope",
+                scope,
+            ],
+        )
+    };
+    let issued = ok(issue("project:p1"));
+    assert!(printed_token(&issued).starts_with("kwm_"));
+    let unknown = issue("project:p7");
+    assert!(
+        text(&unknown.stderr).contains("there is no project p7"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let bare = issue("p1");
+    assert!(
+        text(&bare.stderr).contains("project:<id>"),
+        "{}",
+        text(&bare.stderr)
+    );
+
+    let list = ok(kwm_service(data, &["admin", "project", "list"]));
+    assert!(
+        list.contains("p1") && list.contains("0.05") && list.contains("open"),
+        "{list}"
+    );
+    let closed = ok(kwm_service(data, &["admin", "project", "close", "p1"]));
+    assert!(closed.contains("Closed project p1"), "{closed}");
+    let list = ok(kwm_service(data, &["admin", "project", "list"]));
+    assert!(list.contains("closed"), "{list}");
+    assert!(text(&issue("project:p1").stderr).contains("closed"));
+    let audit = ok(kwm_service(data, &["admin", "audit", "list"]));
+    for action in ["project-registered", "token-issued", "project-closed"] {
+        assert!(audit.contains(action), "{action}: {audit}");
+    }
+}

@@ -40,12 +40,13 @@ pub fn normalise_scope(role: Role, scope: Option<&str>) -> anyhow::Result<Option
         (Role::Provider, Some(s)) => Ok(Some(s.parse::<AgbCode>()?.to_string())),
         (Role::Municipality, Some(s)) => Ok(Some(s.parse::<MunicipalityCode>()?.to_string())),
         (Role::Researcher, Some(s)) => {
-            let ok = !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            anyhow::ensure!(ok, "a project is 1..64 letters, digits, - or _");
-            Ok(Some(s.to_string()))
+            let id = crate::app::research::project_of_scope(s).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a researcher's scope is project:<id>, such as project:p1 (`admin project list` \
+                     shows the ids)"
+                )
+            })?;
+            Ok(Some(crate::app::research::project_scope(id)))
         }
         (Role::Region | Role::Admin, None) => Ok(None),
         (Role::Region | Role::Admin, Some(_)) => {
@@ -201,5 +202,10 @@ mod tests {
         assert!(normalise_scope(Role::Admin, Some("x")).is_err());
         assert_eq!(normalise_scope(Role::Region, None).expect("ok"), None);
         assert!(normalise_scope(Role::Researcher, Some("bad project!")).is_err());
+        assert!(normalise_scope(Role::Researcher, Some("p1")).is_err());
+        assert_eq!(
+            normalise_scope(Role::Researcher, Some("project:p1")).expect("ok"),
+            Some("project:p1".into())
+        );
     }
 }

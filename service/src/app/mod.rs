@@ -9,5 +9,6 @@ pub mod audit_trail;
 pub mod custody;
 pub mod error;
 pub mod operator;
+pub mod research;
 pub mod rounds;
 pub mod upload;

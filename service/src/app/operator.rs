@@ -153,6 +153,20 @@ pub async fn issue_scoped_token(
                     );
                 }
             }
+            // A scope that is not `project:<id>` is refused by the token's own check below.
+            Role::Researcher => {
+                let Some(id) = crate::app::research::project_of_scope(raw) else {
+                    return issue_token(desk.store, desk.actor, role, scope, label).await;
+                };
+                match desk.store.get_project(id).await? {
+                    Some(p) if p.closed_at.is_none() => {}
+                    Some(_) => anyhow::bail!("--scope {raw}: project {id} is closed"),
+                    None => anyhow::bail!(
+                        "--scope {raw}: there is no project {id}; register it with `admin project \
+                         add`, or see `admin project list`"
+                    ),
+                }
+            }
             _ => {}
         }
     }

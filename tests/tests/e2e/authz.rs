@@ -395,7 +395,7 @@ async fn world(app: &TestApp) -> World {
     tokens.insert(Role::Region, app.issue_token(Role::Region, None).await);
     tokens.insert(
         Role::Researcher,
-        app.issue_token(Role::Researcher, Some("project-x")).await,
+        app.issue_token(Role::Researcher, Some("project:p1")).await,
     );
     tokens.insert(Role::Admin, app.issue_token(Role::Admin, None).await);
     assert_eq!(tokens.len(), Role::ALL.len(), "a token for every role");

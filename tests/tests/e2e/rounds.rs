@@ -394,7 +394,7 @@ async fn reads_never_charge(backend: Backend) {
     tokens.push((Role::Region, app.issue_token(Role::Region, None).await));
     tokens.push((
         Role::Researcher,
-        app.issue_token(Role::Researcher, Some("project-x")).await,
+        app.issue_token(Role::Researcher, Some("project:p1")).await,
     ));
     tokens.push((Role::Admin, app.issue_token(Role::Admin, None).await));
     let region = tokens[2].1.clone();
@@ -765,7 +765,7 @@ async fn refusals_name_their_reason() {
     let providers = upload_providers(&app, &out, 0..2, &regional).await;
     let region = app.issue_token(Role::Region, None).await;
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
-    let researcher = app.issue_token(Role::Researcher, Some("project-x")).await;
+    let researcher = app.issue_token(Role::Researcher, Some("project:p1")).await;
 
     // A period that has not ended long enough ago: when it can be published.
     let (status, text) = post_round_at(&app.base_url, &region, "2099").await;
