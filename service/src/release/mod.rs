@@ -31,7 +31,7 @@ pub use aggregate::{Frame, TrueTables};
 pub use estimate::{assemble, privacy_statement, RoundContext};
 pub use measure::Measurement;
 pub use plan::{epsilon_of, NoisePlan};
-pub use rows::{Codebook, EngineRow};
+pub use rows::{Codebook, Dims, EngineRow};
 
 use crate::noise::{NoiseError, NoiseSource};
 
