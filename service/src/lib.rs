@@ -2,7 +2,8 @@
 //!
 //! Where things are: `routes/` (HTTP endpoints and the OpenAPI document), `auth/` (tokens, roles,
 //! scopes), `ingest` (where an upload is opened and validated), `keys` (the HPKE keyring and the service
-//! pseudonymisation key, kept in the database under the master key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
+//! pseudonymisation key, kept in the database under the master key), `store/` (all SQL, SQLite and PostgreSQL), `release/` (the round engine), `research/`
+//! (differentially private research queries), `metrics`, `config`, `startup`.
 
 pub mod audit;
 pub mod audit_trail;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod noise;
 pub mod release;
+pub mod research;
 pub mod rounds;
 pub mod routes;
 pub mod server;

@@ -188,7 +188,7 @@ impl Frac {
         self.n as f64 / self.d as f64
     }
 
-    fn rational(self) -> Rational {
+    pub(crate) fn rational(self) -> Rational {
         let (n, d) = self.fit_up(u128::from(u64::MAX));
         Rational {
             numerator: n as u64,
