@@ -663,17 +663,14 @@ impl Pass<'_, '_> {
 
     /// One shard: the rows the query reads, child by child, bounded and added to their groups.
     fn shard(&self, rows: &[EngineRow], acc: &mut [i64]) {
-        let order = by_child(rows, |r| self.group(r).is_some());
+        // The group travels with the row: the filter is evaluated once per row.
+        let order = by_child(rows, |r| self.group(r).map(|g| g as u32));
         let s = self.plan.slots;
         let mut kept: Vec<(u32, usize)> = Vec::new();
         let mut groups: Vec<usize> = Vec::new();
         for child in each_child(rows, &order) {
             kept.clear();
-            for (_, i) in child {
-                if let Some(g) = self.group(&rows[*i as usize]) {
-                    kept.push((*i, g));
-                }
-            }
+            kept.extend(child.iter().map(|(_, i, g)| (*i, *g as usize)));
             if kept.len() > self.max {
                 // The keyed order decides; computed only where it decides something.
                 let items: Vec<(usize, ([u8; 32], u32))> = kept

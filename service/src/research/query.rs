@@ -29,7 +29,9 @@
 //! `start_year` and/or `end_year` (`=`, `IN`, `BETWEEN`, or both a lower and an upper bound) in its
 //! top-level AND. The answer reads every trajectory in care in some month of those years and is
 //! charged to each of them; of a trajectory that ends after the window, the end columns and the
-//! outcomes are NULL (they would be data of later years).
+//! outcomes are NULL (they would be data of later years). Grouped by `start_year` (or `end_year`), the
+//! groups are the window's years: a trajectory that started before the window is in none of them
+//! (filter on `start_year`, or widen the window, to say which trajectories are meant).
 //!
 //! Pseudonyms, provider codes and exact values (dates, T-scores, goal counts) are not columns.
 
