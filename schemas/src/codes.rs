@@ -355,7 +355,9 @@ impl EndReason {
     pub const EARLY_BY_PROVIDER: EndReason = EndReason(33);
     pub const EARLY_BY_AGREEMENT: EndReason = EndReason(34);
     pub const EXTERNAL: EndReason = EndReason(35);
-    const VALID: [u8; 11] = [2, 20, 31, 32, 33, 34, 35, 36, 37, 38, 39];
+    /// Every JZ588 code a record may carry, ascending.
+    pub const CODES: [u8; 11] = [2, 20, 31, 32, 33, 34, 35, 36, 37, 38, 39];
+    const VALID: [u8; 11] = Self::CODES;
 
     pub fn new(code: u8) -> Result<Self, ParseError> {
         if Self::VALID.contains(&code) {

@@ -1,5 +1,6 @@
 //! Wire and record types shared by the Kwaliteitsmonitor SDK and service: the record schema, the sealed
-//! batch and its cryptography, receipts, problem documents, the criteria catalogue and region configs.
+//! batch and its cryptography, receipts, problem documents, the criteria catalogue, region configs and
+//! research answers.
 //! Nothing here knows about HTTP or databases.
 
 pub mod api;
@@ -10,6 +11,7 @@ pub mod problem;
 pub mod record;
 pub mod region;
 pub mod release;
+pub mod research;
 
 pub use codes::{AgbCode, Bsn, Code, Month, MunicipalityCode, ParseError, Pseudonym, Role};
 pub use record::{BatchPayload, ExportedRecord, WireRecord};
@@ -56,6 +58,14 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "provider-scores.schema.json",
             schema::<release::ProviderScores>(),
+        ),
+        (
+            "research-answer.schema.json",
+            schema::<research::ResearchAnswer>(),
+        ),
+        (
+            "research-estimate.schema.json",
+            schema::<research::QueryEstimate>(),
         ),
     ]
 }

@@ -14,8 +14,12 @@
 //! shard, in parallel, and sorts only within a shard.
 //!
 //! Memory: about 200-240 bytes per stored trajectory (the 96-byte row and its key in the slot map, at the
-//! capacities the vectors and the map grow to; `IndexData::approx_bytes`). Holds client
-//! pseudonyms and outcome values: nothing here is logged but counts.
+//! capacities the vectors and the map grow to; `IndexData::approx_bytes`). Of the row, 64 bytes are the
+//! two pseudonyms, 8 the provider, 8 the months, 4 the codebook positions, 9 the outcome values the
+//! rounds read, and 3 the dimensions only research queries read (intensity, product category, age
+//! band, end reason, respondent, instrument: [`crate::release::Dims`], packed into what was alignment
+//! padding, so they cost no memory). Holds client pseudonyms and outcome values: nothing here is
+//! logged but counts.
 //!
 //! A part of the service: it reads the store and feeds the engine; it knows no use case and no HTTP.
 

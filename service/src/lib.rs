@@ -9,8 +9,9 @@
 //! - the parts: `store/` (all SQL, SQLite and PostgreSQL), `keys` (the HPKE keyring and the
 //!   pseudonymisation key, in the database under the master key), `index` (the release index in
 //!   memory), `clock` (the one clock, injected), `metrics`, `config`, `telemetry`.
-//! - the pure core: `release/` (the release engine), `noise/` (exact samplers), `audit` (the hash
-//!   chain), `tables` (CSV and XLSX of releases). It takes data and returns data.
+//! - the pure core: `release/` (the release engine), `research/` (differentially private research
+//!   queries), `noise/` (exact samplers), `audit` (the hash chain), `tables` (CSV and XLSX of
+//!   releases). It takes data and returns data.
 
 pub mod app;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod metrics;
 pub mod noise;
 pub mod release;
+pub mod research;
 pub mod store;
 pub mod tables;
 pub mod telemetry;

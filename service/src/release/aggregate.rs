@@ -229,14 +229,14 @@ impl Pass {
     fn shard(&self, rows: &[EngineRow], acc: &mut Partial) {
         // The rows the period reads, ordered by child: by eight bytes of the pseudonym (the first is
         // the shard's, the same for all), the whole pseudonym only where those tie.
-        let order = by_child(rows, |r| self.deriver.reads(r));
+        let order = by_child(rows, |r| self.deriver.reads(r).then_some(()));
 
         let t_n = self.t_n;
         let mut trajs: Vec<Traj> = Vec::new();
         let mut masks: Vec<u8> = Vec::new();
         for client in each_child(rows, &order) {
             trajs.clear();
-            for (_, i) in client {
+            for (_, i, _) in client {
                 let row = &rows[*i as usize];
                 // Group keys come from the codebook only; a row outside it (impossible after ingest
                 // validation) is not counted anywhere rather than creating a key.
@@ -244,7 +244,7 @@ impl Pass {
                     continue;
                 }
                 let measures = self.deriver.derive(row, || {
-                    client.iter().any(|(_, j)| {
+                    client.iter().any(|(_, j, _)| {
                         j != i
                             && is_repeat(
                                 row.end,
@@ -366,10 +366,13 @@ impl TrueTables {
     }
 }
 
-/// The rows of one shard that `keep` selects, as (pseudonym prefix, row index), ordered by child: by
-/// eight bytes of the pseudonym (the first is the shard's, the same for all), the whole pseudonym
-/// only where those tie. [`each_child`] walks them child by child.
-pub(crate) fn by_child(rows: &[EngineRow], keep: impl Fn(&EngineRow) -> bool) -> Vec<(u64, u32)> {
+/// The rows of one shard that `pick` selects, as (pseudonym prefix, row index, what `pick` said of
+/// the row), ordered by child: by eight bytes of the pseudonym (the first is the shard's, the same
+/// for all), the whole pseudonym only where those tie. [`each_child`] walks them child by child.
+pub(crate) fn by_child<T>(
+    rows: &[EngineRow],
+    pick: impl Fn(&EngineRow) -> Option<T>,
+) -> Vec<(u64, u32, T)> {
     let prefix = |r: &EngineRow| {
         u64::from_be_bytes(
             r.client[1..9]
@@ -377,11 +380,10 @@ pub(crate) fn by_child(rows: &[EngineRow], keep: impl Fn(&EngineRow) -> bool) ->
                 .unwrap_or_else(|_| unreachable!("8 bytes")),
         )
     };
-    let mut order: Vec<(u64, u32)> = rows
+    let mut order: Vec<(u64, u32, T)> = rows
         .iter()
         .enumerate()
-        .filter(|(_, r)| keep(r))
-        .map(|(i, r)| (prefix(r), i as u32))
+        .filter_map(|(i, r)| pick(r).map(|t| (prefix(r), i as u32, t)))
         .collect();
     order.sort_unstable_by(|a, b| {
         a.0.cmp(&b.0)
@@ -392,10 +394,10 @@ pub(crate) fn by_child(rows: &[EngineRow], keep: impl Fn(&EngineRow) -> bool) ->
 }
 
 /// The runs of [`by_child`]'s order that belong to one child each.
-pub(crate) fn each_child<'a>(
+pub(crate) fn each_child<'a, T>(
     rows: &'a [EngineRow],
-    order: &'a [(u64, u32)],
-) -> impl Iterator<Item = &'a [(u64, u32)]> + 'a {
+    order: &'a [(u64, u32, T)],
+) -> impl Iterator<Item = &'a [(u64, u32, T)]> + 'a {
     order.chunk_by(move |a, b| a.0 == b.0 && rows[a.1 as usize].client == rows[b.1 as usize].client)
 }
 

@@ -37,10 +37,10 @@ impl fmt::Debug for OrderKey {
 /// eligible trajectory. Per row the lowest rank is kept; of those, the `max_rows` lowest. Returns the
 /// kept positions in ascending order. Equal ranks fall to the earlier position, so the result is a
 /// function of the input alone.
-pub(crate) fn select<R: Ord>(items: &[(u16, R)], max_rows: usize) -> Vec<usize> {
+pub(crate) fn select<K: PartialEq + Copy, R: Ord>(items: &[(K, R)], max_rows: usize) -> Vec<usize> {
     // best[row] = position of the lowest rank seen in that row; a client has few trajectories, so a
     // linear scan beats any map.
-    let mut best: Vec<(u16, usize)> = Vec::with_capacity(items.len());
+    let mut best: Vec<(K, usize)> = Vec::with_capacity(items.len());
     for (pos, (row, rank)) in items.iter().enumerate() {
         match best.iter_mut().find(|(r, _)| r == row) {
             Some((_, kept)) => {

@@ -41,7 +41,7 @@ use super::ReleaseError;
 pub const FP: i128 = 1 << 20;
 
 /// z of a two-sided 95% interval.
-const Z95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
 /// Which kind of row a value is estimated for: decides its noise terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -278,19 +278,26 @@ impl Thresholds<'_> {
         } else {
             1
         };
-        let z = tail_bound(&terms, self.delta);
-        let t = ((self.k - 1) * per_child) as f64 + z;
-        let t = if t.is_finite() {
-            t.ceil() as u64
-        } else {
-            u64::MAX
-        };
+        let t = min_noisy_count(self.k, per_child, &terms, self.delta);
         self.cache.insert((name, kind), t);
         t
     }
 }
 
-fn div_round(n: i128, d: i128) -> i128 {
+/// The smallest noisy count that publishes a cell whose count has the noise `terms`: a cell of fewer
+/// than `k` children has a true count of at most (k - 1) `per_child`, and its noise exceeds the
+/// Chernoff bound z with probability at most `delta`.
+pub(crate) fn min_noisy_count(k: u64, per_child: u64, terms: &Terms, delta: f64) -> u64 {
+    let z = tail_bound(terms, delta);
+    let t = (k.saturating_sub(1) * per_child) as f64 + z;
+    if t.is_finite() {
+        t.ceil() as u64
+    } else {
+        u64::MAX
+    }
+}
+
+pub(crate) fn div_round(n: i128, d: i128) -> i128 {
     // Half away from zero; d > 0.
     if n >= 0 {
         (2 * n + d) / (2 * d)
@@ -300,22 +307,22 @@ fn div_round(n: i128, d: i128) -> i128 {
 }
 
 /// What a cell computes to before its status is decided.
-struct Figured {
-    value: Figure,
-    low: Figure,
-    high: Figure,
-    count: Option<u64>,
+pub(crate) struct Figured {
+    pub value: Figure,
+    pub low: Figure,
+    pub high: Figure,
+    pub count: Option<u64>,
     /// Interval width in tenths, for the `unreliable` rule (counts: never withheld for width).
-    width_tenths: Option<(i64, WidthKind)>,
+    pub width_tenths: Option<(i64, WidthKind)>,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum WidthKind {
+pub(crate) enum WidthKind {
     Percentage,
     Grade,
 }
 
-fn half_tenths(sd_tenths: f64) -> i64 {
+pub(crate) fn half_tenths(sd_tenths: f64) -> i64 {
     // Half a tenth for the rounding of the value to one decimal.
     let h = Z95 * sd_tenths + 0.5;
     if h.is_finite() {
@@ -325,18 +332,18 @@ fn half_tenths(sd_tenths: f64) -> i64 {
     }
 }
 
-fn round_count(v_fp: i128, step: i128) -> i64 {
+pub(crate) fn round_count(v_fp: i128, step: i128) -> i64 {
     let v = v_fp.max(0);
     (div_round(v, step * FP) * step) as i64
 }
 
-fn fp_f64(v: i128) -> f64 {
+pub(crate) fn fp_f64(v: i128) -> f64 {
     v as f64 / FP as f64
 }
 
 /// A percentage (tenths of a percent) of `y` over `n`, both estimates, with the delta-method variance
 /// var(y)/n^2 - 2 y cov/n^3 + y^2 var(n)/n^4.
-fn share(y: i128, n: i128, vy: f64, vn: f64, cov: f64, rounding: i128) -> Figured {
+pub(crate) fn share(y: i128, n: i128, vy: f64, vn: f64, cov: f64, rounding: i128) -> Figured {
     let yc = y.clamp(0, n.max(0));
     let value = if n > 0 {
         ((2000 * yc + n) / (2 * n)) as i64
@@ -357,38 +364,88 @@ fn share(y: i128, n: i128, vy: f64, vn: f64, cov: f64, rounding: i128) -> Figure
 }
 
 fn mean(s: i128, n: i128, vs: f64, vn: f64, grade: bool, rounding: i128) -> Figured {
-    let nn = n.max(1);
-    let (sf, nf) = (fp_f64(s), fp_f64(nn));
     // tevredenheid: 5.5 + (s / 2) / n grade points, in tenths 55 + 5 s / n; doelrealisatie:
     // 500 + s / n tenths of a percent.
-    let (value, lower, upper, sd_tenths) = if grade {
-        let v = (55 + div_round(5 * s, nn)).clamp(10, 100) as i64;
-        let var = (vs / 4.0) / (nf * nf) + (sf / 2.0).powi(2) * vn / nf.powi(4);
-        (v, 10, 100, var.max(0.0).sqrt() * 10.0)
+    let scale = if grade {
+        MeanScale::GRADE
     } else {
-        let v = (500 + div_round(s, nn)).clamp(0, 1000) as i64;
-        let var = vs / (nf * nf) + sf * sf * vn / nf.powi(4);
-        (v, 0, 1000, var.max(0.0).sqrt())
+        MeanScale::GOAL
     };
+    centred_mean(s, n, vs, vn, &scale, rounding)
+}
+
+/// How a mean is read from a centred sum: values clamped to `lower..=upper` (in tenths of the figure)
+/// are summed as `units_per_value * value - centre` in whole sum units, so the mean in tenths is
+/// `centre_tenths + tenths_per_unit * s / n`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MeanScale {
+    pub centre_tenths: i128,
+    /// Tenths of the figure per unit of the centred sum.
+    pub tenths_per_unit: i128,
+    /// Sum units per unit of the figure (2: half grade points; 1: tenths of a percent).
+    pub units_per_value: f64,
+    /// Tenths of the figure per unit of the figure (10 for grade points, 1 for tenths of a percent).
+    pub tenths_per_value: f64,
+    pub lower: i64,
+    pub upper: i64,
+    pub kind: WidthKind,
+}
+
+impl MeanScale {
+    /// tevredenheid: half grade points around 5.5, grades 1..10.
+    pub const GRADE: MeanScale = MeanScale {
+        centre_tenths: 55,
+        tenths_per_unit: 5,
+        units_per_value: 2.0,
+        tenths_per_value: 10.0,
+        lower: 10,
+        upper: 100,
+        kind: WidthKind::Grade,
+    };
+    /// doelrealisatie: tenths of a percent around 50%, 0..100%.
+    pub const GOAL: MeanScale = MeanScale {
+        centre_tenths: 500,
+        tenths_per_unit: 1,
+        units_per_value: 1.0,
+        tenths_per_value: 1.0,
+        lower: 0,
+        upper: 1000,
+        kind: WidthKind::Percentage,
+    };
+}
+
+/// A mean of a centred sum `s` over `n` (both fixed-point estimates, variances `vs` and `vn`), with
+/// the delta-method variance var(s)/n^2 + s^2 var(n)/n^4 in the figure's units.
+pub(crate) fn centred_mean(
+    s: i128,
+    n: i128,
+    vs: f64,
+    vn: f64,
+    scale: &MeanScale,
+    rounding: i128,
+) -> Figured {
+    let nn = n.max(1);
+    let (sf, nf) = (fp_f64(s), fp_f64(nn));
+    let value = (scale.centre_tenths + div_round(scale.tenths_per_unit * s, nn))
+        .clamp(i128::from(scale.lower), i128::from(scale.upper)) as i64;
+    let h = scale.units_per_value;
+    let var = (vs / (h * h)) / (nf * nf) + (sf / h).powi(2) * vn / nf.powi(4);
+    let sd_tenths = var.max(0.0).sqrt() * scale.tenths_per_value;
     let half = half_tenths(sd_tenths);
-    let (low, high) = ((value - half).max(lower), (value + half).min(upper));
+    let (low, high) = (
+        (value - half).max(scale.lower),
+        (value + half).min(scale.upper),
+    );
     Figured {
         value: Figure::Tenths(value),
         low: Figure::Tenths(low),
         high: Figure::Tenths(high),
         count: Some(round_count(n, rounding) as u64),
-        width_tenths: Some((
-            high - low,
-            if grade {
-                WidthKind::Grade
-            } else {
-                WidthKind::Percentage
-            },
-        )),
+        width_tenths: Some((high - low, scale.kind)),
     }
 }
 
-fn count(v: i128, var: f64, rounding: i128) -> Figured {
+pub(crate) fn count(v: i128, var: f64, rounding: i128) -> Figured {
     let value = round_count(v, rounding);
     let h = Z95 * var.max(0.0).sqrt() + rounding as f64 / 2.0;
     let half = if h.is_finite() {
@@ -705,22 +762,26 @@ fn withheld(criterion: &Criterion, status: CellStatus) -> ReleaseCell {
     }
 }
 
-fn publish_or_unreliable(
-    criterion: &Criterion,
-    f: Figured,
-    max: &kwm_schemas::region::MaxInterval,
-) -> ReleaseCell {
+/// Whether a figure's 95% interval is wider than the region allows for its kind (counts never are).
+pub(crate) fn is_unreliable(f: &Figured, max: &kwm_schemas::region::MaxInterval) -> bool {
     let too_wide = |width: i64, limit: Decimal| {
         // width (tenths) > limit (points) x 10, exactly.
         let (n, d) = limit.fraction();
         i128::from(width) * i128::from(d) > 10 * i128::from(n)
     };
-    let unreliable = match f.width_tenths {
+    match f.width_tenths {
         Some((w, WidthKind::Percentage)) => too_wide(w, max.percentage),
         Some((w, WidthKind::Grade)) => too_wide(w, max.grade),
         None => false,
-    };
-    if unreliable {
+    }
+}
+
+fn publish_or_unreliable(
+    criterion: &Criterion,
+    f: Figured,
+    max: &kwm_schemas::region::MaxInterval,
+) -> ReleaseCell {
+    if is_unreliable(&f, max) {
         return withheld(criterion, CellStatus::Unreliable);
     }
     ReleaseCell {

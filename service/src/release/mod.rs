@@ -9,15 +9,15 @@
 //! measurement), `estimate` (post-processing: consistent tables, figures, intervals and statuses
 //! decided on noisy figures only).
 
-mod aggregate;
-mod bounding;
-mod estimate;
+pub(crate) mod aggregate;
+pub(crate) mod bounding;
+pub(crate) mod estimate;
 #[cfg(feature = "legacy-release")]
 pub mod legacy;
 mod measure;
-mod measures;
-mod plan;
-mod rows;
+pub(crate) mod measures;
+pub(crate) mod plan;
+pub(crate) mod rows;
 #[cfg(test)]
 mod tests;
 
@@ -31,7 +31,7 @@ pub use aggregate::{Frame, TrueTables};
 pub use estimate::{assemble, privacy_statement, RoundContext};
 pub use measure::Measurement;
 pub use plan::{epsilon_of, NoisePlan};
-pub use rows::{Codebook, EngineRow};
+pub use rows::{Codebook, Dims, EngineRow};
 
 use crate::noise::{NoiseError, NoiseSource};
 

@@ -188,7 +188,7 @@ impl Frac {
         self.n as f64 / self.d as f64
     }
 
-    fn rational(self) -> Rational {
+    pub(crate) fn rational(self) -> Rational {
         let (n, d) = self.fit_up(u128::from(u64::MAX));
         Rational {
             numerator: n as u64,
@@ -402,45 +402,15 @@ impl NoisePlan {
         let muni_rho = split(muni_share)?;
         let region_rho = split(region_share)?;
         let dist = |rho_m: Frac, sensitivity: u64| -> Result<Dist, ReleaseError> {
-            if rho_m.n == 0 {
-                return Err(ReleaseError::Plan(
-                    "a measure has no budget: check the weights and levels",
-                ));
-            }
-            let cd2 = u128::from(c) * u128::from(sensitivity) * u128::from(sensitivity);
-            match q.mechanism {
-                Mechanism::DiscreteGaussian => {
-                    // s2 = c D^2 / (2 rho_m), rounded up.
-                    let s2 = Frac::new(cd2, 2).mul(rho_m.inv()).ok_or_else(overflow)?;
-                    let (n, d) = s2.fit_up(MAX_VARIANCE_PART);
-                    Variance::new(n as u64, d as u64)
-                        .map(Dist::Gaussian)
-                        .map_err(|_| {
-                            ReleaseError::Plan("a noise variance is out of the sampler's range")
-                        })
-                }
-                Mechanism::DiscreteLaplace => {
-                    // Pure DP: the round's epsilon = sqrt(2 rho) (rounded down to millionths) is split
-                    // over the measures as rho is, so the round is epsilon-DP and so rho-zCDP;
-                    // scale = c D / epsilon_m.
-                    let eps_m = Frac::new(eps_round_micro, 1_000_000)
-                        .mul(rho_m)
-                        .and_then(|f| f.mul(round.inv()))
-                        .ok_or_else(overflow)?;
-                    if eps_m.n == 0 {
-                        return Err(ReleaseError::Plan("a measure's epsilon is zero"));
-                    }
-                    let scale = Frac::new(u128::from(c) * u128::from(sensitivity), 1)
-                        .mul(eps_m.inv())
-                        .ok_or_else(overflow)?;
-                    let (n, d) = scale.fit_up(MAX_SCALE_PART);
-                    Scale::new(n as u64, d as u64)
-                        .map(Dist::Laplace)
-                        .map_err(|_| {
-                            ReleaseError::Plan("a noise scale is out of the sampler's range")
-                        })
-                }
-            }
+            let (c, d) = (u128::from(c), u128::from(sensitivity));
+            // Pure DP: the round's epsilon = sqrt(2 rho) (rounded down to millionths) is split over
+            // the measures as rho is, so the round is epsilon-DP and so rho-zCDP.
+            let eps_m = || {
+                Frac::new(eps_round_micro, 1_000_000)
+                    .mul(rho_m)
+                    .and_then(|f| f.mul(round.inv()))
+            };
+            dist_for(q.mechanism, c * d * d, c * d, rho_m, eps_m)
         };
         let mut muni = [Dist::Laplace(Scale { num: 1, den: 1 }); MEASURES.len()];
         let mut region_d = muni;
@@ -572,6 +542,49 @@ impl NoisePlan {
                 })
             })
             .collect()
+    }
+}
+
+/// The noise of a measure that spends `rho_m` and whose values one child moves by at most
+/// `sqrt(l2_squared)` in L2 and `l1` in L1: discrete Gaussian with sigma^2 = l2_squared / (2 rho_m)
+/// (CKS20 Theorem 15), or discrete Laplace with scale l1 / epsilon_m (pure DP, `eps_m` the measure's
+/// share of the epsilon), each rounded up to what the samplers take.
+pub(crate) fn dist_for(
+    mechanism: Mechanism,
+    l2_squared: u128,
+    l1: u128,
+    rho_m: Frac,
+    eps_m: impl FnOnce() -> Option<Frac>,
+) -> Result<Dist, ReleaseError> {
+    let overflow = || ReleaseError::Plan("the privacy parameters are too fine to compute with");
+    if rho_m.n == 0 {
+        return Err(ReleaseError::Plan(
+            "a measure has no budget: check the weights and levels",
+        ));
+    }
+    match mechanism {
+        Mechanism::DiscreteGaussian => {
+            // s2 = c D^2 / (2 rho_m), rounded up.
+            let s2 = Frac::new(l2_squared, 2)
+                .mul(rho_m.inv())
+                .ok_or_else(overflow)?;
+            let (n, d) = s2.fit_up(MAX_VARIANCE_PART);
+            Variance::new(n as u64, d as u64)
+                .map(Dist::Gaussian)
+                .map_err(|_| ReleaseError::Plan("a noise variance is out of the sampler's range"))
+        }
+        Mechanism::DiscreteLaplace => {
+            let eps_m = eps_m().ok_or_else(overflow)?;
+            if eps_m.n == 0 {
+                return Err(ReleaseError::Plan("a measure's epsilon is zero"));
+            }
+            // scale = c D / epsilon_m.
+            let scale = Frac::new(l1, 1).mul(eps_m.inv()).ok_or_else(overflow)?;
+            let (n, d) = scale.fit_up(MAX_SCALE_PART);
+            Scale::new(n as u64, d as u64)
+                .map(Dist::Laplace)
+                .map_err(|_| ReleaseError::Plan("a noise scale is out of the sampler's range"))
+        }
     }
 }
 

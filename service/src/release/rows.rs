@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use kwm_schemas::codes::CarryOn;
+use kwm_schemas::codes::{AgeBand, CarryOn, EndReason, Respondent};
 use kwm_schemas::{AgbCode, Month, MunicipalityCode, RegionConfig, WireRecord};
 
 use super::measures::{EndClass, Reliability};
@@ -20,6 +20,8 @@ pub struct Codebook {
     munis: HashMap<MunicipalityCode, u16>,
     groups: HashMap<String, u16>,
     reliability: HashMap<String, Reliability>,
+    /// Instruments by their position in the region file.
+    instruments: HashMap<String, u16>,
 }
 
 impl Codebook {
@@ -47,6 +49,118 @@ impl Codebook {
                     ))
                 })
                 .collect(),
+            instruments: region
+                .instruments
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.code.as_str().to_string(), i as u16))
+                .collect(),
+        }
+    }
+}
+
+/// The codebook dimensions of a row that only research queries read (DESIGN section 4), packed into
+/// 24 bits so that [`EngineRow`] keeps its 96 bytes (they fill what was alignment padding):
+///
+/// | bits  | field            | code                                                        |
+/// |-------|------------------|-------------------------------------------------------------|
+/// | 0-2   | intensity        | 0 none, 1..=4                                               |
+/// | 3-4   | age band         | position in [`AgeBand::ALL`]                                |
+/// | 5-6   | respondent       | 0 none, 1 + position in [`Respondent::ALL`]                 |
+/// | 7-11  | product category | 0 none, 1 + (category - 40), categories 40..=55             |
+/// | 12-15 | end reason       | 0 none, 1 + position in [`EndReason::CODES`]                |
+/// | 16-23 | instrument       | 0 none, 1 + position in the region's instruments, 255 other |
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dims([u8; 3]);
+
+impl std::fmt::Debug for Dims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The end reason is part of a child's record: shown as little as the row's values.
+        f.write_str("Dims(<redacted>)")
+    }
+}
+
+impl Dims {
+    /// The instrument code of an instrument outside the codebook's first 254 (never after ingest).
+    const OTHER_INSTRUMENT: u32 = 255;
+
+    fn new(codebook: &Codebook, rec: &WireRecord) -> Self {
+        let intensity = rec.intensity.map_or(0, |i| u32::from(i.get()));
+        let age = AgeBand::ALL
+            .iter()
+            .position(|a| *a == rec.age_band)
+            .unwrap_or(0) as u32;
+        let respondent = rec.respondent.map_or(0, |r| {
+            1 + Respondent::ALL.iter().position(|x| *x == r).unwrap_or(0) as u32
+        });
+        let product = rec
+            .product_category
+            .map_or(0, |p| 1 + u32::from(p.get().saturating_sub(40)).min(15));
+        let end_reason = rec.end_reason.map_or(0, |r| {
+            1 + EndReason::CODES
+                .iter()
+                .position(|c| *c == r.code())
+                .unwrap_or(0) as u32
+        });
+        let instrument = rec.instrument.as_ref().map_or(0, |code| {
+            match codebook.instruments.get(code.as_str()) {
+                Some(&i) if u32::from(i) < Self::OTHER_INSTRUMENT - 1 => 1 + u32::from(i),
+                _ => Self::OTHER_INSTRUMENT,
+            }
+        });
+        let packed = intensity
+            | age << 3
+            | respondent << 5
+            | product << 7
+            | end_reason << 12
+            | instrument << 16;
+        let b = packed.to_le_bytes();
+        Self([b[0], b[1], b[2]])
+    }
+
+    fn packed(self) -> u32 {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], 0])
+    }
+
+    fn field(self, shift: u32, bits: u32) -> u32 {
+        (self.packed() >> shift) & ((1 << bits) - 1)
+    }
+
+    /// Intensity 1..=4.
+    pub fn intensity(self) -> Option<u8> {
+        let v = self.field(0, 3);
+        (v != 0).then_some(v as u8)
+    }
+
+    /// Position of the age band in [`AgeBand::ALL`].
+    pub fn age_band(self) -> u8 {
+        self.field(3, 2) as u8
+    }
+
+    /// Position of the respondent in [`Respondent::ALL`].
+    pub fn respondent(self) -> Option<u8> {
+        self.field(5, 2).checked_sub(1).map(|v| v as u8)
+    }
+
+    /// The JZ020 product category, 40..=55.
+    pub fn product_category(self) -> Option<u8> {
+        self.field(7, 5).checked_sub(1).map(|v| 40 + v as u8)
+    }
+
+    /// The JZ588 end reason code (02, 20, 31..39).
+    pub fn end_reason(self) -> Option<u8> {
+        self.field(12, 4)
+            .checked_sub(1)
+            .and_then(|i| EndReason::CODES.get(i as usize).copied())
+    }
+
+    /// Position of the instrument in the region's instruments; `Some(u16::MAX)` for one outside the
+    /// codebook.
+    pub fn instrument(self) -> Option<u16> {
+        match self.field(16, 8) {
+            0 => None,
+            Self::OTHER_INSTRUMENT => Some(u16::MAX),
+            v => Some(v as u16 - 1),
         }
     }
 }
@@ -77,6 +191,8 @@ pub struct EngineRow {
     pub grade: Option<u8>,
     /// Goals achieved / agreed in tenths of a percent, 0..=1000; `None` without goals agreed.
     pub goal_tenths: Option<u16>,
+    /// The dimensions research queries group and filter by (three bytes, in what was padding).
+    pub dims: Dims,
 }
 
 impl std::fmt::Debug for EngineRow {
@@ -132,6 +248,7 @@ impl EngineRow {
             improved,
             grade: rec.satisfaction.map(|s| s.get()),
             goal_tenths,
+            dims: Dims::new(codebook, rec),
         }
     }
 
@@ -139,7 +256,7 @@ impl EngineRow {
     /// the stored table ([`crate::index::IndexSummary`]); reveals nothing of the row on its own.
     pub fn content_digest(&self) -> [u8; 32] {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"kwm engine row v1");
+        ctx.update(b"kwm engine row v2");
         ctx.update(&self.client);
         ctx.update(&self.trajectory);
         ctx.update(self.provider.as_str().as_bytes());
@@ -162,6 +279,7 @@ impl EngineRow {
             self.grade.unwrap_or(0),
         ]);
         ctx.update(&self.goal_tenths.map_or(u32::MAX, u32::from).to_be_bytes());
+        ctx.update(&self.dims.0);
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());
         out
@@ -170,5 +288,88 @@ impl EngineRow {
     /// Whether the row's months overlap `first..=last` (month indexes).
     pub fn overlaps(&self, first: i32, last: i32) -> bool {
         self.start <= last && self.end >= first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kwm_schemas::codes::{Intensity, ProductCategory, Pseudonym};
+
+    /// The row stays as small as it was before the research dimensions: they fill its padding.
+    #[test]
+    fn an_engine_row_is_96_bytes() {
+        assert_eq!(std::mem::size_of::<EngineRow>(), 96);
+        assert_eq!(std::mem::size_of::<Dims>(), 3);
+    }
+
+    #[test]
+    fn dims_round_trip_every_code() {
+        let region = RegionConfig::wbw();
+        let codebook = Codebook::new(&region);
+        let mut rec = WireRecord {
+            client: Pseudonym([1; 32]),
+            trajectory: Pseudonym([2; 32]),
+            municipality: "GM0748".parse().expect("valid"),
+            target_group: "P01".parse().expect("valid"),
+            intensity: None,
+            product_category: None,
+            start_month: "2025-01".parse().expect("valid"),
+            end_month: None,
+            age_band: AgeBand::Age0To3,
+            end_reason: None,
+            satisfaction: None,
+            respondent: None,
+            carry_on_without_help: None,
+            problem_t_pre: None,
+            problem_t_post: None,
+            instrument: None,
+            goals_agreed: None,
+            goals_achieved: None,
+        };
+        let agb: AgbCode = "12345678".parse().expect("valid");
+        let none = EngineRow::new(&codebook, agb, &rec).dims;
+        assert_eq!(
+            (
+                none.intensity(),
+                none.product_category(),
+                none.respondent(),
+                none.end_reason(),
+                none.instrument(),
+                none.age_band()
+            ),
+            (None, None, None, None, None, 0)
+        );
+        for (i, ((intensity, product), (age, (respondent, reason)))) in (1..=4u8)
+            .cycle()
+            .zip(40..=55u8)
+            .zip(
+                AgeBand::ALL.iter().cycle().zip(
+                    Respondent::ALL
+                        .iter()
+                        .cycle()
+                        .zip(EndReason::CODES.iter().cycle()),
+                ),
+            )
+            .enumerate()
+        {
+            rec.intensity = Some(Intensity::new(intensity).expect("valid"));
+            rec.product_category = Some(ProductCategory::new(product).expect("valid"));
+            rec.age_band = *age;
+            rec.respondent = Some(*respondent);
+            rec.end_reason = Some(EndReason::new(*reason).expect("valid"));
+            let instrument = i % region.instruments.len();
+            rec.instrument = Some(region.instruments[instrument].code.clone());
+            let d = EngineRow::new(&codebook, agb, &rec).dims;
+            assert_eq!(d.intensity(), Some(intensity));
+            assert_eq!(d.product_category(), Some(product));
+            assert_eq!(AgeBand::ALL[usize::from(d.age_band())], *age);
+            assert_eq!(
+                d.respondent().map(|r| Respondent::ALL[usize::from(r)]),
+                Some(*respondent)
+            );
+            assert_eq!(d.end_reason(), Some(*reason));
+            assert_eq!(d.instrument(), Some(instrument as u16));
+        }
     }
 }
