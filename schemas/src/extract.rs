@@ -231,6 +231,16 @@ pub struct ExtractSpec {
     pub max_suppressed: Share,
     /// A record is "at risk" when its prosecutor re-identification risk is above this share.
     pub risk_threshold: Share,
+    /// Whether the extract has the `client` column (a random id per child, the same on all of that
+    /// child's trajectories). k holds per equivalence class; someone who knows several trajectories of
+    /// one child can still intersect the ids of their classes, so a study that needs no linkage of a
+    /// child's trajectories is safer without it.
+    #[serde(default = "yes")]
+    pub client_ids: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How far one quasi-identifier was generalised.

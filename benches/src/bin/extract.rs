@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         l: args.l,
         max_suppressed: args.max_suppressed.parse()?,
         risk_threshold: args.risk_threshold.parse()?,
+        client_ids: true,
     };
     let dir = tempfile::tempdir()?;
     let region = RegionConfig::wbw();

@@ -60,6 +60,7 @@ pub enum ExtractError {
 /// risk report. Values are kept once per column (a dictionary) and referenced by the rows.
 #[derive(Debug, Clone)]
 pub struct Extract {
+    client_ids: bool,
     columns: Vec<ExtractColumn>,
     dictionaries: Vec<Vec<String>>,
     clients: Vec<u32>,
@@ -75,9 +76,12 @@ pub struct ExtractRow<'a> {
 }
 
 impl<'a> ExtractRow<'a> {
-    /// The client's id in this extract: 1 to the number of children, in random order.
-    pub fn client(&self) -> u32 {
-        self.extract.clients[self.index]
+    /// The client's id in this extract: 1 to the number of children, in random order; `None` when the
+    /// request asked for no ids.
+    pub fn client(&self) -> Option<u32> {
+        self.extract
+            .client_ids
+            .then(|| self.extract.clients[self.index])
     }
 
     /// The released value of the `i`-th column of [`Extract::columns`]; empty when missing.
@@ -96,6 +100,11 @@ impl Extract {
     /// The columns after the client id, in the order of [`ExtractColumn::ALL`] (the record schema's).
     pub fn columns(&self) -> &[ExtractColumn] {
         &self.columns
+    }
+
+    /// Whether the rows carry a client id (the `client` column).
+    pub fn has_client_ids(&self) -> bool {
+        self.client_ids
     }
 
     pub fn len(&self) -> usize {
@@ -119,7 +128,8 @@ impl Extract {
 const GUARANTEE: &str = "Not differentially private. This extract is k-anonymous (every equivalence class of the \
 quasi-identifiers holds at least k children) and distinct l-diverse on the sensitive column, and was produced \
 only after the operator's approval; it leaves the differential privacy guarantee of releases and research \
-queries behind. Client ids exist only in this extract.";
+queries behind. Client ids exist only in this extract; they link a child's trajectories, so whoever knows \
+several trajectories of one child can intersect the ids of their classes.";
 
 fn check_spec(spec: &ExtractSpec) -> Result<Vec<ExtractColumn>, ExtractError> {
     if spec.k < 2 || spec.l < 1 {
@@ -389,7 +399,11 @@ fn build<R: CryptoRng + ?Sized>(
     }
     let children_out = child_id.iter().filter(|&&x| x == 1).count();
     let mut ids: Vec<u32> = (1..=children_out as u32).collect();
-    ids.shuffle(rng);
+    if spec.client_ids {
+        ids.shuffle(rng);
+    } else {
+        ids.fill(0);
+    }
     let mut next = ids.into_iter();
     for id in child_id.iter_mut().filter(|x| **x == 1) {
         *id = next.next().unwrap_or(0);
@@ -418,6 +432,7 @@ fn build<R: CryptoRng + ?Sized>(
 
     let report = report(p, &found, spec, children_out as u64);
     Extract {
+        client_ids: spec.client_ids,
         columns: columns.into_iter().map(|(c, _)| c).collect(),
         dictionaries,
         clients,

@@ -52,6 +52,7 @@ fn spec(qis: &[C], sensitive: C, k: u32, l: u32, max_suppressed: &str) -> Extrac
         l,
         max_suppressed: max_suppressed.parse().expect("valid"),
         risk_threshold: "0.2".parse().expect("valid"),
+        client_ids: true,
     }
 }
 
@@ -219,7 +220,7 @@ fn k_counts_children_not_trajectories() {
     assert_eq!(e.report.min_class_records, 5);
     assert_eq!(e.report.children_out, 3);
     // The child's trajectories share one id; ids are 1..=3.
-    let ids: Vec<u32> = e.rows().map(|r| r.client()).collect();
+    let ids: Vec<u32> = e.rows().filter_map(|r| r.client()).collect();
     assert_eq!(
         ids.iter().copied().collect::<BTreeSet<_>>(),
         BTreeSet::from([1, 2, 3])
@@ -256,6 +257,21 @@ fn requests_that_cannot_be_met_are_refused_by_name() {
     )
     .expect_err("refused");
     assert!(err.to_string().contains("GM0363"), "{err}");
+}
+
+#[test]
+fn without_client_ids_there_is_no_client_column() {
+    let data = rows(vec![
+        record(1, "GM0748", AgeBand::Age0To3),
+        record(2, "GM0748", AgeBand::Age0To3),
+    ]);
+    let mut s = spec(&[C::AgeBand], C::Satisfaction, 2, 1, "0");
+    s.client_ids = false;
+    let e = run(&data, &s).expect("an extract");
+    assert!(e.rows().all(|r| r.client().is_none()));
+    assert_eq!(csv_text(&e), "age_band,satisfaction\n0-3,\n0-3,\n");
+    // k still counts children.
+    assert_eq!(e.report.k, 2);
 }
 
 #[test]
@@ -360,6 +376,7 @@ fn arb_spec() -> impl Strategy<Value = ExtractSpec> {
                 l,
                 max_suppressed: Share::from_ppm(ppm).expect("at most one"),
                 risk_threshold: "0.25".parse().expect("valid"),
+                client_ids: true,
             }
         })
 }
@@ -408,7 +425,7 @@ proptest! {
         for row in e.rows() {
             let key = qi_idx.iter().map(|&i| row.value(i).to_string()).collect();
             let entry = classes.entry(key).or_default();
-            entry.0.insert(row.client());
+            entry.0.insert(row.client().expect("ids asked for"));
             entry.1.insert(row.value(s_idx).to_string());
             entry.2 += 1;
         }
@@ -423,7 +440,7 @@ proptest! {
             prop_assert_eq!(above, r.prosecutor_risk.records_above_threshold);
         }
         // Ids: 1..=children, one per child.
-        let ids: BTreeSet<u32> = e.rows().map(|row| row.client()).collect();
+        let ids: BTreeSet<u32> = e.rows().filter_map(|row| row.client()).collect();
         prop_assert_eq!(ids.len() as u64, r.children_out);
         prop_assert!(ids.iter().copied().eq(1..=r.children_out as u32));
         // No pseudonym (in any spelling the wire uses) and no provider code.
