@@ -282,32 +282,37 @@ fn prepare(
         child_cells[fill[ch as usize] as usize] = row_cell[r];
         fill[ch as usize] += 1;
     }
-    let mut deduped = Vec::with_capacity(child_cells.len());
-    let mut deduped_start = Vec::with_capacity(children + 1);
-    deduped_start.push(0u32);
+    // A child whose records all fall in one cell counts once for that cell's class at any node
+    // (`cell_solo`); only children of several cells are listed, with their distinct cells.
+    let mut cell_solo = vec![0u32; cell_records.len()];
+    let mut multi = Vec::new();
+    let mut multi_start = vec![0u32];
     for ch in 0..children {
         let run = &mut child_cells[child_start[ch] as usize..child_start[ch + 1] as usize];
         run.sort_unstable();
-        let from = deduped.len();
-        deduped.extend_from_slice(run);
-        let mut kept = from;
-        for i in from..deduped.len() {
-            if i == from || deduped[i] != deduped[kept - 1] {
-                deduped[kept] = deduped[i];
-                kept += 1;
+        let from = multi.len();
+        for &cell in run.iter() {
+            if multi.len() == from || multi.last() != Some(&cell) {
+                multi.push(cell);
             }
         }
-        deduped.truncate(kept);
-        deduped_start.push(deduped.len() as u32);
+        if multi.len() - from == 1 {
+            cell_solo[multi[from] as usize] += 1;
+            multi.truncate(from);
+        } else {
+            multi_start.push(multi.len() as u32);
+        }
     }
+    drop(child_cells);
 
     let prepared = Prepared::new(
         hierarchies,
         cell_leaves,
         cell_sens,
         cell_records,
-        deduped,
-        deduped_start,
+        cell_solo,
+        multi,
+        multi_start,
     )?;
     let per_row = PerRow {
         cell: row_cell,

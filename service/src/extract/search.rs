@@ -16,6 +16,7 @@
 //! A node is evaluated on cells, never on records.
 
 use kwm_schemas::extract::{ExtractSpec, Share};
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use super::hierarchy::Hierarchy;
@@ -33,7 +34,10 @@ pub(crate) struct Prepared {
     /// Sensitive value code of each cell; cells are ordered by it.
     pub cell_sens: Vec<u32>,
     pub cell_records: Vec<u32>,
-    /// Distinct cells of each child, children one after another (`child_start` delimits them).
+    /// Children whose records all fall in the cell (and in no other).
+    pub cell_solo: Vec<u32>,
+    /// Distinct cells of each child of several cells, one child after another (`child_start` delimits
+    /// them).
     pub child_cells: Vec<u32>,
     pub child_start: Vec<u32>,
     pub records: u64,
@@ -72,12 +76,14 @@ fn gcd(mut a: u128, mut b: u128) -> u128 {
 }
 
 impl Prepared {
-    /// `cells`: per cell its leaves and sensitive code and record count; `child_cells` per child.
+    /// Per cell its leaves, sensitive code, record count and children of that cell alone; then the
+    /// cells of the other children.
     pub fn new(
         hierarchies: Vec<Hierarchy>,
         cell_leaves: Vec<u32>,
         cell_sens: Vec<u32>,
         cell_records: Vec<u32>,
+        cell_solo: Vec<u32>,
         child_cells: Vec<u32>,
         child_start: Vec<u32>,
     ) -> Result<Self, ExtractError> {
@@ -128,6 +134,7 @@ impl Prepared {
             cell_leaves,
             cell_sens,
             cell_records,
+            cell_solo,
             child_cells,
             child_start,
             records,
@@ -183,6 +190,7 @@ impl Prepared {
         let mut cell_class = Vec::with_capacity(self.cells());
         let mut class_records: Vec<u32> = Vec::new();
         let mut class_distinct: Vec<u32> = Vec::new();
+        let mut class_children: Vec<u32> = Vec::new();
         let mut last_sens: Vec<u32> = Vec::new();
         for c in 0..self.cells() {
             let mut key: u128 = 0;
@@ -196,10 +204,12 @@ impl Prepared {
             if class == next {
                 class_records.push(0);
                 class_distinct.push(0);
+                class_children.push(0);
                 last_sens.push(u32::MAX);
             }
             let i = class as usize;
             class_records[i] += self.cell_records[c];
+            class_children[i] += self.cell_solo[c];
             // Cells come in order of their sensitive code, so a class sees each code in one run.
             if last_sens[i] != self.cell_sens[c] {
                 last_sens[i] = self.cell_sens[c];
@@ -208,7 +218,6 @@ impl Prepared {
             cell_class.push(class);
         }
         let classes = class_records.len();
-        let mut class_children = vec![0u32; classes];
         let mut last_child = vec![u32::MAX; classes];
         for child in 0..self.child_start.len().saturating_sub(1) {
             let (from, to) = (
@@ -288,18 +297,34 @@ pub(crate) fn search(p: &Prepared, spec: &ExtractSpec) -> Option<Found> {
     let lattice_nodes = nodes.len() as u64;
     let mut best: Option<Evaluation> = None;
     let mut evaluated = 0;
-    for (bound, _, node) in nodes {
-        if best.as_ref().is_some_and(|b| bound > b.loss) {
+    // The next nodes are evaluated one per thread at a time; a node of a batch that a better node of
+    // the same batch would have pruned is only wasted work, the answer is the same.
+    let batch = rayon::current_num_threads().max(1);
+    let mut next = 0;
+    while next < nodes.len() {
+        let limit = best.as_ref().map_or(u128::MAX, |b| b.loss);
+        let take = nodes[next..]
+            .iter()
+            .take(batch)
+            .take_while(|(bound, _, _)| *bound <= limit)
+            .count();
+        if take == 0 {
             break;
         }
-        evaluated += 1;
-        let e = p.evaluate(&node, spec.k, spec.l, spec.max_suppressed);
-        if e.anonymous
-            && best
-                .as_ref()
-                .is_none_or(|b| rank(e.loss, &e.node) < rank(b.loss, &b.node))
-        {
-            best = Some(e);
+        let evaluations: Vec<Evaluation> = nodes[next..next + take]
+            .par_iter()
+            .map(|(_, _, node)| p.evaluate(node, spec.k, spec.l, spec.max_suppressed))
+            .collect();
+        next += take;
+        evaluated += take as u64;
+        for e in evaluations {
+            if e.anonymous
+                && best
+                    .as_ref()
+                    .is_none_or(|b| rank(e.loss, &e.node) < rank(b.loss, &b.node))
+            {
+                best = Some(e);
+            }
         }
     }
     best.map(|best| Found {
