@@ -131,7 +131,10 @@ only after the operator's approval; it leaves the differential privacy guarantee
 queries behind. Client ids exist only in this extract; they link a child's trajectories, so whoever knows \
 several trajectories of one child can intersect the ids of their classes.";
 
-fn check_spec(spec: &ExtractSpec) -> Result<Vec<ExtractColumn>, ExtractError> {
+/// Checks a request without data, so that it can be refused when it is made rather than when it is
+/// approved: k of at least 2, l of at least 1, at least one quasi-identifier, each with a hierarchy, and
+/// no column twice. Returns the quasi-identifiers in the record schema's order.
+pub fn check_request(spec: &ExtractSpec) -> Result<Vec<ExtractColumn>, ExtractError> {
     if spec.k < 2 || spec.l < 1 {
         return Err(ExtractError::Model);
     }
@@ -188,7 +191,7 @@ fn prepare(
     spec: &ExtractSpec,
     region: &RegionConfig,
 ) -> Result<(Prepared, PerRow), ExtractError> {
-    let qis = check_spec(spec)?;
+    let qis = check_request(spec)?;
     let q = qis.len();
     let hierarchies = qis
         .iter()
