@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap;
 pub use self::csv::{to_csv, CSV_CLIENT_COLUMN};
 pub use hierarchy::{Hierarchy, SUPPRESSED};
 
-use search::Prepared;
+use search::{Prepared, Table};
 
 /// Why no extract was produced.
 #[derive(Debug, thiserror::Error)]
@@ -308,15 +308,15 @@ fn prepare(
     }
     drop(child_cells);
 
-    let prepared = Prepared::new(
-        hierarchies,
-        cell_leaves,
-        cell_sens,
-        cell_records,
-        cell_solo,
-        multi,
-        multi_start,
-    )?;
+    let base = Table {
+        leaves: cell_leaves,
+        sens: cell_sens,
+        records: cell_records,
+        solo: cell_solo,
+        child_cells: multi,
+        child_start: multi_start,
+    };
+    let prepared = Prepared::new(hierarchies, base)?;
     let per_row = PerRow {
         cell: row_cell,
         child: row_child,
@@ -378,7 +378,7 @@ fn build<R: CryptoRng + ?Sized>(
             }
             Source::Sensitive | Source::Other(_) => {
                 let keys: BTreeSet<u32> = match source {
-                    Source::Sensitive => p.cell_sens.iter().copied().collect(),
+                    Source::Sensitive => p.base.sens.iter().copied().collect(),
                     _ => BTreeSet::new(),
                 };
                 let mut keys = keys;
@@ -426,9 +426,9 @@ fn build<R: CryptoRng + ?Sized>(
             .map(|(i, (_, source))| match source {
                 Source::Qi(a) => {
                     let h = &p.hierarchies[*a];
-                    h.group(usize::from(best.node[*a]), p.cell_leaves[cell * q + a])
+                    h.group(usize::from(best.node[*a]), p.base.leaves[cell * q + a])
                 }
-                Source::Sensitive => key_codes[i][&p.cell_sens[cell]],
+                Source::Sensitive => key_codes[i][&p.base.sens[cell]],
                 Source::Other(o) => key_codes[i][&row_other[r * others + o]],
             })
             .collect();

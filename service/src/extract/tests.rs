@@ -455,3 +455,32 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A node evaluated on the cells rolled up to any node below it gives what the base gives.
+    #[test]
+    fn roll_ups_evaluate_like_the_base(records in arb_rows(), spec in arb_spec()) {
+        let data = rows(records);
+        let (p, _) = prepare(&data, &spec, &RegionConfig::wbw()).expect("valid request");
+        let lattice = p.lattice();
+        let summary = |e: &search::Evaluation| {
+            let mut classes: Vec<(u32, u32, u32, bool)> = (0..e.class_records.len())
+                .map(|i| (e.class_children[i], e.class_records[i], e.class_distinct[i], e.class_kept[i]))
+                .collect();
+            classes.sort_unstable();
+            (classes, e.suppressed, e.anonymous, e.loss, e.generalisation_loss)
+        };
+        for low in &lattice {
+            let e = p.evaluate(&p.base, low, spec.k, spec.l, spec.max_suppressed);
+            let rolled = p.roll_up(&p.base, &e);
+            prop_assert!(rolled.cells() <= p.base.cells());
+            for high in lattice.iter().filter(|h| low.iter().zip(h.iter()).all(|(a, b)| a <= b)) {
+                let direct = p.evaluate(&p.base, high, spec.k, spec.l, spec.max_suppressed);
+                let via = p.evaluate(&rolled, high, spec.k, spec.l, spec.max_suppressed);
+                prop_assert_eq!(summary(&direct), summary(&via));
+            }
+        }
+    }
+}
