@@ -9,7 +9,9 @@
 //! visited in order of that bound; once the bound exceeds the best loss found, no node left can win, so
 //! the result equals that of evaluating every node (a test checks this against the exhaustive search).
 //! k in children and distinct l are monotone under generalisation (a merged class fails only if every
-//! part failed), so the suppressed records only shrink going up the lattice, as in ARX's Flash.
+//! part failed), so anonymity is too: ARX's Flash prunes with that. It is not used here, because with
+//! suppression the loss is not monotone (a node above may leave out fewer records), so an anonymous
+//! node's successors must still be weighed; the loss bound does the pruning here.
 //!
 //! The data are first reduced to cells: distinct combinations of the quasi-identifiers' leaves and the
 //! sensitive value, with their record counts; children are lists of the cells their records fall in.
