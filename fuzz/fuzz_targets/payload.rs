@@ -5,7 +5,7 @@ fn main() {
     afl::fuzz!(|data: &[u8]| {
         // The first byte picks the count the header declares: below, at and above what the body holds.
         if let Some((&declared, body)) = data.split_first() {
-            let _ = kwm_service::ingest::parse_payload(body, u32::from(declared));
+            let _ = kwm_service::app::upload::parse_payload(body, u32::from(declared));
         }
     });
 }

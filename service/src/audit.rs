@@ -1,6 +1,7 @@
 //! The audit chain: every security-relevant action appends an entry that carries the SHA-256 of the entry
 //! before it, so that changing, deleting or reordering any stored entry breaks the chain from there on.
 //! Entries hold who, what and a digest of the details: never a record value, pseudonym or token.
+//! Pure core: the chain's arithmetic. Which action appends what, and when, is `app::audit_trail`'s.
 
 use kwm_schemas::AgbCode;
 use ring::digest::{Context, SHA256};

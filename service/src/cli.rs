@@ -10,11 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use kwm_schemas::{AgbCode, Role};
 use time::OffsetDateTime;
 
-use crate::audit::{AuditAction, AuditEntry};
-use crate::audit_trail;
+use crate::app::{audit_trail, operator};
+use crate::audit::AuditEntry;
 use crate::config::Config;
-use crate::startup::{open_state, Application, OpenMode};
-use crate::store::{Provider, StoreError, TokenRecord};
+use crate::http::startup::{open_state, Application, OpenMode};
+use crate::store::TokenRecord;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -504,7 +504,15 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
     } else {
         OpenMode::Admin
     };
-    let (state, report) = open_state(&config, mode).await?;
+    let (state, report) = open_state(&config, mode, crate::clock::system()).await?;
+    let actor = audit_trail::operator();
+    // What `app::operator`'s commands need, as the person running this.
+    let desk = operator::Desk {
+        store: state.store.as_ref(),
+        region: &state.region,
+        actor: &actor,
+        clock: state.clock.as_ref(),
+    };
     match cmd {
         AdminCommand::Index(IndexCommand::Verify { url, token }) => {
             index_verify(&url, &token).await?;
@@ -547,42 +555,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         }) => {
             let agb: AgbCode = agb.parse().context("--agb")?;
             let public = read_signing_public_key(&signing_key)?;
-            let provider = Provider {
-                agb,
-                name: name.clone(),
-                signing_public_key: public,
-                created_at: OffsetDateTime::now_utc(),
-            };
-            match state.store.put_provider(&provider).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; nothing was registered"),
-                Err(e) => return Err(e.into()),
-            }
-            let actor = audit_trail::operator();
-            let registered = audit_trail::entry(
-                &actor,
-                AuditAction::ProviderRegistered,
-                format!("provider {agb}"),
-                Some(agb),
-                &serde_json::json!({
-                    "agb": agb.as_str(),
-                    "name": name,
-                    "signing_public_key": hex::encode(&provider.signing_public_key),
-                }),
-            );
-            state
-                .store
-                .append_audit(&registered)
-                .await
-                .context("provider registered, but its audit entry could not be written; no token was issued (issue one with `admin token issue` once the database is back)")?;
-            let (_, token) = audit_trail::issue_token(
-                state.store.as_ref(),
-                &actor,
-                Role::Provider,
-                Some(agb.as_str()),
-                &format!("provider {name}"),
-            )
-            .await?;
+            let (_, token) = operator::register_provider(desk, agb, &name, public).await?;
             println!("Registered provider {agb} ({name}).");
             println!("Its bearer token (shown once, store it safely):");
             println!("{}", token.as_str());
@@ -590,39 +563,14 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Provider(ProviderCommand::SetKey { agb, signing_key }) => {
             let agb: AgbCode = agb.parse().context("--agb")?;
             let public = read_signing_public_key(&signing_key)?;
-            let Some(old) = state.store.get_provider(agb).await? else {
-                anyhow::bail!(
-                    "provider {agb} is not registered; `admin provider list` shows the registered ones"
-                );
-            };
-            if old.signing_public_key == public {
-                println!("Provider {agb} already has this signing key; nothing changed.");
-                return Ok(());
+            match operator::replace_provider_key(desk, agb, &public).await? {
+                operator::KeyChange::Unchanged => {
+                    println!("Provider {agb} already has this signing key; nothing changed.");
+                }
+                operator::KeyChange::Replaced { name } => println!(
+                    "Replaced the signing key of provider {agb} ({name}); batches signed with the old key are refused from now on."
+                ),
             }
-            match state.store.put_provider_key(agb, &public).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(why)) => anyhow::bail!("{why}; the key was not changed"),
-                Err(StoreError::NotFound) => anyhow::bail!("provider {agb} is not registered"),
-                Err(e) => return Err(e.into()),
-            }
-            let e = audit_trail::entry(
-                &audit_trail::operator(),
-                AuditAction::ProviderKeyChanged,
-                format!("provider {agb}"),
-                Some(agb),
-                &serde_json::json!({
-                    "agb": agb.as_str(),
-                    "old_signing_public_key": hex::encode(&old.signing_public_key),
-                    "signing_public_key": hex::encode(&public),
-                }),
-            );
-            state.store.append_audit(&e).await.with_context(|| {
-                format!("the signing key of provider {agb} was replaced, but its audit entry could not be written")
-            })?;
-            println!(
-                "Replaced the signing key of provider {agb} ({}); batches signed with the old key are refused from now on.",
-                old.name
-            );
         }
         AdminCommand::Provider(ProviderCommand::List) => {
             for p in state.store.list_providers().await? {
@@ -631,15 +579,8 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Token(TokenCommand::Issue { role, scope, label }) => {
             let role: Role = role.parse().context("--role")?;
-            check_scope(&state, role, scope.as_deref()).await?;
-            let (id, token) = audit_trail::issue_token(
-                state.store.as_ref(),
-                &audit_trail::operator(),
-                role,
-                scope.as_deref(),
-                &label,
-            )
-            .await?;
+            let (id, token) =
+                operator::issue_scoped_token(desk, role, scope.as_deref(), &label).await?;
             println!("Issued token {id} for role {role}.");
             println!("The token (shown once, store it safely):");
             println!("{}", token.as_str());
@@ -648,65 +589,23 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             activate_after,
             retire_after,
         }) => {
-            anyhow::ensure!(
-                activate_after >= 0 && retire_after >= 0,
-                "durations must not be negative"
-            );
-            let id = state
-                .keyring
-                .rotate(
-                    time::Duration::seconds(activate_after),
-                    time::Duration::seconds(retire_after),
-                )
-                .await?;
-            let e = audit_trail::entry(
-                &audit_trail::operator(),
-                AuditAction::KeyRotated,
-                format!("key {id}"),
-                None,
-                &serde_json::json!({
-                    "key_id": id.to_string(),
-                    "activate_after": activate_after,
-                    "retire_after": retire_after,
-                }),
-            );
-            state.store.append_audit(&e).await.with_context(|| {
-                format!("key {id} was added, but its audit entry could not be written")
-            })?;
+            let id = operator::rotate_keys(
+                &state.keyring,
+                &actor,
+                activate_after,
+                retire_after,
+            )
+            .await?;
             println!("Added key {id}; it becomes active in {activate_after} s, the current key retires {retire_after} s after that.");
             println!("Running instances see it at their next key reload (key_reload_secs, or send them SIGHUP).");
         }
         AdminCommand::Token(TokenCommand::Revoke { id }) => {
-            let tokens = state.store.list_tokens().await?;
-            let Some(t) = tokens.iter().find(|t| t.id == id) else {
-                anyhow::bail!("there is no token {id}; `admin token list` shows them");
-            };
-            if t.revoked_at.is_some() {
-                println!("Token {id} was already revoked.");
-                return Ok(());
+            match operator::revoke_token(desk, id).await? {
+                operator::Revocation::AlreadyRevoked => println!("Token {id} was already revoked."),
+                operator::Revocation::Revoked(role) => {
+                    println!("Revoked token {id} ({role}); it is refused from now on.")
+                }
             }
-            state
-                .store
-                .revoke_token(id, OffsetDateTime::now_utc())
-                .await?;
-            let provider = match t.role {
-                Role::Provider => t.scope.as_deref().and_then(|s| s.parse().ok()),
-                _ => None,
-            };
-            let e = audit_trail::entry(
-                &audit_trail::operator(),
-                AuditAction::TokenRevoked,
-                format!("token {id} ({})", t.role),
-                provider,
-                &serde_json::json!({ "id": id }),
-            );
-            state.store.append_audit(&e).await.with_context(|| {
-                format!("token {id} is revoked, but its audit entry could not be written")
-            })?;
-            println!(
-                "Revoked token {id} ({}); it is refused from now on.",
-                t.role
-            );
         }
         AdminCommand::Token(TokenCommand::List) => {
             print!("{}", token_table(&state.store.list_tokens().await?));
@@ -739,7 +638,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Round(RoundCommand::Publish { period }) => {
             let period: kwm_schemas::Period = period.parse().context("--period")?;
             let actor = audit_trail::operator();
-            let o = crate::rounds::publish_round(&state.round_deps(), period, &actor, false)
+            let o = crate::app::rounds::publish_round(&state.round_deps(), period, &actor, false)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             let r = &o.round;
@@ -755,9 +654,10 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Round(RoundCommand::List) => {
-            let (rounds, planned) = crate::rounds::list_rounds(state.store.as_ref(), &state.region)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
+            let (rounds, planned) =
+                crate::app::rounds::list_rounds(state.store.as_ref(), &state.region)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             if rounds.is_empty() {
                 println!("no rounds");
             }
@@ -784,51 +684,15 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Region(RegionCommand::KeyCheck(KeyCheckCommand::Set {
             check_value,
             replace,
-        })) => {
-            let text = check_value.trim().to_ascii_lowercase();
-            let check = crate::store::RegionalKeyCheck::from_hex(&text, time::OffsetDateTime::now_utc())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{check_value:?} is not a check value: it is 64 hex digits, as `kwm keygen --regional` \
-                         prints it (`check value: ...`); never pass the key itself"
-                    )
-                })?;
-            let old = state.store.get_regional_key_check().await?;
-            if old
-                .as_ref()
-                .is_some_and(|o| o.check_value == check.check_value)
-            {
+        })) => match operator::set_regional_key_check(desk, &check_value, replace).await? {
+            operator::CheckChange::Unchanged => {
                 println!("This check value is registered already; nothing changed.");
-                return Ok(());
             }
-            match state.store.put_regional_key_check(&check, replace).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(_)) => anyhow::bail!(
-                    "another check value of the region's key is registered ({}); pass --replace to \
-                     change it (only when the region changed its key: uploads under the old key are then \
-                     refused); nothing changed",
-                    old.map(|o| hex::encode(o.check_value)).unwrap_or_default()
-                ),
-                Err(e) => return Err(e.into()),
-            }
-            let e = audit_trail::entry(
-                &audit_trail::operator(),
-                AuditAction::RegionalKeyCheckSet,
-                "region key-check".to_string(),
-                None,
-                &serde_json::json!({
-                    "old_check_value": old.as_ref().map(|o| hex::encode(o.check_value)),
-                    "check_value": text,
-                }),
-            );
-            state.store.append_audit(&e).await.with_context(|| {
-                "the check value of the region's key was registered, but its audit entry could not be written"
-            })?;
-            println!(
+            operator::CheckChange::Registered(text) => println!(
                 "Registered the check value of the region's key: {text}. Uploads pseudonymised under \
                  another regional key are refused from now on."
-            );
-        }
+            ),
+        },
         AdminCommand::Region(RegionCommand::KeyCheck(KeyCheckCommand::Show)) => {
             match state.store.get_regional_key_check().await? {
                 Some(c) => println!(
@@ -846,7 +710,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Privacy => {
-            let report = crate::rounds::privacy_report(state.store.as_ref(), &state.region)
+            let report = crate::app::rounds::privacy_report(state.store.as_ref(), &state.region)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", problem_text(&e)))?;
             println!("{}", report.guarantee_en);
@@ -881,47 +745,6 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Keys(KeysCommand::List) => {
             print!("{}", key_table(&state.keyring.public_infos()));
         }
-    }
-    Ok(())
-}
-
-/// Refuses a token for something that does not exist: a municipality outside the region, a
-/// provider that is not registered. (The format of a scope is checked when the token is stored.)
-async fn check_scope(
-    state: &crate::startup::AppState,
-    role: Role,
-    scope: Option<&str>,
-) -> anyhow::Result<()> {
-    let Some(raw) = scope else { return Ok(()) };
-    match role {
-        Role::Municipality => {
-            let code: kwm_schemas::MunicipalityCode = raw.parse().context("--scope")?;
-            if state.region.municipality(code).is_none() {
-                let codes: Vec<String> = state
-                    .region
-                    .municipalities
-                    .iter()
-                    .map(|m| format!("{} {}", m.code, m.name))
-                    .collect();
-                anyhow::bail!(
-                    "--scope {code}: not a municipality of region {} ({}); its municipalities are: {}",
-                    state.region.code,
-                    state.region.name,
-                    codes.join(", ")
-                );
-            }
-        }
-        Role::Provider => {
-            let agb: AgbCode = raw.parse().context("--scope")?;
-            if state.store.get_provider(agb).await?.is_none() {
-                anyhow::bail!(
-                    "--scope {agb}: no provider with this AGB code is registered; register it first \
-                     with `admin provider add --agb {agb} --name NAME --signing-key signing.pub` \
-                     (which prints its token), or see `admin provider list`"
-                );
-            }
-        }
-        _ => {}
     }
     Ok(())
 }
@@ -1021,9 +844,9 @@ pub fn key_table(keys: &[kwm_schemas::api::PublicKeyInfo]) -> String {
 }
 
 /// What a problem says to a person at a terminal: its detail, and the date it names if any.
-fn problem_text(e: &crate::error::ApiError) -> String {
+fn problem_text(e: &crate::app::error::ApiError) -> String {
     match e {
-        crate::error::ApiError::Internal(inner) => format!("{inner:#}"),
+        crate::app::error::ApiError::Internal(inner) => format!("{inner:#}"),
         other => other.to_string_detail(),
     }
 }
@@ -1065,13 +888,13 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
         return "no entries\n".into();
     }
     let mut s = format!(
-        "{:>6}  {:<19}  {:<19}  {:<22}  {:<8}  {:<16}  {}\n",
+        "{:>6}  {:<19}  {:<22}  {:<22}  {:<8}  {:<16}  {}\n",
         "SEQ", "AT (UTC)", "ACTION", "ACTOR", "PROVIDER", "HASH", "SUBJECT"
     );
     for e in entries {
         let n = &e.entry;
         s.push_str(&format!(
-            "{:>6}  {:<19}  {:<19}  {:<22}  {:<8}  {:<16}  {}\n",
+            "{:>6}  {:<19}  {:<22}  {:<22}  {:<8}  {:<16}  {}\n",
             e.seq,
             timestamp(n.at),
             n.action.as_str(),

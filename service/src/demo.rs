@@ -10,17 +10,24 @@ use anyhow::Context;
 use kwm_schemas::Role;
 use kwm_sdk::synth::{generate, SynthOptions};
 use kwm_sdk::{upload_file, ProviderKeys, RegionalKey, Token, UploadOptions};
-use time::OffsetDateTime;
 
 use kwm_schemas::release::ReleaseScope;
 use kwm_schemas::Period;
 
-use crate::auth::issue_token;
+use crate::app::audit_trail::issue_token;
+use crate::app::operator;
+use crate::app::rounds::{latest_release, publish_round, Actor};
 use crate::config::Config;
-use crate::rounds::{latest_release, publish_round, Actor};
-use crate::startup::Application;
-use crate::store::Provider;
+use crate::http::startup::Application;
 use crate::tables;
+
+/// Who the demo's own actions are recorded as in the audit chain.
+fn demo_actor() -> Actor {
+    Actor {
+        role: "admin".into(),
+        id: "demo".into(),
+    }
+}
 
 /// Marks a directory as the demo's own, so that a re-run may wipe it and nothing else.
 const MARKER: &str = ".kwm-demo";
@@ -96,7 +103,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        if crate::startup::data_dir_in_use(dir)? {
+        if crate::http::startup::data_dir_in_use(dir)? {
             anyhow::bail!(
                 "a service is running on {} (an earlier demo, or `kwm-service serve`): stop it \
                  first, or choose another directory with --data-dir",
@@ -159,13 +166,18 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     );
     let regional = RegionalKey::generate()?;
     regional.write_to(&opts.dir.join("regional.key"), true)?;
-    // As the operator does once for a region: register the check value of its key (never the key).
-    let check = crate::store::RegionalKeyCheck::from_hex(
-        &regional.check_value(),
-        OffsetDateTime::now_utc(),
-    )
-    .context("the regional key's check value")?;
-    state.store.put_regional_key_check(&check, true).await?;
+    // As the operator does: register the check value of the region's key (never the key), and
+    // each provider with its signing key.
+    let actor = demo_actor();
+    let desk = operator::Desk {
+        store: state.store.as_ref(),
+        region: &state.region,
+        actor: &actor,
+        clock: state.clock.as_ref(),
+    };
+    operator::set_regional_key_check(desk, &regional.check_value(), true)
+        .await
+        .context("registering the regional key's check value")?;
 
     println!();
     println!(
@@ -179,22 +191,9 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         let keys = ProviderKeys::generate()?;
         let key_dir = opts.dir.join("providers").join(p.agb.as_str());
         keys.write_to(&key_dir, true)?;
-        state
-            .store
-            .put_provider(&Provider {
-                agb: p.agb,
-                name: name.to_string(),
-                signing_public_key: keys.signing_public_key().to_vec(),
-                created_at: OffsetDateTime::now_utc(),
-            })
-            .await?;
-        let (_, token) = issue_token(
-            state.store.as_ref(),
-            Role::Provider,
-            Some(p.agb.as_str()),
-            name,
-        )
-        .await?;
+        let (_, token) =
+            operator::register_provider(desk, p.agb, name, keys.signing_public_key().to_vec())
+                .await?;
         let t0 = Instant::now();
         let mut upload = UploadOptions::new(
             &p.path,
@@ -228,10 +227,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
 
     // The municipalities' side: the round of the last full year, published by the region team.
     let period: Period = opts.period.parse().context("--period")?;
-    let actor = Actor {
-        role: "admin".into(),
-        id: "demo".into(),
-    };
+    let actor = demo_actor();
     let deps = state.round_deps();
     let outcome = publish_round(&deps, period, &actor, false)
         .await
@@ -341,12 +337,20 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
 
     let (_, municipality_token) = issue_token(
         state.store.as_ref(),
+        &demo_actor(),
         Role::Municipality,
         Some("GM0748"),
         "demo",
     )
     .await?;
-    let (_, region_token) = issue_token(state.store.as_ref(), Role::Region, None, "demo").await?;
+    let (_, region_token) = issue_token(
+        state.store.as_ref(),
+        &demo_actor(),
+        Role::Region,
+        None,
+        "demo",
+    )
+    .await?;
     let muni = municipality_token.as_str();
     let gm0748 = state
         .store

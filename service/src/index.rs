@@ -16,6 +16,8 @@
 //! Memory: about 200-240 bytes per stored trajectory (the 96-byte row and its key in the slot map, at the
 //! capacities the vectors and the map grow to; `IndexData::approx_bytes`). Holds client
 //! pseudonyms and outcome values: nothing here is logged but counts.
+//!
+//! A part of the service: it reads the store and feeds the engine; it knows no use case and no HTTP.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};

@@ -6,6 +6,7 @@
 //! key or pseudonymisation key is not the database's refuses to start instead of splitting every
 //! client into two pseudonyms. Key files of earlier versions (`<data dir>/keys/`) are imported on
 //! first start, so existing deployments keep their pseudonyms.
+//! A part of the service: it knows the store and the clock, no use case and no HTTP.
 
 use std::fs;
 use std::io::Write;
@@ -24,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::store::{KeyCheck, ServiceKeyKind, Store, StoredServiceKey};
+use crate::clock::SharedClock;
+use crate::store::{KeyCheck, RecordFn, ServiceKeyKind, Store, StoredServiceKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -463,14 +465,15 @@ pub async fn open(
     database: &str,
     when_new: WhenNew,
     env_master: Option<MasterKey>,
+    clock: SharedClock,
 ) -> anyhow::Result<ServiceKeys> {
     let keys_dir = data_dir.join("keys");
     let files = FileKeys::read(&keys_dir, env_master.as_ref())?;
     if let Some(check) = store.get_key_check().await? {
         let master = env_master.map(|m| (m, MASTER_KEY_VAR.to_string()));
-        return load(store, data_dir, database, master, files, check, None).await;
+        return load(store, data_dir, database, master, files, check, None, clock).await;
     }
-    let now = OffsetDateTime::now_utc();
+    let now = clock.now();
     let (pseudonym, hpke, how) = match files {
         Some(f) => {
             let hpke = f
@@ -581,6 +584,7 @@ pub async fn open(
             files,
             check,
             None,
+            clock,
         )
         .await;
     }
@@ -603,6 +607,7 @@ pub async fn open(
         None,
         check,
         created_file,
+        clock,
     )
     .await?;
     keys.report.initialised = Some(how);
@@ -631,6 +636,7 @@ fn hpke_row(
 
 /// Opens the keys of an initialised database and checks them against its check values and against
 /// any key files at hand.
+#[allow(clippy::too_many_arguments)] // one caller, `open`, with what it found
 async fn load(
     store: Arc<dyn Store>,
     data_dir: &Path,
@@ -639,6 +645,7 @@ async fn load(
     files: Option<FileKeys>,
     check: KeyCheck,
     created_master_key_file: Option<PathBuf>,
+    clock: SharedClock,
 ) -> anyhow::Result<ServiceKeys> {
     let file_path = data_dir.join(MASTER_KEY_FILE);
     let (master, master_key_from) = match master {
@@ -693,6 +700,7 @@ async fn load(
         store,
         master: Arc::new(master),
         keys: RwLock::new(Vec::new()),
+        clock,
     };
     keyring.reload().await?;
     Ok(ServiceKeys {
@@ -744,6 +752,8 @@ pub struct Keyring {
     store: Arc<dyn Store>,
     master: Arc<MasterKey>,
     keys: RwLock<Vec<KeyEntry>>,
+    /// When keys activate and retire.
+    clock: SharedClock,
 }
 
 impl Keyring {
@@ -756,7 +766,7 @@ impl Keyring {
             .list_service_keys()
             .await
             .context("reading the service keys")?;
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let mut entries = Vec::new();
         for row in rows.iter().filter(|r| r.kind == ServiceKeyKind::Hpke) {
             let id: KeyId = row
@@ -811,20 +821,25 @@ impl Keyring {
         &self,
         activate_after: time::Duration,
         retire_after: time::Duration,
+        record: Option<&RecordFn<KeyId>>,
     ) -> anyhow::Result<KeyId> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let switch = now + activate_after;
         let retire = switch + retire_after;
         let secret = HpkeSecretKey::generate();
+        let id = secret.public_key().key_id();
         let row = hpke_row(&self.master, &secret, now, switch, None)?;
-        self.store.put_rotated_key(&row, retire).await?;
+        let entry = record.map(|r| r(&id));
+        self.store
+            .put_rotated_key_recorded(&row, retire, entry.as_ref())
+            .await?;
         self.reload().await?;
-        Ok(secret.public_key().key_id())
+        Ok(id)
     }
 
     /// The key new batches should be sealed to: the most recently activated, unretired key.
     pub fn active_key_id(&self) -> Option<KeyId> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let keys = self.keys.read().ok()?;
         keys.iter()
             .rev()
@@ -835,7 +850,7 @@ impl Keyring {
     /// Resolves a batch's key id against the keys in memory (no database read on the request path:
     /// a key added elsewhere is known after the next reload).
     pub fn with_key<R>(&self, id: &KeyId, f: impl FnOnce(KeyLookup<'_>) -> R) -> R {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let Ok(keys) = self.keys.read() else {
             return f(KeyLookup::Unknown);
         };
@@ -851,7 +866,7 @@ impl Keyring {
 
     /// The public half of every key with its state, as `GET /v1/keys` publishes it.
     pub fn public_infos(&self) -> Vec<PublicKeyInfo> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let Ok(keys) = self.keys.read() else {
             return Vec::new();
         };
@@ -1023,9 +1038,16 @@ mod tests {
     async fn first_start_creates_keys_in_the_database_and_a_private_master_key_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite_store(dir.path()).await;
-        let keys = open(store.clone(), dir.path(), "test", WhenNew::Create, None)
-            .await
-            .expect("created");
+        let keys = open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect("created");
         assert_eq!(keys.report.initialised, Some(Initialised::Created));
         let file = dir.path().join(MASTER_KEY_FILE);
         assert_eq!(keys.report.created_master_key_file, Some(file.clone()));
@@ -1047,9 +1069,16 @@ mod tests {
             assert!(master.open_key(r).is_ok());
         }
         // A second start loads the same keys.
-        let again = open(store.clone(), dir.path(), "test", WhenNew::Refuse, None)
-            .await
-            .expect("loaded");
+        let again = open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect("loaded");
         assert_eq!(again.report.initialised, None);
         assert_eq!(again.report.created_master_key_file, None);
         assert_eq!(again.keyring.active_key_id(), Some(id));
@@ -1073,7 +1102,9 @@ mod tests {
             ];
             let starts = stores.iter().map(|s| {
                 let (s, d) = (s.clone(), dir.path().to_path_buf());
-                tokio::spawn(async move { open(s, &d, "test", WhenNew::Create, None).await })
+                tokio::spawn(async move {
+                    open(s, &d, "test", WhenNew::Create, None, crate::clock::system()).await
+                })
             });
             let opened: Vec<ServiceKeys> = futures::future::join_all(starts)
                 .await
@@ -1081,9 +1112,16 @@ mod tests {
                 .filter_map(|r| r.expect("joined").ok())
                 .collect();
             assert!(!opened.is_empty(), "at least one instance starts");
-            let later = open(stores[0].clone(), dir.path(), "test", WhenNew::Refuse, None)
-                .await
-                .expect("the next start opens the keys with the master key file");
+            let later = open(
+                stores[0].clone(),
+                dir.path(),
+                "test",
+                WhenNew::Refuse,
+                None,
+                crate::clock::system(),
+            )
+            .await
+            .expect("the next start opens the keys with the master key file");
             for k in &opened {
                 assert_eq!(
                     k.pseudonym_key.pseudonymise(&stage1()),
@@ -1097,9 +1135,16 @@ mod tests {
     async fn an_uninitialised_database_is_refused_unless_creation_is_allowed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite_store(dir.path()).await;
-        let err = open(store.clone(), dir.path(), "test", WhenNew::Refuse, None)
-            .await
-            .expect_err("refused");
+        let err = open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect_err("refused");
         assert!(format!("{err:#}").contains("admin init"), "{err:#}");
         assert!(store.get_key_check().await.expect("read").is_none());
         assert!(!dir.path().join(MASTER_KEY_FILE).exists());
@@ -1109,19 +1154,40 @@ mod tests {
     async fn another_master_key_or_none_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite_store(dir.path()).await;
-        open(store.clone(), dir.path(), "test", WhenNew::Create, None)
-            .await
-            .expect("created");
+        open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect("created");
         let other = tempfile::tempdir().expect("tempdir");
-        let err = open(store.clone(), other.path(), "test", WhenNew::Create, None)
-            .await
-            .expect_err("no master key at hand");
+        let err = open(
+            store.clone(),
+            other.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect_err("no master key at hand");
         assert!(format!("{err:#}").contains("none is at hand"), "{err:#}");
         assert!(!other.path().join(MASTER_KEY_FILE).exists());
         master(5).write_file(other.path()).expect("written");
-        let err = open(store.clone(), other.path(), "test", WhenNew::Create, None)
-            .await
-            .expect_err("wrong master key");
+        let err = open(
+            store.clone(),
+            other.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect_err("wrong master key");
         assert!(
             format!("{err:#}").contains("is not the one the service keys"),
             "{err:#}"
@@ -1133,9 +1199,16 @@ mod tests {
             other.path().join(MASTER_KEY_FILE),
         )
         .expect("copied");
-        open(store, other.path(), "test", WhenNew::Refuse, None)
-            .await
-            .expect("opens");
+        open(
+            store,
+            other.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect("opens");
     }
 
     /// Key files as an earlier version wrote them: `keys/pseudonym.key`, `keys/hpke/ID.key` and
@@ -1187,6 +1260,7 @@ mod tests {
                 "test",
                 WhenNew::Refuse,
                 env_master,
+                crate::clock::system(),
             )
             .await
             .expect("imported even where new keys are refused");
@@ -1218,13 +1292,27 @@ mod tests {
     async fn key_files_that_are_not_the_databases_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite_store(dir.path()).await;
-        open(store.clone(), dir.path(), "test", WhenNew::Create, None)
-            .await
-            .expect("created");
+        open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect("created");
         write_key_files(dir.path(), &[1u8; 32], None);
-        let err = open(store, dir.path(), "test", WhenNew::Refuse, None)
-            .await
-            .expect_err("another deployment's key files");
+        let err = open(
+            store,
+            dir.path(),
+            "test",
+            WhenNew::Refuse,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect_err("another deployment's key files");
         let text = format!("{err:#}");
         assert!(
             text.contains("is not the pseudonymisation key of database test")
@@ -1246,9 +1334,16 @@ mod tests {
             })
             .await
             .expect("registered");
-        let err = open(store.clone(), dir.path(), "test", WhenNew::Create, None)
-            .await
-            .expect_err("refused");
+        let err = open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect_err("refused");
         assert!(format!("{err:#}").contains("key files"), "{err:#}");
         assert!(store.get_key_check().await.expect("read").is_none());
     }
@@ -1258,22 +1353,30 @@ mod tests {
     {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite_store(dir.path()).await;
-        let a = open(store.clone(), dir.path(), "test", WhenNew::Create, None)
-            .await
-            .expect("a");
+        let a = open(
+            store.clone(),
+            dir.path(),
+            "test",
+            WhenNew::Create,
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .expect("a");
         let b = open(
             sqlite_store(dir.path()).await,
             dir.path(),
             "test",
             WhenNew::Refuse,
             None,
+            crate::clock::system(),
         )
         .await
         .expect("b");
         let old = a.keyring.active_key_id().expect("active");
         let new = a
             .keyring
-            .rotate(time::Duration::ZERO, time::Duration::ZERO)
+            .rotate(time::Duration::ZERO, time::Duration::ZERO, None)
             .await
             .expect("rotated");
         assert_eq!(a.keyring.active_key_id(), Some(new.clone()));
@@ -1297,7 +1400,7 @@ mod tests {
         assert!(!b.keyring.reload().await.expect("reloaded"), "no change");
         let pending = a
             .keyring
-            .rotate(time::Duration::hours(1), time::Duration::hours(1))
+            .rotate(time::Duration::hours(1), time::Duration::hours(1), None)
             .await
             .expect("rotate");
         assert!(a
@@ -1326,6 +1429,7 @@ mod tests {
             "test",
             WhenNew::Create,
             None,
+            crate::clock::system(),
         )
         .await
         .expect("a");
@@ -1335,6 +1439,7 @@ mod tests {
             "test",
             WhenNew::Refuse,
             None,
+            crate::clock::system(),
         )
         .await
         .expect("b");
@@ -1346,7 +1451,7 @@ mod tests {
         ));
         let new = a
             .keyring
-            .rotate(time::Duration::ZERO, time::Duration::hours(1))
+            .rotate(time::Duration::ZERO, time::Duration::hours(1), None)
             .await
             .expect("rotated");
         // Bounded only so that a broken timer fails instead of hanging.

@@ -1,30 +1,34 @@
-//! The Kwaliteitsmonitor custodian service: sealed ingestion, the store, and the API.
+//! The Kwaliteitsmonitor custodian service: sealed ingestion, the store, the releases and the API.
 //!
-//! Where things are: `routes/` (HTTP endpoints and the OpenAPI document), `auth/` (tokens, roles,
-//! scopes), `ingest` (where an upload is opened and validated), `keys` (the HPKE keyring and the service
-//! pseudonymisation key, kept in the database under the master key), `store/` (all SQL, SQLite and PostgreSQL), `metrics`, `config`, `startup`.
+//! Rooms, from the outside in (each may use the rooms below it, never one above; a test,
+//! `service/tests/layout.rs`, checks the imports):
+//! - composition roots: `main`, `cli` (the operator's commands), `demo`: the only places that may
+//!   put the whole application together with `http`.
+//! - `http/`: router and start-up, routes, auth extractors, middleware, the problem mapping, OpenAPI.
+//! - `app/`: the use cases (upload, custody, rounds, the audit trail, access by token).
+//! - the parts: `store/` (all SQL, SQLite and PostgreSQL), `keys` (the HPKE keyring and the
+//!   pseudonymisation key, in the database under the master key), `index` (the release index in
+//!   memory), `clock` (the one clock, injected), `metrics`, `config`, `telemetry`.
+//! - the pure core: `release/` (the release engine), `noise/` (exact samplers), `audit` (the hash
+//!   chain), `tables` (CSV and XLSX of releases), `extract/` (anonymised research extracts: hierarchies,
+//!   the lattice search, risk report, CSV). It takes data and returns data.
 
+pub mod app;
 pub mod audit;
-pub mod audit_trail;
-pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod error;
 pub mod extract;
+pub mod http;
 pub mod index;
-pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod noise;
 pub mod release;
-pub mod rounds;
-pub mod routes;
-pub mod server;
-pub mod startup;
 pub mod store;
 pub mod tables;
 pub mod telemetry;
 
 pub use config::Config;
-pub use startup::{AppState, Application};
+pub use http::startup::{AppState, Application};

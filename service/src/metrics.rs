@@ -1,15 +1,8 @@
 //! Prometheus metrics, served on their own listener only: requests and latency per route and status,
 //! uploads and records by outcome, every rejection by problem type, releases and their cells, the
-//! privacy budget, and the database pool. Labels never carry an identifier or a value.
+//! privacy budget, and the database pool. Labels never carry an identifier or a value. The API's
+//! middleware that feeds the request series and the metrics listener's router are `http::middleware`'s.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::release::Release;
 use prometheus::{
@@ -17,7 +10,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::error::ApiError;
 use crate::store::{PutBatch, Store};
 
 #[derive(Debug, Clone)]
@@ -246,9 +238,10 @@ impl Metrics {
             .set(f((cap_nanos - spent_nanos).max(0)));
     }
 
-    pub fn observe_upload(&self, outcome: &Result<PutBatch, ApiError>) {
+    /// An upload's outcome; `None` for one refused.
+    pub fn observe_upload(&self, outcome: Option<&PutBatch>) {
         match outcome {
-            Ok(PutBatch::Stored(r)) => {
+            Some(PutBatch::Stored(r)) => {
                 self.uploads.with_label_values(&["stored"]).inc();
                 self.records
                     .with_label_values(&["stored"])
@@ -260,8 +253,8 @@ impl Metrics {
                     .with_label_values(&["unchanged"])
                     .inc_by(u64::from(r.unchanged));
             }
-            Ok(PutBatch::Replayed(_)) => self.uploads.with_label_values(&["replayed"]).inc(),
-            Ok(PutBatch::Withdrawn { .. }) | Err(_) => {
+            Some(PutBatch::Replayed(_)) => self.uploads.with_label_values(&["replayed"]).inc(),
+            Some(PutBatch::Withdrawn { .. }) | None => {
                 self.uploads.with_label_values(&["rejected"]).inc()
             }
         }
@@ -278,76 +271,28 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
-}
 
-/// The method as a label from a fixed set: a client that sends made-up methods must not create
-/// series without bound.
-pub fn method_label(m: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+    /// A request answered: counted and timed by route template, method label and status, and its
+    /// problem type counted when it was refused.
+    pub fn observe_request(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        seconds: f64,
+        problem: Option<ProblemType>,
+    ) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.latency.with_label_values(&labels).observe(seconds);
+        if let Some(kind) = problem {
+            self.rejections.with_label_values(&[kind.slug()]).inc();
+        }
     }
-}
 
-/// Middleware: counts and times every request by its route template (never the concrete path, which
-/// could hold an id).
-pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = method_label(req.method());
-    let start = Instant::now();
-    let _in_flight = InFlight::enter(&metrics.in_flight);
-    let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    let labels = [route.as_str(), method, status.as_str()];
-    metrics.requests.with_label_values(&labels).inc();
-    metrics
-        .latency
-        .with_label_values(&labels)
-        .observe(start.elapsed().as_secs_f64());
-    if let Some(kind) = res.extensions().get::<ProblemType>() {
-        metrics.rejections.with_label_values(&[kind.slug()]).inc();
+    /// Requests in flight.
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
     }
-    res
-}
-
-/// Counts a request in flight until dropped, also when the request is cancelled.
-struct InFlight<'a>(&'a IntGauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// The router of the metrics listener: `/metrics` only. The API listener never serves it.
-pub fn router(metrics: Metrics, store: Arc<dyn Store>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            let store = store.clone();
-            async move {
-                m.observe_pool(store.as_ref());
-                ([("content-type", "text/plain; version=0.0.4")], m.render()).into_response()
-            }
-        }),
-    )
 }

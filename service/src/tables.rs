@@ -3,7 +3,8 @@
 //! line per figure) or as an XLSX workbook a policy adviser can forward as it is (sheet "Cijfers" with
 //! every value, its 95% interval and n; sheet "Toelichting" explaining statuses and intervals in plain
 //! Dutch; sheet "Publicatieronde" with version, date and privacy guarantee). One renderer per format for
-//! every reader: the figures are copied from the releases, never computed here.
+//! every reader: the figures are copied from the releases, never computed here. Pure core: bytes out,
+//! no file, store or HTTP.
 
 use kwm_schemas::criteria::{Criterion, CriterionKind, Direction};
 use kwm_schemas::release::{CellStatus, Figure, Release, ReleaseCell, ReleaseRow, ReleaseScope};

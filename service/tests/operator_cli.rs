@@ -384,14 +384,13 @@ fn the_demo_leaves_its_data_where_serve_and_admin_look_and_says_how_to_go_on() {
     // `serve` on it answers with the demo's published round.
     let service = serve(&abs);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let status = rt.block_on(async {
-        reqwest_get(
+    let round_status = || {
+        rt.block_on(reqwest_get(
             &format!("{}/v1/releases?scope=GM0748&period=2025", service.base_url),
             &token,
-        )
-        .await
-    });
-    assert_eq!(status, 200);
+        ))
+    };
+    assert_eq!(round_status(), 200);
 
     // A second demo on the directory a service runs on is refused: it would remove the database
     // under the running service. Nothing was touched: the service still answers from it.
@@ -409,14 +408,7 @@ fn the_demo_leaves_its_data_where_serve_and_admin_look_and_says_how_to_go_on() {
     );
     let still = ok(kwm_service(&abs, &["admin", "provider", "list"]));
     assert_eq!(still, providers, "the demo's data is untouched");
-    let status = rt.block_on(async {
-        reqwest_get(
-            &format!("{}/v1/releases?scope=GM0748&period=2025", service.base_url),
-            &token,
-        )
-        .await
-    });
-    assert_eq!(status, 200);
+    assert_eq!(round_status(), 200);
 
     // The help says what the option is.
     let help = ok(kwm_service(dir.path(), &["demo", "--help"]));

@@ -126,7 +126,7 @@ async fn measure(
         rate_limit_per_second: 0,
         ..Config::default()
     };
-    kwm_service::startup::initialise(&config).await?;
+    kwm_service::http::startup::initialise(&config).await?;
     let app = Application::build(config).await?;
     let base = format!("http://{}", app.local_addr());
     let state = app.state().clone();
@@ -142,7 +142,7 @@ async fn measure(
             created_at: time::OffsetDateTime::now_utc(),
         })
         .await?;
-    let (_, token) = kwm_service::auth::issue_token(
+    let (_, token) = kwm_service::app::access::issue_token(
         state.store.as_ref(),
         Role::Provider,
         Some(agb.as_str()),

@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         release_index_sync_secs: args.index_sync_secs,
         ..Config::default()
     };
-    kwm_service::startup::initialise(&config).await?;
+    kwm_service::http::startup::initialise(&config).await?;
     let app = Application::build(config).await?;
     let state = app.state().clone();
     let base = format!("http://{}", app.local_addr());
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
                 created_at: time::OffsetDateTime::now_utc(),
             })
             .await?;
-        let (_, token) = kwm_service::auth::issue_token(
+        let (_, token) = kwm_service::app::access::issue_token(
             state.store.as_ref(),
             Role::Provider,
             Some(p.agb.as_str()),

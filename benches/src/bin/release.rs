@@ -30,7 +30,7 @@ use kwm_schemas::{Period, Role};
 use kwm_sdk::prepare::{prepare_file, PrepareContext};
 use kwm_sdk::synth::{generate, SynthOptions};
 use kwm_sdk::{ProviderKeys, Pseudonymiser, RegionalKey};
-use kwm_service::rounds::{publish_round, Actor};
+use kwm_service::app::rounds::{publish_round, Actor};
 use kwm_service::{Application, Config};
 
 #[derive(Debug, Parser)]
@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         rate_limit_per_second: 0,
         ..Config::default()
     };
-    kwm_service::startup::initialise(&config).await?;
+    kwm_service::http::startup::initialise(&config).await?;
     let app = Application::build(config).await?;
     let state = app.state().clone();
 
@@ -264,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
 
     // (b) A stored release of the round under concurrent requests.
     let id = municipality_release.context("a municipality release")?;
-    let (_, token) = kwm_service::auth::issue_token(
+    let (_, token) = kwm_service::app::access::issue_token(
         state.store.as_ref(),
         Role::Municipality,
         Some("GM0748"),

@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             created_at: time::OffsetDateTime::now_utc(),
         })
         .await?;
-    let (_, token) = kwm_service::auth::issue_token(
+    let (_, token) = kwm_service::app::access::issue_token(
         state.store.as_ref(),
         Role::Provider,
         Some(agb.as_str()),

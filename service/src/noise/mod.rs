@@ -1,5 +1,6 @@
 //! Exact noise for released values (DESIGN section 7): discrete Laplace and discrete Gaussian noise drawn
 //! with integer arithmetic from the OS CSPRNG, and the 95% interval that goes with the Laplace noise.
+//! Pure core: it knows no store, no clock and no HTTP.
 //!
 //! # Review note: where every random bit comes from
 //!

@@ -1,5 +1,6 @@
 //! The store: every SQL statement of the service lives behind the [`Store`] trait, with one module per
 //! backend (`sqlite`, `postgres`), chosen once from the database URL. Migrations are embedded per backend.
+//! A part of the service: it knows no use case and no HTTP; it decides nothing a use case decides.
 
 use std::sync::Arc;
 
@@ -457,7 +458,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Registers a provider. `Conflict` if the AGB code is already registered, or if another
     /// provider registered the same signing public key (one key signs for one AGB code only).
-    async fn put_provider(&self, provider: &Provider) -> Result<(), StoreError>;
+    async fn put_provider(&self, provider: &Provider) -> Result<(), StoreError> {
+        self.put_provider_recorded(provider, None).await
+    }
+    /// [`Store::put_provider`], with the registration's audit entry appended in its transaction: no
+    /// crash leaves a provider registered without its entry, and a failed append registers nothing
+    /// (`AuditUnwritten`). The same holds for every `*_recorded` method below.
+    async fn put_provider_recorded(
+        &self,
+        provider: &Provider,
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError>;
     /// Replaces a provider's signing public key: batches signed with the old key are refused from
     /// now on. `NotFound` if the provider is not registered, `Conflict` if another provider holds
     /// the key.
@@ -465,12 +476,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         agb: AgbCode,
         signing_public_key: &[u8],
+    ) -> Result<(), StoreError> {
+        self.put_provider_key_recorded(agb, signing_public_key, None)
+            .await
+    }
+    async fn put_provider_key_recorded(
+        &self,
+        agb: AgbCode,
+        signing_public_key: &[u8],
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError>;
     async fn get_provider(&self, agb: AgbCode) -> Result<Option<Provider>, StoreError>;
     async fn list_providers(&self) -> Result<Vec<Provider>, StoreError>;
 
     /// Stores a token hash and returns its id. `Conflict` if the hash exists.
-    async fn put_token(&self, token: &NewToken) -> Result<i64, StoreError>;
+    async fn put_token(&self, token: &NewToken) -> Result<i64, StoreError> {
+        self.put_token_recorded(token, None).await
+    }
+    /// [`Store::put_token`], with the issuance's entry, which `record` makes from the new token's id.
+    async fn put_token_recorded(
+        &self,
+        token: &NewToken,
+        record: Option<&RecordFn<i64>>,
+    ) -> Result<i64, StoreError>;
     /// The token with this hash, revoked or not.
     async fn get_token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
 
@@ -716,6 +744,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         check: &RegionalKeyCheck,
         replace: bool,
+    ) -> Result<(), StoreError> {
+        self.put_regional_key_check_recorded(check, replace, None)
+            .await
+    }
+    async fn put_regional_key_check_recorded(
+        &self,
+        check: &RegionalKeyCheck,
+        replace: bool,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError>;
 
     /// The check values of the database's key set; `None` while the key set was never initialised.
@@ -736,13 +773,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         key: &StoredServiceKey,
         retire_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.put_rotated_key_recorded(key, retire_at, None).await
+    }
+    async fn put_rotated_key_recorded(
+        &self,
+        key: &StoredServiceKey,
+        retire_at: OffsetDateTime,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError>;
     /// Deletes the HPKE keys retired before `before` (a batch sealed to one is refused anyway);
     /// returns how many. Never the pseudonymisation key, never a key that is not retired.
     async fn delete_retired_keys(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// Marks a token revoked at `at`. `NotFound` if no such token; revoking twice keeps the first time.
-    async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError>;
+    async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.revoke_token_recorded(id, at, None).await
+    }
+    async fn revoke_token_recorded(
+        &self,
+        id: i64,
+        at: OffsetDateTime,
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError>;
     /// Every token (never the hash), oldest first.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
 }

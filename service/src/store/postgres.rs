@@ -619,7 +619,11 @@ impl Store for PgStore {
         Some(super::PoolStatus { size, idle })
     }
 
-    async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
+    async fn put_provider_recorded(
+        &self,
+        p: &Provider,
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // Registrations queue behind each other, so that two cannot take the same key at once
         // (readers are not blocked).
@@ -660,11 +664,17 @@ impl Store for PgStore {
                 p.agb
             )));
         }
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
-    async fn put_provider_key(&self, agb: AgbCode, key: &[u8]) -> Result<(), StoreError> {
+    async fn put_provider_key_recorded(
+        &self,
+        agb: AgbCode,
+        key: &[u8],
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         sqlx::query("LOCK TABLE providers IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
@@ -690,6 +700,7 @@ impl Store for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -720,7 +731,12 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn put_token(&self, t: &NewToken) -> Result<i64, StoreError> {
+    async fn put_token_recorded(
+        &self,
+        t: &NewToken,
+        record: Option<&RecordFn<i64>>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO tokens (token_hash, role, scope, label, created_at) \
              VALUES ($1, $2, $3, $4, $5::timestamptz) ON CONFLICT (token_hash) DO NOTHING RETURNING id",
@@ -730,10 +746,13 @@ impl Store for PgStore {
         .bind(t.scope.as_deref())
         .bind(&t.label)
         .bind(format_ts(t.created_at)?)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        id.ok_or_else(|| StoreError::Conflict("a token with this hash exists".into()))
+        let id = id.ok_or_else(|| StoreError::Conflict("a token with this hash exists".into()))?;
+        append_recorded(&mut tx, record, &id).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(id)
     }
 
     async fn get_token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
@@ -1491,10 +1510,11 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn put_regional_key_check(
+    async fn put_regional_key_check_recorded(
         &self,
         check: &RegionalKeyCheck,
         replace: bool,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         // Two operators at once: the second waits on the row lock of the first.
@@ -1522,6 +1542,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -1603,10 +1624,11 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn put_rotated_key(
+    async fn put_rotated_key_recorded(
         &self,
         key: &StoredServiceKey,
         retire_at: OffsetDateTime,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError> {
         if key.kind != ServiceKeyKind::Hpke {
             return Err(StoreError::Other(anyhow::anyhow!(
@@ -1623,6 +1645,7 @@ impl Store for PgStore {
         .await
         .map_err(db_err)?;
         insert_service_key(&mut tx, key).await?;
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -1639,18 +1662,26 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {
+    async fn revoke_token_recorded(
+        &self,
+        id: i64,
+        at: OffsetDateTime,
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_at = coalesce(revoked_at, $2::timestamptz) WHERE id = $1",
         )
         .bind(id)
         .bind(format_ts(at)?)
-        .execute(self.pool()?)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        append_entry(&mut tx, audit).await?;
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
@@ -2585,6 +2616,19 @@ async fn append_recorded<T>(
         Ok(e) => Ok(Some(e.seq)),
         Err(e) => Err(StoreError::AuditUnwritten(Box::new(e.into()))),
     }
+}
+
+/// Appends `audit`, an action's entry known before the action, inside the action's transaction.
+async fn append_entry(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: Option<&NewAuditEntry>,
+) -> Result<(), StoreError> {
+    let Some(entry) = audit else {
+        return Ok(());
+    };
+    let entry = entry.clone();
+    let make = move |_: &()| entry.clone();
+    append_recorded(tx, Some(&make), &()).await.map(|_| ())
 }
 
 /// Appends `entry` to the audit chain inside `tx`: locks the log first (one appender at a time on every

@@ -566,11 +566,15 @@ impl Store for SqliteStore {
         Some(super::PoolStatus { size, idle })
     }
 
-    async fn put_provider(&self, p: &Provider) -> Result<(), StoreError> {
+    async fn put_provider_recorded(
+        &self,
+        p: &Provider,
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
         // One write transaction: no other process registers the same key in between.
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -607,14 +611,20 @@ impl Store for SqliteStore {
                 p.agb
             )));
         }
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
-    async fn put_provider_key(&self, agb: AgbCode, key: &[u8]) -> Result<(), StoreError> {
+    async fn put_provider_key_recorded(
+        &self,
+        agb: AgbCode,
+        key: &[u8],
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -638,6 +648,7 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -664,8 +675,17 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn put_token(&self, t: &NewToken) -> Result<i64, StoreError> {
+    async fn put_token_recorded(
+        &self,
+        t: &NewToken,
+        record: Option<&RecordFn<i64>>,
+    ) -> Result<i64, StoreError> {
         let _w = self.writer.lock().await;
+        let mut tx = self
+            .pool()?
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO tokens (token_hash, role, scope, label, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (token_hash) DO NOTHING RETURNING id",
@@ -675,10 +695,13 @@ impl Store for SqliteStore {
         .bind(t.scope.as_deref())
         .bind(&t.label)
         .bind(format_ts(t.created_at)?)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        id.ok_or_else(|| StoreError::Conflict("a token with this hash exists".into()))
+        let id = id.ok_or_else(|| StoreError::Conflict("a token with this hash exists".into()))?;
+        append_recorded(&mut tx, record, &id).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(id)
     }
 
     async fn get_token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
@@ -708,7 +731,7 @@ impl Store for SqliteStore {
 
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1072,7 +1095,7 @@ impl Store for SqliteStore {
         // IMMEDIATE: the write lock is taken now, so the check below and the charge are one step for
         // every writer, in this process or another.
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1310,7 +1333,7 @@ impl Store for SqliteStore {
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<AuditEntry, StoreError> {
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1490,7 +1513,7 @@ impl Store for SqliteStore {
         let batch_id = batch_id.hyphenated().to_string();
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1543,7 +1566,7 @@ impl Store for SqliteStore {
     ) -> Result<(Withdrawn, Option<i64>), StoreError> {
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1615,14 +1638,15 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn put_regional_key_check(
+    async fn put_regional_key_check_recorded(
         &self,
         check: &RegionalKeyCheck,
         replace: bool,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1646,6 +1670,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -1678,7 +1703,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1726,10 +1751,11 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn put_rotated_key(
+    async fn put_rotated_key_recorded(
         &self,
         key: &StoredServiceKey,
         retire_at: OffsetDateTime,
+        audit: Option<&NewAuditEntry>,
     ) -> Result<(), StoreError> {
         if key.kind != ServiceKeyKind::Hpke {
             return Err(StoreError::Other(anyhow::anyhow!(
@@ -1738,7 +1764,7 @@ impl Store for SqliteStore {
         }
         let _w = self.writer.lock().await;
         let mut tx = self
-            .pool
+            .pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1750,6 +1776,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         insert_service_key(&mut tx, key).await?;
+        append_entry(&mut tx, audit).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -1767,18 +1794,30 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {
+    async fn revoke_token_recorded(
+        &self,
+        id: i64,
+        at: OffsetDateTime,
+        audit: Option<&NewAuditEntry>,
+    ) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
+        let mut tx = self
+            .pool()?
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let done =
             sqlx::query("UPDATE tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1")
                 .bind(id)
                 .bind(format_ts(at)?)
-                .execute(self.pool()?)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        append_entry(&mut tx, audit).await?;
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
@@ -2372,6 +2411,19 @@ async fn append_recorded<T>(
         Ok(e) => Ok(Some(e.seq)),
         Err(e) => Err(StoreError::AuditUnwritten(Box::new(e.into()))),
     }
+}
+
+/// Appends `audit`, an action's entry known before the action, inside the action's transaction.
+async fn append_entry(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    audit: Option<&NewAuditEntry>,
+) -> Result<(), StoreError> {
+    let Some(entry) = audit else {
+        return Ok(());
+    };
+    let entry = entry.clone();
+    let make = move |_: &()| entry.clone();
+    append_recorded(tx, Some(&make), &()).await.map(|_| ())
 }
 
 /// Appends `entry` to the audit chain inside `tx`, whose opener holds the write lock (this process's

@@ -6,8 +6,8 @@ use kwm_schemas::api::AuditPage;
 use kwm_schemas::problem::{Problem, ProblemType};
 use kwm_schemas::Role;
 use kwm_sdk::{upload_file, RegionalKey};
+use kwm_service::app::audit_trail::{self, load_chain, verify, VerifyError};
 use kwm_service::audit::{verify_chain, ChainError};
-use kwm_service::audit_trail::{self, load_chain, verify, VerifyError};
 use reqwest::StatusCode;
 
 use crate::helpers::{

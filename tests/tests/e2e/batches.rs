@@ -179,7 +179,7 @@ async fn an_obsolete_export_withdrawn(app: TestApp) {
     );
     assert_eq!(app.stored_rows(Some(p.agb)).await, n - half as u64);
     // The refusal is on the record, for the provider to see.
-    let chain = kwm_service::audit_trail::load_chain(app.state.store.as_ref())
+    let chain = kwm_service::app::audit_trail::load_chain(app.state.store.as_ref())
         .await
         .expect("chain");
     let refused = format!("batch {}: batch-withdrawn", sealed.header.batch_id);

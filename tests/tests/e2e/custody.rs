@@ -10,7 +10,7 @@ use kwm_schemas::release::Release;
 use kwm_schemas::{ExportedRecord, Role};
 use kwm_sdk::custody::{self, Withdrawal};
 use kwm_sdk::upload_file;
-use kwm_service::audit_trail::{load_chain, verify};
+use kwm_service::app::audit_trail::{load_chain, verify};
 use reqwest::StatusCode;
 
 use crate::helpers::{

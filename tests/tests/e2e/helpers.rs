@@ -145,7 +145,7 @@ async fn spawn(
     configure(&mut config);
     if backend == Backend::Postgres {
         // A shared database is initialised once by the operator (`admin init`), not by `serve`.
-        kwm_service::startup::initialise(&config)
+        kwm_service::http::startup::initialise(&config)
             .await
             .expect("the database is initialised");
     }
@@ -231,7 +231,7 @@ impl TestApp {
     /// Issues a token the way `kwm-service admin token issue` does.
     pub async fn issue_token(&self, role: Role, scope: Option<&str>) -> String {
         let (_, token) =
-            kwm_service::auth::issue_token(self.state.store.as_ref(), role, scope, "test")
+            kwm_service::app::access::issue_token(self.state.store.as_ref(), role, scope, "test")
                 .await
                 .expect("token issued");
         let t = token.to_string();

@@ -13,7 +13,7 @@ use kwm_schemas::release::{
     PrivacyReport, ProviderScores, Release, ReleaseList, ReleaseScope, RoundList, RoundOutcome,
 };
 use kwm_schemas::Role;
-use kwm_service::audit_trail::{load_chain, verify};
+use kwm_service::app::audit_trail::{load_chain, verify};
 use kwm_service::store::{PrivacyCharge, RoundRecord};
 use reqwest::StatusCode;
 use uuid::Uuid;
@@ -909,9 +909,9 @@ async fn calendar_publishes_once(backend: Backend) {
         c.state.round_deps(),
     );
     let (ra, rb, rc) = tokio::join!(
-        kwm_service::rounds::publish_due(&da),
-        kwm_service::rounds::publish_due(&db),
-        kwm_service::rounds::publish_due(&dc),
+        kwm_service::app::rounds::publish_due(&da),
+        kwm_service::app::rounds::publish_due(&db),
+        kwm_service::app::rounds::publish_due(&dc),
     );
     let checks = [ra, rb, rc];
     for done in checks {

@@ -512,7 +512,7 @@ async fn refusals(app: TestApp) {
     let new_id = app
         .state
         .keyring
-        .rotate(time::Duration::ZERO, time::Duration::ZERO)
+        .rotate(time::Duration::ZERO, time::Duration::ZERO, None)
         .await
         .expect("rotation");
     let p = expect(

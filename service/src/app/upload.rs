@@ -10,21 +10,120 @@ use kwm_schemas::problem::{ProblemType, RecordError};
 use kwm_schemas::{AgbCode, BatchPayload, Pseudonym, WireRecord};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
 
-use crate::error::ApiError;
-use crate::keys::KeyLookup;
-use crate::startup::AppState;
-use crate::store::{NewBatch, PutBatch, RecordFn, StoreError};
+use crate::app::audit_trail::{
+    append_best_effort, append_required, batch_subject, entry, failed_action, Recorder,
+};
+use crate::app::error::ApiError;
+use crate::app::rounds::Actor;
+use crate::audit::AuditAction;
+use crate::clock::SharedClock;
+use crate::keys::{KeyLookup, Keyring, PseudonymKey};
+use crate::metrics::Metrics;
+use crate::store::{NewBatch, PutBatch, RecordFn, Store, StoreError};
 use kwm_schemas::api::BatchReceipt;
+use kwm_schemas::RegionConfig;
 
 /// At most this many record errors are listed in one problem document; the detail gives the total.
 const MAX_LISTED_ERRORS: usize = 200;
 
+/// What an upload needs.
+#[derive(Debug, Clone)]
+pub struct UploadDeps {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub pseudonym_key: Arc<PseudonymKey>,
+    pub region: Arc<RegionConfig>,
+    pub metrics: Metrics,
+    pub clock: SharedClock,
+}
+
+/// What an upload ended in.
+#[derive(Debug)]
+pub enum Uploaded {
+    /// Stored now (201).
+    Stored(BatchReceipt),
+    /// Stored before, with the same content: the original receipt (200).
+    Replayed(BatchReceipt),
+}
+
+/// An upload refused. `audited`: the refusal is in the audit chain already (a forbidden one must not
+/// be recorded a second time by the forbidden-call middleware).
+#[derive(Debug)]
+pub struct UploadRefused {
+    pub error: ApiError,
+    pub audited: bool,
+}
+
+/// The upload of one sealed batch by provider `agb`, acting as `actor`: opened, validated and stored
+/// whole or not at all ([`ingest_batch`]), with its audit entry in the store's transaction; a replay's
+/// entry appended (the request fails without it); refusals that matter for security (someone else's
+/// key or batch, a batch id reused for other content, a withdrawn batch posted again, another regional
+/// key) recorded with a digest that binds the entry to the header sent.
+pub async fn upload(
+    deps: &UploadDeps,
+    actor: &Actor,
+    agb: AgbCode,
+    batch: SealedBatch,
+) -> Result<Uploaded, UploadRefused> {
+    let header = batch.header.clone();
+    let subject = batch_subject(header.batch_id);
+    let record = {
+        let (actor, subject) = (actor.clone(), subject.clone());
+        move |r: &BatchReceipt| entry(&actor, AuditAction::Upload, subject.clone(), Some(agb), r)
+    };
+    let outcome = ingest_batch(deps, agb, batch, &record).await;
+    deps.metrics.observe_upload(outcome.as_ref().ok());
+    let to = Recorder {
+        store: deps.store.as_ref(),
+        metrics: &deps.metrics,
+    };
+    let refused = |error| UploadRefused {
+        error,
+        audited: false,
+    };
+    match outcome {
+        Ok(PutBatch::Stored(r)) => Ok(Uploaded::Stored(r)),
+        Ok(PutBatch::Replayed(r)) => {
+            let e = entry(actor, AuditAction::UploadReplayed, subject, Some(agb), &r);
+            append_required(to, e).await.map_err(refused)?;
+            Ok(Uploaded::Replayed(r))
+        }
+        // `ingest_batch` answers a withdrawn batch id with its problem.
+        Ok(PutBatch::Withdrawn { .. }) => Err(refused(ApiError::Internal(anyhow::anyhow!(
+            "a withdrawn batch reached the upload answer"
+        )))),
+        Err(error)
+            if matches!(
+                error.kind(),
+                ProblemType::BadSignature
+                    | ProblemType::Forbidden
+                    | ProblemType::BatchConflict
+                    | ProblemType::BatchWithdrawn
+                    | ProblemType::WrongRegionalKey
+            ) =>
+        {
+            let e = entry(
+                actor,
+                AuditAction::UploadRefused,
+                format!("{subject}: {}", error.kind().slug()),
+                Some(agb),
+                &header,
+            );
+            append_best_effort(to, e).await;
+            Err(UploadRefused {
+                error,
+                audited: true,
+            })
+        }
+        Err(error) => Err(refused(error)),
+    }
+}
+
 /// Runs the whole pipeline for a batch posted by `caller`. A stored batch's audit entry, made by
 /// `record` from the receipt, commits with the rows (`Store::put_batch_recorded`).
 pub async fn ingest_batch(
-    state: &AppState,
+    deps: &UploadDeps,
     caller: AgbCode,
     batch: SealedBatch,
     record: &RecordFn<BatchReceipt>,
@@ -45,7 +144,7 @@ pub async fn ingest_batch(
             header.provider
         )));
     }
-    let max_records = state.region.ingest.max_batch_records;
+    let max_records = deps.region.ingest.max_batch_records;
     if header.record_count > max_records {
         return Err(ApiError::new(
             ProblemType::TooLarge,
@@ -55,7 +154,7 @@ pub async fn ingest_batch(
             ),
         ));
     }
-    let provider = state.store.get_provider(caller).await?.ok_or_else(|| {
+    let provider = deps.store.get_provider(caller).await?.ok_or_else(|| {
         ApiError::forbidden(format!(
             "provider {caller} is not registered with this service"
         ))
@@ -63,20 +162,16 @@ pub async fn ingest_batch(
 
     // Signature, decryption, parsing and validation are CPU work: keep them off the async workers.
     let header_check = batch.header.regional_key_check.clone();
-    let st = state.clone();
+    let d = deps.clone();
     let prepared = tokio::task::spawn_blocking(move || {
-        open_and_validate(&st, &provider.signing_public_key, batch)
+        open_and_validate(&d, &provider.signing_public_key, batch)
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation task failed: {e}")))??;
 
-    check_regional_key(state, &header_check).await?;
+    check_regional_key(deps, &header_check).await?;
 
-    match state
-        .store
-        .put_batch_recorded(&prepared, Some(record))
-        .await
-    {
+    match deps.store.put_batch_recorded(&prepared, Some(record)).await {
         Ok(PutBatch::Withdrawn { at }) => Err(ApiError::new(
             ProblemType::BatchWithdrawn,
             format!(
@@ -95,7 +190,14 @@ pub async fn ingest_batch(
                 prepared.batch_id
             ),
         )),
-        Err(e) => Err(crate::audit_trail::failed_action(state, e, "upload")),
+        Err(e) => Err(failed_action(
+            Recorder {
+                store: deps.store.as_ref(),
+                metrics: &deps.metrics,
+            },
+            e,
+            "upload",
+        )),
     }
 }
 
@@ -103,8 +205,8 @@ pub async fn ingest_batch(
 /// value (in the signed header) must be the registered one. Without a registered one nothing can be told
 /// right from wrong, so the batch is refused too: a wrong key accepted once gives children pseudonyms that
 /// no later upload matches.
-async fn check_regional_key(state: &AppState, sent: &str) -> Result<(), ApiError> {
-    let Some(registered) = state.store.get_regional_key_check().await? else {
+async fn check_regional_key(deps: &UploadDeps, sent: &str) -> Result<(), ApiError> {
+    let Some(registered) = deps.store.get_regional_key_check().await? else {
         return Err(ApiError::new(
             ProblemType::RegionalKeyNotRegistered,
             "this service does not know the check value of the region's pseudonymisation key yet, so it \
@@ -127,7 +229,7 @@ async fn check_regional_key(state: &AppState, sent: &str) -> Result<(), ApiError
 }
 
 fn open_and_validate(
-    state: &AppState,
+    deps: &UploadDeps,
     signing_public_key: &[u8],
     batch: SealedBatch,
 ) -> Result<NewBatch, ApiError> {
@@ -140,13 +242,12 @@ fn open_and_validate(
 
     let header = &batch.header;
     let active = || {
-        state
-            .keyring
+        deps.keyring
             .active_key_id()
             .map(|k| k.to_string())
             .unwrap_or_default()
     };
-    let plaintext = state.keyring.with_key(&header.key_id, |lookup| match lookup {
+    let plaintext = deps.keyring.with_key(&header.key_id, |lookup| match lookup {
         KeyLookup::Usable(key) => envelope::open(&batch, key).map_err(|_| {
             ApiError::new(
                 ProblemType::DecryptFailed,
@@ -210,7 +311,7 @@ fn open_and_validate(
                 });
             }
         };
-        for issue in record.check(&state.region) {
+        for issue in record.check(&deps.region) {
             push(issue.field, issue.reason);
         }
         if let Some(first) = seen.insert(record.trajectory, index) {
@@ -234,7 +335,7 @@ fn open_and_validate(
         return Err(err);
     }
 
-    let key = Arc::clone(&state.pseudonym_key);
+    let key = Arc::clone(&deps.pseudonym_key);
     let records = payload
         .records
         .into_iter()
@@ -248,16 +349,9 @@ fn open_and_validate(
         batch_id: header.batch_id,
         key_id: header.key_id.clone(),
         content_digest,
-        received_at: now_micros(),
+        received_at: deps.clock.now(),
         records,
     })
-}
-
-/// Now, at the precision every store keeps.
-pub fn now_micros() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now)
 }
 
 /// Parses the plaintext in one streaming pass: the records up to the `declared` count of the header, each

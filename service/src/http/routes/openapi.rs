@@ -10,7 +10,7 @@ use schemars::{json_schema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use super::{json, Endpoint, Method};
-use crate::error::{AppJson, PROBLEM_JSON};
+use crate::http::problem::{AppJson, PROBLEM_JSON};
 
 pub fn endpoints() -> Vec<Endpoint> {
     vec![Endpoint {

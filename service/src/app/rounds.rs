@@ -15,8 +15,8 @@ use kwm_schemas::{Month, Period, RegionConfig};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::app::error::ApiError;
 use crate::audit::{digest_of, AuditAction, NewAuditEntry};
-use crate::error::ApiError;
 use crate::index::ReleaseIndex;
 use crate::keys::PseudonymKey;
 use crate::metrics::Metrics;
@@ -69,11 +69,8 @@ pub struct RoundDeps {
     pub releases: Arc<ReleaseCache>,
     /// One round computation at a time per instance (the ledger keeps instances consistent).
     pub lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// The current time in UTC, to the microsecond (what the store keeps).
-pub fn now() -> OffsetDateTime {
-    crate::ingest::now_micros()
+    /// When a period is final and a calendar round due.
+    pub clock: crate::clock::SharedClock,
 }
 
 fn month_of(t: OffsetDateTime) -> Month {
@@ -107,7 +104,7 @@ pub async fn publish_round(
     first_only: bool,
 ) -> Result<RoundOutcome, ApiError> {
     let region = deps.region.as_ref();
-    let at = now();
+    let at = deps.clock.now();
     let from = publishable_from(region, period);
     if at.date() < from {
         return Err(ApiError::NotYet {
@@ -340,6 +337,38 @@ pub async fn list_rounds(
     Ok((summaries, planned))
 }
 
+/// Every published release `caller` may read, of `scope` or of all, newest round last.
+pub async fn releases_for(
+    store: &dyn Store,
+    caller: &crate::app::access::Caller,
+    scope: Option<ReleaseScope>,
+) -> Result<Vec<kwm_schemas::release::ReleaseSummary>, ApiError> {
+    let rounds = store.list_rounds(None).await?;
+    let mut releases = Vec::new();
+    for r in &rounds {
+        let summary = round_summary(r)?;
+        for rel in &summary.releases {
+            if scope.is_some_and(|s| s != rel.scope) {
+                continue;
+            }
+            if caller
+                .may_read_release_scope(&rel.scope.to_string())
+                .is_ok()
+            {
+                releases.push(kwm_schemas::release::ReleaseSummary {
+                    id: rel.id,
+                    round: summary.id,
+                    scope: rel.scope,
+                    period: summary.period,
+                    version: summary.version,
+                    created_at: summary.created_at,
+                });
+            }
+        }
+    }
+    Ok(releases)
+}
+
 /// The release of `scope` in the newest version of `period`'s round; `not-released` (saying when it
 /// is planned, if it is) when the period has no round.
 pub async fn latest_release(
@@ -480,7 +509,7 @@ pub async fn refresh_budget_metrics(deps: &RoundDeps) -> Result<(), ApiError> {
 /// Publishes every calendar round that is due and has no round yet. Each replica runs it; the store
 /// publishes each period once (`first_only`), so replicas racing on it charge it once.
 pub async fn publish_due(deps: &RoundDeps) -> Vec<(Period, Result<RoundOutcome, ApiError>)> {
-    let today = now().date();
+    let today = deps.clock.now().date();
     let mut out = Vec::new();
     for c in &deps.region.calendar {
         if today < c.publish_after || today < publishable_from(&deps.region, c.period) {

@@ -5,12 +5,11 @@
 //! When an entry cannot be written:
 //! - an action that changes state or hands out data (upload, withdrawal, export, token issue and
 //!   revocation, key rotation) fails with 503 (database unavailable) or 500 ([`append_required`]).
-//!   The entry of an upload or a withdrawal is appended in the action's own transaction
-//!   (`Store::put_batch_recorded`, `Store::withdraw_batch_recorded`, ...), as a round's is: both
-//!   commit or neither ([`failed_action`]). Token issue and revocation, provider registration and key
-//!   rotation still commit first and append right after: a failed append there leaves a committed
-//!   action without its entry; the caller is told (the command fails) and the error is logged. An export appends before any data
-//!   leaves; an issued token is revoked again when its entry fails.
+//!   The entry of every action that changes state is appended in the action's own transaction
+//!   (`Store::put_batch_recorded`, `Store::withdraw_batch_recorded`, `Store::put_token_recorded`,
+//!   `Store::put_provider_recorded`, `Store::put_rotated_key_recorded`, ...), as a round's is: both
+//!   commit or neither ([`failed_action`]; the operator's command fails saying nothing changed). An
+//!   export appends before any data leaves, and its `export-sent` entry after.
 //! - a refusal (a bad signature, a forbidden call, a batch conflict) stands as answered; the failed
 //!   append is logged as an error ([`append_best_effort`]): a refusal changed nothing.
 //!
@@ -24,22 +23,17 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
 use kwm_schemas::api::AuditRecord;
-use kwm_schemas::problem::ProblemType;
 use kwm_schemas::{AgbCode, Role};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::app::access::Caller;
+use crate::app::error::ApiError;
+use crate::app::rounds::Actor;
 use crate::audit::{digest_of, AuditAction, AuditEntry, ChainError, ChainVerifier, NewAuditEntry};
-use crate::auth::{token_hash, Caller};
-use crate::error::ApiError;
-use crate::ingest::now_micros;
-use crate::rounds::Actor;
-use crate::startup::AppState;
+use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Entries read per page when the whole chain is loaded.
@@ -118,7 +112,8 @@ pub fn entry<T: Serialize>(
     details: &T,
 ) -> NewAuditEntry {
     NewAuditEntry {
-        at: now_micros(),
+        // The chain records when things happened: the system clock, never a test's.
+        at: crate::clock::SystemClock.now(),
         actor_role: actor.role.clone(),
         actor_id: actor.id.clone(),
         action,
@@ -128,15 +123,22 @@ pub fn entry<T: Serialize>(
     }
 }
 
+/// Where entries go: the store, and the metrics that count failed appends.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorder<'a> {
+    pub store: &'a dyn Store,
+    pub metrics: &'a Metrics,
+}
+
 /// Appends the entry of an action that changed state or hands out data: if it cannot be written the
 /// request fails (503 when the database is unavailable, else 500), counted in
 /// `kwm_audit_append_failures_total`.
 pub async fn append_required(
-    state: &AppState,
+    to: Recorder<'_>,
     entry: NewAuditEntry,
 ) -> Result<AuditEntry, ApiError> {
-    state.store.append_audit(&entry).await.map_err(|e| {
-        state.metrics.observe_audit_failure(true);
+    to.store.append_audit(&entry).await.map_err(|e| {
+        to.metrics.observe_audit_failure(true);
         tracing::error!(
             action = entry.action.as_str(),
             error = %e,
@@ -149,9 +151,9 @@ pub async fn append_required(
 /// The answer to an action whose store call failed; when it was the action's own audit entry that
 /// could not be written in its transaction (so the action was rolled back), the failure is counted in
 /// `kwm_audit_append_failures_total` and logged, as for any failed append.
-pub fn failed_action(state: &AppState, e: StoreError, action: &'static str) -> ApiError {
+pub fn failed_action(to: Recorder<'_>, e: StoreError, action: &'static str) -> ApiError {
     if matches!(e, StoreError::AuditUnwritten(_)) {
-        state.metrics.observe_audit_failure(true);
+        to.metrics.observe_audit_failure(true);
         tracing::error!(action, error = %e, "an action failed: its audit entry could not be written");
     }
     ApiError::from(e)
@@ -159,9 +161,9 @@ pub fn failed_action(state: &AppState, e: StoreError, action: &'static str) -> A
 
 /// Appends the entry of a refusal: the refusal stands either way; a failure is logged as an error and
 /// counted.
-pub async fn append_best_effort(state: &AppState, entry: NewAuditEntry) {
-    if let Err(e) = state.store.append_audit(&entry).await {
-        state.metrics.observe_audit_failure(false);
+pub async fn append_best_effort(to: Recorder<'_>, entry: NewAuditEntry) {
+    if let Err(e) = to.store.append_audit(&entry).await {
+        to.metrics.observe_audit_failure(false);
         tracing::error!(
             action = entry.action.as_str(),
             error = %e,
@@ -346,78 +348,24 @@ impl RefusalTally {
     }
 
     /// Records the counts of closed windows once a window, until the future is dropped.
-    pub async fn record_closed_windows(self: std::sync::Arc<Self>, state: AppState) {
+    pub async fn record_closed_windows(
+        self: std::sync::Arc<Self>,
+        store: std::sync::Arc<dyn Store>,
+        metrics: Metrics,
+    ) {
         let mut tick = tokio::time::interval(self.window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let to = Recorder {
+            store: store.as_ref(),
+            metrics: &metrics,
+        };
         loop {
             tick.tick().await;
             for count in self.take_closed(std::time::Instant::now()) {
-                append_best_effort(&state, count.to_entry()).await;
+                append_best_effort(to, count.to_entry()).await;
             }
         }
     }
-}
-
-/// Middleware: records `forbidden` answers of the role and scope checks (the extractors and the
-/// handlers alike) as `forbidden` entries naming the caller's token id and the route template (never
-/// the concrete path, which may hold a pseudonym), at most one per token and window plus one counted
-/// entry for the rest ([`RefusalTally`]). The token is looked up only when a window opens.
-pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = crate::metrics::method_label(req.method());
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| token_hash(t.trim()));
-    let res = next.run(req).await;
-    if res.extensions().get::<ProblemType>() != Some(&ProblemType::Forbidden)
-        || res.extensions().get::<AlreadyAudited>().is_some()
-    {
-        return res;
-    }
-    let Some(hash) = presented else {
-        return res;
-    };
-    let subject = format!("{method} {route}");
-    if !state
-        .refusals
-        .admit(hash, &subject, std::time::Instant::now())
-    {
-        return res;
-    }
-    let token = match state.store.get_token(&hash).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return res,
-        Err(e) => {
-            state.metrics.observe_audit_failure(false);
-            tracing::error!(error = %e, "the audit entry of a forbidden call could not be written");
-            return res;
-        }
-    };
-    let actor = Actor {
-        role: token.role.as_str().into(),
-        id: format!("token {}", token.id),
-    };
-    let provider = match token.role {
-        Role::Provider => token.scope.as_deref().and_then(|s| s.parse().ok()),
-        _ => None,
-    };
-    state.refusals.identify(hash, actor.clone(), provider);
-    let e = entry(
-        &actor,
-        AuditAction::Forbidden,
-        subject.clone(),
-        provider,
-        &subject,
-    );
-    append_best_effort(&state, e).await;
-    res
 }
 
 /// Every stored entry, oldest first, read in pages.
@@ -647,8 +595,8 @@ async fn check_entries_exist(
     Ok(Ok(()))
 }
 
-/// Issues a token the way the operator's commands do: stored as a hash, recorded as `token-issued`,
-/// and revoked again if the entry cannot be written (a token nobody can account for must not work).
+/// Issues a token the way the operator's commands do: stored as a hash, with its `token-issued`
+/// entry in the same transaction (a token nobody can account for never exists).
 pub async fn issue_token(
     store: &dyn Store,
     actor: &Actor,
@@ -656,32 +604,25 @@ pub async fn issue_token(
     scope: Option<&str>,
     label: &str,
 ) -> anyhow::Result<(i64, zeroize::Zeroizing<String>)> {
-    let (id, token) = crate::auth::issue_token(store, role, scope, label).await?;
     let provider = match role {
         Role::Provider => scope.and_then(|s| s.parse().ok()),
         _ => None,
     };
-    let details =
-        serde_json::json!({ "id": id, "role": role.as_str(), "scope": scope, "label": label });
-    let e = entry(
-        actor,
-        AuditAction::TokenIssued,
-        format!("token {id} ({role})"),
-        provider,
-        &details,
-    );
-    if let Err(err) = store.append_audit(&e).await {
-        let revoked = store.revoke_token(id, now_micros()).await;
-        anyhow::bail!(
-            "the audit entry of token {id} could not be written ({err}); the token was {}",
-            if revoked.is_ok() {
-                "revoked again and is not shown"
-            } else {
-                "NOT revoked: revoke it with `admin token revoke`"
-            }
-        );
-    }
-    Ok((id, token))
+    let (actor, scope_text, label_text) =
+        (actor.clone(), scope.map(str::to_owned), label.to_owned());
+    let record = move |id: &i64| {
+        entry(
+            &actor,
+            AuditAction::TokenIssued,
+            format!("token {id} ({role})"),
+            provider,
+            &serde_json::json!({
+                "id": id, "role": role.as_str(), "scope": scope_text, "label": label_text
+            }),
+        )
+    };
+    // A failed append issues nothing (`AuditUnwritten`: "nothing was changed").
+    crate::app::access::issue_token_recorded(store, role, scope, label, Some(&record)).await
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use axum::routing::get;
 use kwm_schemas::api::Health;
 
 use super::{json, schema_of, Endpoint, Method};
-use crate::error::AppJson;
-use crate::startup::AppState;
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 
 pub fn endpoints() -> Vec<Endpoint> {
     vec![

@@ -18,9 +18,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::ratelimit::RateLimiter;
+use crate::app::error::ApiError;
 use crate::config::Config;
-use crate::error::{fallback_not_found, problem_for_bare_errors, ApiError};
+use crate::http::problem::{fallback_not_found, problem_for_bare_errors};
+use crate::http::ratelimit::RateLimiter;
 use crate::keys::{Keyring, KeysReport, MasterKey, PseudonymKey, WhenNew};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
@@ -37,17 +38,19 @@ pub struct AppState {
     /// One round computation at a time per instance (the ledger keeps instances consistent).
     pub publish_lock: Arc<tokio::sync::Mutex<()>>,
     /// Frozen releases, parsed and serialised once.
-    pub releases: Arc<crate::rounds::ReleaseCache>,
+    pub releases: Arc<crate::app::rounds::ReleaseCache>,
     /// The stored trajectories in memory, in the engine's form, kept in step with the store.
     pub index: Arc<crate::index::ReleaseIndex>,
     /// Refused calls counted per token and window, so that they cannot flood the audit chain.
-    pub refusals: Arc<crate::audit_trail::RefusalTally>,
+    pub refusals: Arc<crate::app::audit_trail::RefusalTally>,
+    /// The use cases' one clock.
+    pub clock: crate::clock::SharedClock,
 }
 
 impl AppState {
     /// What publishing a round needs, taken from the state.
-    pub fn round_deps(&self) -> crate::rounds::RoundDeps {
-        crate::rounds::RoundDeps {
+    pub fn round_deps(&self) -> crate::app::rounds::RoundDeps {
+        crate::app::rounds::RoundDeps {
             store: self.store.clone(),
             index: self.index.clone(),
             region: self.region.clone(),
@@ -55,6 +58,36 @@ impl AppState {
             metrics: self.metrics.clone(),
             releases: self.releases.clone(),
             lock: self.publish_lock.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// What an upload needs, taken from the state.
+    pub fn upload_deps(&self) -> crate::app::upload::UploadDeps {
+        crate::app::upload::UploadDeps {
+            store: self.store.clone(),
+            keyring: self.keyring.clone(),
+            pseudonym_key: self.pseudonym_key.clone(),
+            region: self.region.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// What withdrawals and exports need, taken from the state.
+    pub fn custody_deps(&self) -> crate::app::custody::CustodyDeps {
+        crate::app::custody::CustodyDeps {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// Where audit entries go.
+    pub fn recorder(&self) -> crate::app::audit_trail::Recorder<'_> {
+        crate::app::audit_trail::Recorder {
+            store: self.store.as_ref(),
+            metrics: &self.metrics,
         }
     }
 }
@@ -150,6 +183,7 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 pub async fn open_state(
     config: &Config,
     mode: OpenMode,
+    clock: crate::clock::SharedClock,
 ) -> anyhow::Result<(AppState, StartupReport)> {
     let url = config.database_url();
     let shown = config.database_url_redacted();
@@ -185,6 +219,7 @@ pub async fn open_state(
         &shown,
         when_new,
         env_master,
+        clock.clone(),
     )
     .await
     .with_context(|| format!("opening the service keys of database {shown}"))?;
@@ -201,11 +236,12 @@ pub async fn open_state(
             config.rate_limit_burst,
         )),
         publish_lock: Arc::new(tokio::sync::Mutex::new(())),
-        releases: Arc::new(crate::rounds::ReleaseCache::default()),
+        releases: Arc::new(crate::app::rounds::ReleaseCache::default()),
         index,
-        refusals: Arc::new(crate::audit_trail::RefusalTally::new(Duration::from_secs(
-            config.audit_refusal_window_secs,
-        ))),
+        refusals: Arc::new(crate::app::audit_trail::RefusalTally::new(
+            Duration::from_secs(config.audit_refusal_window_secs),
+        )),
+        clock,
     };
     Ok((state, StartupReport { keys: keys.report }))
 }
@@ -214,13 +250,21 @@ pub async fn open_state(
 /// init` does (a database initialised before is only checked). A PostgreSQL database needs this once
 /// before `serve`.
 pub async fn initialise(config: &Config) -> anyhow::Result<KeysReport> {
-    let (_, report) = open_state(config, OpenMode::Init).await?;
+    let (_, report) = open_state(config, OpenMode::Init, crate::clock::system()).await?;
     Ok(report.keys)
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let (state, report) = open_state(&config, OpenMode::Serve).await?;
+        Self::build_with_clock(config, crate::clock::system()).await
+    }
+
+    /// [`Application::build`], on `clock` instead of the system's (tests set the time with it).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: crate::clock::SharedClock,
+    ) -> anyhow::Result<Self> {
+        let (state, report) = open_state(&config, OpenMode::Serve, clock).await?;
         let in_use = hold_data_dir(&config.data_dir)?;
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let listener = TcpListener::bind(config.listen)
@@ -284,8 +328,10 @@ impl Application {
         let app = api_router(self.state.clone(), &self.config);
         let (tx, rx) = tokio::sync::watch::channel(false);
         if let Some(ml) = self.metrics_listener {
-            let router =
-                crate::metrics::router(self.state.metrics.clone(), self.state.store.clone());
+            let router = crate::http::middleware::router(
+                self.state.metrics.clone(),
+                self.state.store.clone(),
+            );
             let mut rx = rx.clone();
             tokio::spawn(async move {
                 let stop = async move {
@@ -325,7 +371,7 @@ impl Application {
             });
         }
         if !self.state.region.calendar.is_empty() {
-            let calendar = crate::rounds::run_calendar(
+            let calendar = crate::app::rounds::run_calendar(
                 self.state.round_deps(),
                 Duration::from_secs(self.config.calendar_check_secs.max(1)),
             );
@@ -355,7 +401,7 @@ impl Application {
                 .state
                 .refusals
                 .clone()
-                .record_closed_windows(self.state.clone());
+                .record_closed_windows(self.state.store.clone(), self.state.metrics.clone());
             let mut rx = rx.clone();
             tokio::spawn(async move {
                 tokio::select! {
@@ -364,15 +410,16 @@ impl Application {
                 }
             });
         }
-        let limits = crate::server::ConnectionLimits {
+        let limits = crate::http::server::ConnectionLimits {
             header_read_timeout: Duration::from_secs(self.config.header_read_timeout_secs.max(1)),
             max_connections: self.config.max_connections,
             shutdown_grace: Duration::from_secs(self.config.request_timeout_secs.max(1)),
         };
-        let result = crate::server::serve(self.listener, app, limits, shutdown).await;
+        let result = crate::http::server::serve(self.listener, app, limits, shutdown).await;
         // Refusals counted in windows still open are recorded before the service stops.
         for count in self.state.refusals.take_all() {
-            crate::audit_trail::append_best_effort(&self.state, count.to_entry()).await;
+            crate::app::audit_trail::append_best_effort(self.state.recorder(), count.to_entry())
+                .await;
         }
         let _ = tx.send(true);
         drop(rx);
@@ -434,7 +481,7 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send>) -> Response {
 pub fn api_router(state: AppState, config: &Config) -> Router {
     let body_limit = usize::try_from(state.region.ingest.max_batch_bytes).unwrap_or(usize::MAX);
     let deadline = Duration::from_secs(config.request_timeout_secs);
-    let mut router = crate::routes::router()
+    let mut router = crate::http::routes::router()
         .fallback(fallback_not_found)
         // A handler that panics is answered with the internal problem (logged by the panic hook),
         // instead of a dropped connection.
@@ -450,11 +497,11 @@ pub fn api_router(state: AppState, config: &Config) -> Router {
         .layer(from_fn(problem_for_bare_errors))
         .layer(from_fn_with_state(
             state.clone(),
-            crate::audit_trail::audit_forbidden,
+            crate::http::forbidden::audit_forbidden,
         ))
         .layer(from_fn_with_state(
             state.metrics.clone(),
-            crate::metrics::track,
+            crate::http::middleware::track,
         ));
     // The API serves JSON and files, never pages: nothing may be framed, run or referred from.
     // A route that does serve a page sets its own Content-Security-Policy.

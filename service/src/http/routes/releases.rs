@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::release::{
-    PrivacyReport, ProviderScores, PublishRound, Release, ReleaseList, ReleaseScope,
-    ReleaseSummary, RoundList, RoundOutcome, ScoresTable,
+    PrivacyReport, ProviderScores, PublishRound, Release, ReleaseList, ReleaseScope, RoundList,
+    RoundOutcome, ScoresTable,
 };
 use kwm_schemas::{Period, Role};
 use serde::Deserialize;
@@ -22,11 +22,13 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{json, schema_of, Endpoint, Method, QueryParam, Reply, SchemaFn};
-use crate::audit_trail::api_actor;
-use crate::auth::{Caller, ProviderCaller};
-use crate::error::{ApiError, AppJson};
-use crate::rounds::{self, latest_release, publish_round, CachedRelease};
-use crate::startup::AppState;
+use crate::app::access::Caller;
+use crate::app::audit_trail::api_actor;
+use crate::app::error::ApiError;
+use crate::app::rounds::{self, latest_release, publish_round, CachedRelease};
+use crate::http::auth::ProviderCaller;
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 use crate::tables;
 
 fn release_body(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -380,27 +382,7 @@ async fn get_releases(
         caller.may_read_release_scope(&s.to_string())?;
     }
     let Some(period_text) = q.period else {
-        let rounds = state.store.list_rounds(None).await?;
-        let mut releases = Vec::new();
-        for r in &rounds {
-            let summary = rounds::round_summary(r)?;
-            for rel in &summary.releases {
-                let key = rel.scope.to_string();
-                if scope.is_some_and(|s| s != rel.scope) {
-                    continue;
-                }
-                if caller.may_read_release_scope(&key).is_ok() {
-                    releases.push(ReleaseSummary {
-                        id: rel.id,
-                        round: summary.id,
-                        scope: rel.scope,
-                        period: summary.period,
-                        version: summary.version,
-                        created_at: summary.created_at,
-                    });
-                }
-            }
-        }
+        let releases = rounds::releases_for(state.store.as_ref(), &caller, scope).await?;
         return Ok(AppJson(ReleaseList { releases }).into_response());
     };
     let period = parse_period(&period_text)?;

@@ -8,9 +8,10 @@ use kwm_schemas::problem::ProblemType;
 use kwm_schemas::Role;
 
 use super::{json, schema_of, Endpoint, Method};
-use crate::auth::Caller;
-use crate::error::{ApiError, AppJson};
-use crate::startup::AppState;
+use crate::app::access::Caller;
+use crate::app::error::ApiError;
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 
 /// The HPKE suite of protocol version 1, as published.
 pub const SUITE: &str = "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM";

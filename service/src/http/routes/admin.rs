@@ -8,9 +8,10 @@ use kwm_schemas::Role;
 use tracing::instrument;
 
 use super::{json, schema_of, Endpoint, Method};
-use crate::auth::Caller;
-use crate::error::{ApiError, AppJson};
-use crate::startup::AppState;
+use crate::app::access::Caller;
+use crate::app::error::ApiError;
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 
 pub fn endpoints() -> Vec<Endpoint> {
     vec![Endpoint {

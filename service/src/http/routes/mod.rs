@@ -7,7 +7,7 @@ use kwm_schemas::problem::ProblemType;
 use kwm_schemas::Role;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
-use crate::startup::AppState;
+use crate::http::startup::AppState;
 
 pub mod admin;
 pub mod audit;

@@ -12,10 +12,11 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use super::{json, schema_of, Endpoint, Method, QueryParam};
-use crate::audit_trail::{to_provider_record, to_record};
-use crate::auth::Caller;
-use crate::error::{ApiError, AppJson};
-use crate::startup::AppState;
+use crate::app::access::Caller;
+use crate::app::audit_trail::{to_provider_record, to_record};
+use crate::app::error::ApiError;
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 
 /// Entries per page unless `limit` says otherwise ...
 pub const DEFAULT_LIMIT: u32 = 100;

@@ -13,15 +13,12 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{json, schema_of, Endpoint, Method};
-use crate::audit::AuditAction;
-use crate::audit_trail::{
-    api_actor, append_best_effort, append_required, batch_subject, entry, AlreadyAudited,
-};
-use crate::auth::{ProviderCaller, ProviderToken};
-use crate::error::{ApiError, AppJson};
-use crate::ingest::ingest_batch;
-use crate::startup::AppState;
-use crate::store::PutBatch;
+use crate::app::audit_trail::{api_actor, AlreadyAudited};
+use crate::app::error::ApiError;
+use crate::app::upload::{upload, UploadRefused, Uploaded};
+use crate::http::auth::{ProviderCaller, ProviderToken};
+use crate::http::problem::AppJson;
+use crate::http::startup::AppState;
 
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -91,61 +88,19 @@ async fn post_batch(
     provider: ProviderToken,
     AppJson(batch): AppJson<SealedBatch>,
 ) -> Result<Response, ApiError> {
-    let header = batch.header.clone();
     let actor = api_actor(&provider.caller);
-    let subject = batch_subject(header.batch_id);
-    // The upload's entry commits with the rows, in the store's transaction.
-    let record = {
-        let (actor, subject, agb) = (actor.clone(), subject.clone(), provider.agb);
-        move |r: &BatchReceipt| entry(&actor, AuditAction::Upload, subject.clone(), Some(agb), r)
-    };
-    let outcome = ingest_batch(&state, provider.agb, batch, &record).await;
-    state.metrics.observe_upload(&outcome);
-    let (status, receipt) = match outcome {
-        Ok(PutBatch::Stored(r)) => (StatusCode::CREATED, r),
-        Ok(PutBatch::Replayed(r)) => {
-            let e = entry(
-                &actor,
-                AuditAction::UploadReplayed,
-                subject,
-                Some(provider.agb),
-                &r,
-            );
-            append_required(&state, e).await?;
-            (StatusCode::OK, r)
-        }
-        // `ingest_batch` answers a withdrawn batch id with its problem.
-        Ok(PutBatch::Withdrawn { .. }) => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "a withdrawn batch reached the upload answer"
-            )))
-        }
-        // Refusals that matter for security: someone else's key, someone else's batch, a batch id
-        // reused for other content, a withdrawn batch posted again, or another regional key. The details digest binds the
-        // entry to the header sent.
-        Err(err)
-            if matches!(
-                err.kind(),
-                ProblemType::BadSignature
-                    | ProblemType::Forbidden
-                    | ProblemType::BatchConflict
-                    | ProblemType::BatchWithdrawn
-                    | ProblemType::WrongRegionalKey
-            ) =>
-        {
-            let e = entry(
-                &actor,
-                AuditAction::UploadRefused,
-                format!("{subject}: {}", err.kind().slug()),
-                Some(provider.agb),
-                &header,
-            );
-            append_best_effort(&state, e).await;
-            let mut res = err.into_response();
+    let (status, receipt) = match upload(&state.upload_deps(), &actor, provider.agb, batch).await {
+        Ok(Uploaded::Stored(r)) => (StatusCode::CREATED, r),
+        Ok(Uploaded::Replayed(r)) => (StatusCode::OK, r),
+        Err(UploadRefused {
+            error,
+            audited: true,
+        }) => {
+            let mut res = error.into_response();
             res.extensions_mut().insert(AlreadyAudited);
             return Ok(res);
         }
-        Err(err) => return Err(err),
+        Err(refused) => return Err(refused.error),
     };
     tracing::info!(
         stored = receipt.stored,

@@ -1,20 +1,15 @@
-//! Identity: bearer tokens (only their SHA-256 is stored) and the extractors that check a caller's role and
-//! scope once, before any handler runs. Tokens are never logged.
+//! Access: bearer tokens (only their SHA-256 is stored; issued here), and what an authenticated
+//! [`Caller`] may do by role and scope. `http::auth` extracts the caller from a request. Tokens are
+//! never logged.
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use base64::Engine;
 use kwm_schemas::{AgbCode, MunicipalityCode, Role};
 use ring::rand::SecureRandom;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
-use crate::startup::AppState;
-use crate::store::{NewToken, Store, StoreError};
-
-pub mod ratelimit;
+use crate::app::error::ApiError;
+use crate::store::{NewToken, Store};
 
 /// Prefix of every token, so that a leaked one is recognisable by secret scanners.
 pub const TOKEN_PREFIX: &str = "kwm_";
@@ -60,23 +55,39 @@ pub fn normalise_scope(role: Role, scope: Option<&str>) -> anyhow::Result<Option
     }
 }
 
-/// Issues a token for a role and scope, storing only its hash. The caller shows the token once.
+/// Issues a token for a role and scope, storing only its hash, without an audit entry (tests and
+/// benchmarks; the operator's commands use `audit_trail::issue_token`). The caller shows it once.
 pub async fn issue_token(
     store: &dyn Store,
     role: Role,
     scope: Option<&str>,
     label: &str,
 ) -> anyhow::Result<(i64, Zeroizing<String>)> {
+    issue_token_recorded(store, role, scope, label, None).await
+}
+
+/// [`issue_token`], with the entry `record` makes from the token's id appended in the same
+/// transaction.
+pub async fn issue_token_recorded(
+    store: &dyn Store,
+    role: Role,
+    scope: Option<&str>,
+    label: &str,
+    record: Option<&crate::store::RecordFn<i64>>,
+) -> anyhow::Result<(i64, Zeroizing<String>)> {
     let scope = normalise_scope(role, scope)?;
     let token = generate_token()?;
     let id = store
-        .put_token(&NewToken {
-            token_hash: token_hash(&token),
-            role,
-            scope,
-            label: label.to_string(),
-            created_at: OffsetDateTime::now_utc(),
-        })
+        .put_token_recorded(
+            &NewToken {
+                token_hash: token_hash(&token),
+                role,
+                scope,
+                label: label.to_string(),
+                created_at: OffsetDateTime::now_utc(),
+            },
+            record,
+        )
         .await?;
     Ok((id, token))
 }
@@ -139,78 +150,6 @@ impl Caller {
                 self.role
             )))
         }
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(ApiError::unauthenticated)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::unauthenticated)?;
-        let record = match state.store.get_token(&token_hash(token)).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(ApiError::invalid_token()),
-            Err(StoreError::Unavailable(e)) => {
-                return Err(ApiError::Unavailable(StoreError::Unavailable(e)))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if record.revoked_at.is_some() {
-            return Err(ApiError::invalid_token());
-        }
-        if let Err(wait) = state.rate_limiter.check(record.id) {
-            return Err(ApiError::RateLimited {
-                retry_after: wait.as_secs().max(1),
-            });
-        }
-        tracing::Span::current().record("role", record.role.as_str());
-        Ok(Caller {
-            token_id: record.id,
-            role: record.role,
-            scope: record.scope,
-        })
-    }
-}
-
-/// A caller that must be a provider; carries its AGB code.
-#[derive(Debug, Clone, Copy)]
-pub struct ProviderCaller(pub AgbCode);
-
-impl FromRequestParts<AppState> for ProviderCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        Ok(Self(caller.provider()?))
-    }
-}
-
-/// A caller that must be a provider, with its token (id, role, scope) for the audit chain.
-#[derive(Debug, Clone)]
-pub struct ProviderToken {
-    pub agb: AgbCode,
-    pub caller: Caller,
-}
-
-impl FromRequestParts<AppState> for ProviderToken {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        Ok(Self {
-            agb: caller.provider()?,
-            caller,
-        })
     }
 }
 
