@@ -7,6 +7,7 @@ pub mod api;
 pub mod codes;
 pub mod criteria;
 pub mod envelope;
+pub mod extract;
 pub mod problem;
 pub mod record;
 pub mod region;
@@ -51,6 +52,11 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
             schema::<api::WithdrawalReceipt>(),
         ),
         ("problem.schema.json", schema::<problem::Problem>()),
+        ("extract-spec.schema.json", schema::<extract::ExtractSpec>()),
+        (
+            "extract-risk-report.schema.json",
+            schema::<extract::RiskReport>(),
+        ),
         ("region.schema.json", schema::<region::RegionConfig>()),
         ("criterion.schema.json", schema::<criteria::Criterion>()),
         ("release.schema.json", schema::<release::Release>()),

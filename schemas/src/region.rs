@@ -59,6 +59,9 @@ pub enum TargetGroupKind {
 pub struct TargetGroup {
     pub code: Code,
     pub kind: TargetGroupKind,
+    /// The main group it belongs to in generalisations (research extracts); its kind when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_group: Option<String>,
     pub label_nl: String,
     pub label_en: String,
 }

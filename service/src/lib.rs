@@ -10,7 +10,8 @@
 //!   pseudonymisation key, in the database under the master key), `index` (the release index in
 //!   memory), `clock` (the one clock, injected), `metrics`, `config`, `telemetry`.
 //! - the pure core: `release/` (the release engine), `research/` (differentially private research
-//!   queries), `noise/` (exact samplers), `audit` (the hash chain), `tables` (CSV and XLSX of
+//!   queries), `extract/` (anonymised research extracts: hierarchies, the lattice search, risk
+//!   report, CSV), `noise/` (exact samplers), `audit` (the hash chain), `tables` (CSV and XLSX of
 //!   releases). It takes data and returns data.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod extract;
 pub mod http;
 pub mod index;
 pub mod keys;

@@ -22,7 +22,7 @@ fn room_of_module(top: &str) -> Option<&'static str> {
         "http" => "http",
         "app" => "app",
         "store" | "keys" | "index" | "clock" | "metrics" | "config" | "telemetry" => "parts",
-        "release" | "research" | "noise" | "audit" | "tables" => "core",
+        "release" | "research" | "extract" | "noise" | "audit" | "tables" => "core",
         _ => return None,
     })
 }
