@@ -189,3 +189,79 @@ pub struct WithdrawalReceipt {
     /// The audit entry that records this withdrawal (see `GET /v1/audit`).
     pub audit_seq: i64,
 }
+
+/// `POST /v1/research/queries` and `.../estimate`: a query of the project's researcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchQueryRequest {
+    /// One `SELECT ... FROM trajectories ...` in the service's dialect (README, "Research").
+    pub sql: String,
+    /// The rho the answer spends (charged to the project once and to each data year it reads);
+    /// 0.01 when left out.
+    #[serde(default)]
+    pub rho: Option<crate::region::Decimal>,
+}
+
+/// The answer to a research query, as charged to its project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchAnswered {
+    /// The answer's id in the project's log.
+    pub id: Uuid,
+    pub project: String,
+    /// What this answer charged the project (and each data year it reads).
+    pub rho_charged: crate::region::Decimal,
+    /// What the project has left, in rho (`0` when it is spent).
+    pub project_left: String,
+    /// The answer's entry in the audit chain.
+    pub audit_seq: i64,
+    pub answer: crate::research::ResearchAnswer,
+}
+
+/// What a research query would cost and how wide its intervals would be; nothing was spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchEstimated {
+    pub project: String,
+    /// What the project has left, in rho.
+    pub project_left: String,
+    /// Whether the project (and each data year's research reserve, as far as the project can know)
+    /// could pay for it now.
+    pub affordable: bool,
+    pub estimate: crate::research::QueryEstimate,
+}
+
+/// `GET /v1/research/log`: a project's budget and every answer it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchLog {
+    pub project: String,
+    pub name: String,
+    pub purpose: String,
+    /// The project's budget, what it spent and what it has left, in rho.
+    pub rho: String,
+    pub spent: String,
+    pub left: String,
+    /// The last day it is answered (YYYY-MM-DD).
+    pub expires_on: String,
+    pub closed: bool,
+    pub entries: Vec<ResearchLogLine>,
+}
+
+/// One answer in a project's log: who asked what, when, at what cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchLogLine {
+    pub id: Uuid,
+    /// `query` or `extract`.
+    pub kind: String,
+    /// The query as sent.
+    pub statement: String,
+    /// `researcher token 12`.
+    pub actor: String,
+    pub rho: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub at: OffsetDateTime,
+    pub audit_seq: i64,
+}

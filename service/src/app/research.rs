@@ -1,14 +1,286 @@
-//! Research access: projects with their own budgets, registered and closed by the operator, and the
-//! researchers' log. A project's rho is carved from the data years' research reserve
+//! Research access: projects with their own budgets, registered and closed by the operator; their
+//! researchers' queries, answered from the release index with the research core and charged to the
+//! project in the transaction that stores the answer; estimates that spend nothing; and the project's
+//! log. A project's rho is carved from the data years' research reserve
 //! (`privacy.research_reserve` of the region file), which rounds may never spend.
 
-use kwm_schemas::region::Rho;
-use time::Date;
+use std::sync::Arc;
 
-use crate::app::audit_trail::entry;
+use kwm_schemas::api::{
+    ResearchAnswered, ResearchEstimated, ResearchLog, ResearchLogLine, ResearchQueryRequest,
+};
+use kwm_schemas::problem::ProblemType;
+use kwm_schemas::region::Rho;
+use kwm_schemas::RegionConfig;
+use time::Date;
+use uuid::Uuid;
+
+use crate::app::access::Caller;
+use crate::app::audit_trail::{api_actor, entry};
+use crate::app::error::ApiError;
 use crate::app::operator::Desk;
 use crate::audit::AuditAction;
-use crate::store::{NewProject, Project, StoreError};
+use crate::clock::SharedClock;
+use crate::index::ReleaseIndex;
+use crate::keys::PseudonymKey;
+use crate::noise::OsNoise;
+use crate::research::{Query, ResearchInput};
+use crate::store::{NewProject, NewResearchAnswer, Project, PutResearch, Store, StoreError};
+
+/// The rho of a query that names none.
+pub const DEFAULT_QUERY_RHO_NANOS: i64 = 10_000_000;
+
+/// What research queries need.
+#[derive(Debug, Clone)]
+pub struct ResearchDeps {
+    pub store: Arc<dyn Store>,
+    pub index: Arc<ReleaseIndex>,
+    pub region: Arc<RegionConfig>,
+    pub pseudonym_key: Arc<PseudonymKey>,
+    pub clock: SharedClock,
+}
+
+/// The project a researcher's token is for, as stored; `forbidden` for any other caller, and for a
+/// project that is closed or past its last day.
+async fn callers_project(deps: &ResearchDeps, caller: &Caller) -> Result<Project, ApiError> {
+    caller.require(&[kwm_schemas::Role::Researcher])?;
+    let id = caller
+        .scope
+        .as_deref()
+        .and_then(project_of_scope)
+        .ok_or_else(|| ApiError::forbidden("this token names no research project"))?;
+    deps.store
+        .get_project(id)
+        .await?
+        .ok_or_else(|| ApiError::forbidden(format!("project {id} is not registered")))
+}
+
+fn open_project(deps: &ResearchDeps, p: &Project) -> Result<(), ApiError> {
+    if p.closed_at.is_some() {
+        return Err(ApiError::forbidden(format!(
+            "project {} is closed: it is answered nothing more",
+            p.id
+        )));
+    }
+    if deps.clock.now().date() > p.expires_on {
+        return Err(ApiError::forbidden(format!(
+            "project {} ended on {}: it is answered nothing more; the operator can register a new one",
+            p.id, p.expires_on
+        )));
+    }
+    Ok(())
+}
+
+/// The query and its rho, parsed; a query the dialect refuses is a bad request naming what and where.
+fn parse(deps: &ResearchDeps, req: &ResearchQueryRequest) -> Result<(Query, Rho, i64), ApiError> {
+    let query = Query::parse(&req.sql, &deps.region)
+        .map_err(|e| ApiError::new(ProblemType::BadRequest, e.to_string()))?;
+    let rho = match req.rho {
+        Some(r) => r,
+        None => Rho::from_nanos(DEFAULT_QUERY_RHO_NANOS)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the default rho")))?,
+    };
+    let nanos = rho.to_nanos().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::new(
+            ProblemType::BadRequest,
+            format!("rho {rho}: a positive number of at most nine decimals"),
+        )
+    })?;
+    Ok((query, rho, nanos))
+}
+
+fn research_error(e: crate::research::ResearchError) -> ApiError {
+    match e {
+        crate::research::ResearchError::Plan(why) => ApiError::new(
+            ProblemType::BadRequest,
+            format!("no answer can be planned for this query at this rho: {why}"),
+        ),
+        other => ApiError::Internal(anyhow::anyhow!("{other}")),
+    }
+}
+
+/// Answers a researcher's query and charges it to the project, in the transaction that stores the
+/// answer and its audit entry. A query that cannot be answered or paid for charges nothing and
+/// releases nothing.
+pub async fn ask(
+    deps: &ResearchDeps,
+    caller: &Caller,
+    req: &ResearchQueryRequest,
+) -> Result<ResearchAnswered, ApiError> {
+    let project = callers_project(deps, caller).await?;
+    open_project(deps, &project)?;
+    let (query, rho, rho_nanos) = parse(deps, req)?;
+    let left = project.rho_nanos - project.spent_nanos;
+    if rho_nanos > left {
+        return Err(project_exhausted(
+            &project.id,
+            project.spent_nanos,
+            project.rho_nanos,
+        ));
+    }
+    deps.index.sync(deps.store.as_ref()).await?;
+    let answer = {
+        let index = deps.index.clone();
+        let region = deps.region.clone();
+        let order_key = deps
+            .pseudonym_key
+            .derive(crate::app::rounds::ORDER_KEY_LABEL);
+        let query = query.clone();
+        tokio::task::spawn_blocking(move || {
+            let data = index.read();
+            let input = ResearchInput {
+                region: &region,
+                shards: data.shards(),
+                order_key: &order_key,
+            };
+            crate::research::answer(&query, &input, rho, &mut OsNoise::new())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the answer's computation panicked: {e}")))?
+        .map_err(research_error)?
+    };
+    let body = serde_json::to_value(&answer)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising an answer: {e}")))?;
+    let id = Uuid::now_v7();
+    let actor = api_actor(caller);
+    let mut years: Vec<u16> = query.window().years().collect();
+    years.sort_unstable();
+    years.dedup();
+    let reserve_nanos = deps
+        .region
+        .privacy
+        .research_reserve
+        .and_then(|r| r.to_nanos())
+        .unwrap_or(0);
+    let details = serde_json::json!({
+        "answer": id,
+        "project": project.id,
+        "query": req.sql,
+        "rho_nanos": rho_nanos,
+        "years": years,
+    });
+    let outcome = deps
+        .store
+        .put_research_answer(&NewResearchAnswer {
+            id,
+            project: project.id.clone(),
+            kind: crate::store::ResearchKind::Query,
+            statement: req.sql.clone(),
+            actor: actor.describe(),
+            rho_nanos,
+            years,
+            reserve_nanos,
+            at: deps.clock.now(),
+            answer: body,
+            audit: entry(
+                &actor,
+                AuditAction::ResearchAnswer,
+                format!("project {}: query {id}", project.id),
+                None,
+                &details,
+            ),
+        })
+        .await?;
+    match outcome {
+        PutResearch::Charged {
+            audit_seq,
+            left_nanos,
+        } => Ok(ResearchAnswered {
+            id,
+            project: project.id,
+            rho_charged: rho,
+            project_left: rho_text(left_nanos),
+            audit_seq,
+            answer,
+        }),
+        PutResearch::ProjectExhausted {
+            spent_nanos,
+            rho_nanos,
+        } => Err(project_exhausted(&project.id, spent_nanos, rho_nanos)),
+        PutResearch::YearExhausted {
+            year,
+            spent_nanos,
+            reserve_nanos,
+        } => Err(ApiError::new(
+            ProblemType::BudgetExhausted,
+            format!(
+                "research has spent rho {} of data year {year}, which keeps {} for research; this \
+                 answer would pass it, so nothing was answered or charged. A query over other years \
+                 may still be answered.",
+                rho_text(spent_nanos),
+                rho_text(reserve_nanos)
+            ),
+        )),
+        PutResearch::Closed | PutResearch::Expired { .. } | PutResearch::NoProject => Err(
+            ApiError::forbidden(format!("project {} is answered nothing more", project.id)),
+        ),
+    }
+}
+
+fn project_exhausted(id: &str, spent: i64, rho: i64) -> ApiError {
+    ApiError::new(
+        ProblemType::BudgetExhausted,
+        format!(
+            "project {id} has spent rho {} of its {}; this answer would pass it, so nothing was \
+             answered or charged. Ask with a smaller rho (wider intervals) or a coarser query; \
+             POST /v1/research/queries/estimate tells the cost first.",
+            rho_text(spent),
+            rho_text(rho)
+        ),
+    )
+}
+
+/// What a query would cost and how wide its intervals would be, from the query and the region file
+/// alone: nothing is read, drawn or charged.
+pub async fn estimate(
+    deps: &ResearchDeps,
+    caller: &Caller,
+    req: &ResearchQueryRequest,
+) -> Result<ResearchEstimated, ApiError> {
+    let project = callers_project(deps, caller).await?;
+    let (query, rho, rho_nanos) = parse(deps, req)?;
+    let estimate = crate::research::estimate(&query, &deps.region, rho).map_err(research_error)?;
+    let left = project.rho_nanos - project.spent_nanos;
+    Ok(ResearchEstimated {
+        affordable: project.closed_at.is_none()
+            && deps.clock.now().date() <= project.expires_on
+            && rho_nanos <= left,
+        project: project.id,
+        project_left: rho_text(left),
+        estimate,
+    })
+}
+
+/// The project's budget and its log.
+pub async fn log(deps: &ResearchDeps, caller: &Caller) -> Result<ResearchLog, ApiError> {
+    let p = callers_project(deps, caller).await?;
+    let entries = deps
+        .store
+        .list_research_log(&p.id)
+        .await?
+        .into_iter()
+        .map(|e| ResearchLogLine {
+            id: e.id,
+            kind: e.kind.as_str().into(),
+            statement: e.statement,
+            actor: e.actor,
+            rho: rho_text(e.rho_nanos),
+            at: e.at,
+            audit_seq: e.audit_seq,
+        })
+        .collect();
+    Ok(ResearchLog {
+        rho: rho_text(p.rho_nanos),
+        spent: rho_text(p.spent_nanos),
+        left: rho_text(p.rho_nanos - p.spent_nanos),
+        expires_on: p.expires_on.to_string(),
+        closed: p.closed_at.is_some(),
+        project: p.id,
+        name: p.name,
+        purpose: p.purpose,
+        entries,
+    })
+}
 
 /// The scope of a researcher's token: `project:<id>`.
 pub fn project_scope(id: &str) -> String {

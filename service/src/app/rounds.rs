@@ -30,7 +30,7 @@ use crate::store::{
 
 /// The key of the keyed order in which a child's surplus trajectories are dropped (derived from the
 /// service pseudonymisation key, so it is as secret and as stable as that key).
-const ORDER_KEY_LABEL: &[u8] = b"kwm release order v1";
+pub(crate) const ORDER_KEY_LABEL: &[u8] = b"kwm release order v1";
 
 /// Who acts, for the audit chain and a round's `published_by`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Actor {
         }
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         if self.role == self.id {
             self.role.clone()
         } else {

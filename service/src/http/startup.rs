@@ -83,6 +83,17 @@ impl AppState {
         }
     }
 
+    /// What research queries need, taken from the state.
+    pub fn research_deps(&self) -> crate::app::research::ResearchDeps {
+        crate::app::research::ResearchDeps {
+            store: self.store.clone(),
+            index: self.index.clone(),
+            region: self.region.clone(),
+            pseudonym_key: self.pseudonym_key.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// Where audit entries go.
     pub fn recorder(&self) -> crate::app::audit_trail::Recorder<'_> {
         crate::app::audit_trail::Recorder {

@@ -167,6 +167,33 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
         "GET /v1/audit",
         vec![call("the audit chain", "/v1/audit?limit=10", All(200))],
     );
+    let query = serde_json::json!({
+        "sql": "SELECT target_group, COUNT(*) FROM trajectories WHERE start_year = 2025 \
+                GROUP BY target_group",
+        "rho": "0.001",
+    });
+    m.insert(
+        "POST /v1/research/queries",
+        vec![Call {
+            what: "a query of the researcher's own project",
+            path: "/v1/research/queries".into(),
+            body: Some(query.clone()),
+            expect: All(200),
+        }],
+    );
+    m.insert(
+        "POST /v1/research/queries/estimate",
+        vec![Call {
+            what: "the cost of a query",
+            path: "/v1/research/queries/estimate".into(),
+            body: Some(query),
+            expect: All(200),
+        }],
+    );
+    m.insert(
+        "GET /v1/research/log",
+        vec![call("the project's log", "/v1/research/log", All(200))],
+    );
     m.insert(
         "GET /v1/admin/index",
         vec![call("the index check", "/v1/admin/index", All(200))],
@@ -393,6 +420,29 @@ async fn world(app: &TestApp) -> World {
         app.issue_token(Role::Municipality, Some("GM0748")).await,
     );
     tokens.insert(Role::Region, app.issue_token(Role::Region, None).await);
+    // A research project, p1, for the researcher's token.
+    app.state
+        .store
+        .put_project_recorded(
+            &kwm_service::store::NewProject {
+                name: "Wat werkt voor wie".into(),
+                purpose: "the matrix".into(),
+                rho_nanos: 100_000_000,
+                expires_on: time::macros::date!(2099 - 12 - 31),
+                created_at: time::OffsetDateTime::now_utc(),
+            },
+            &|p| kwm_service::audit::NewAuditEntry {
+                at: time::OffsetDateTime::now_utc(),
+                actor_role: "admin".into(),
+                actor_id: "test".into(),
+                action: kwm_service::audit::AuditAction::ProjectRegistered,
+                subject: format!("project {}", p.id),
+                provider: None,
+                details_digest: [0; 32],
+            },
+        )
+        .await
+        .expect("project p1");
     tokens.insert(
         Role::Researcher,
         app.issue_token(Role::Researcher, Some("project:p1")).await,

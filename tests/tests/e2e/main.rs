@@ -13,5 +13,6 @@ mod metrics;
 mod rawdb;
 mod releases;
 mod reports;
+mod research;
 mod rounds;
 mod upload;

@@ -17,6 +17,7 @@ pub mod health;
 pub mod keys;
 pub mod openapi;
 pub mod releases;
+pub mod research;
 
 /// A JSON Schema producer, so the table can name body types without generics.
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -146,6 +147,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     all.extend(custody::endpoints());
     all.extend(audit::endpoints());
     all.extend(admin::endpoints());
+    all.extend(research::endpoints());
     all.extend(openapi::endpoints());
     all
 }
