@@ -62,6 +62,31 @@ pub enum Command {
     /// Show this provider's own figures of a period next to the regional benchmark, or write them as a
     /// spreadsheet with --csv or --xlsx
     Scores(ScoresArgs),
+    /// A researcher's query, answered with differential privacy and charged to the project (or with
+    /// --estimate, its cost and interval widths first); printed as a table, or as CSV
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SELECT ... FROM trajectories ... in the service's dialect (README, "Research")
+    #[arg(long, value_name = "SQL")]
+    pub sql: String,
+    /// The rho to spend on the answer (default 0.01)
+    #[arg(long, value_name = "RHO")]
+    pub rho: Option<String>,
+    /// Only what the query would cost and how wide its intervals would be; nothing is spent
+    #[arg(long)]
+    pub estimate: bool,
+    /// Print the answer as CSV (one line per group and column: value, interval, status)
+    #[arg(long)]
+    pub csv: bool,
+    /// Base URL of the service
+    #[arg(long, value_name = "URL")]
+    pub service: Option<String>,
+    /// The researcher's bearer token (or KWM_TOKEN)
+    #[arg(long, env = "KWM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +338,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Scores(a) => {
             let config = load_config(cli.config.as_deref())?;
             scores_cmd(a, config)
+        }
+        Command::Query(a) => {
+            let config = load_config(cli.config.as_deref())?;
+            query_cmd(a, config)
         }
     }
 }
@@ -861,6 +890,152 @@ fn scores_cmd(a: ScoresArgs, loaded: LoadedConfig) -> Result<(), CliError> {
         out.display()
     );
     Ok(())
+}
+
+fn query_cmd(a: QueryArgs, loaded: LoadedConfig) -> Result<(), CliError> {
+    let rho = a
+        .rho
+        .as_deref()
+        .map(|r| {
+            r.parse::<kwm_schemas::region::Rho>()
+                .map_err(|e| CliError::usage(format!("--rho {r:?}: {e}")))
+        })
+        .transpose()?;
+    let request = kwm_schemas::api::ResearchQueryRequest { sql: a.sql, rho };
+    let client = provider_client(a.service.as_deref(), a.token.as_deref(), &loaded)?;
+    let rt = runtime()?;
+    if a.estimate {
+        let e = rt
+            .block_on(client.research_estimate(&request))
+            .map_err(|e| CliError::failure(e.to_string()))?;
+        print!("{}", estimate_table(&e));
+        return Ok(());
+    }
+    let answered = rt
+        .block_on(client.research_query(&request))
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    if a.csv {
+        print!("{}", answer_csv(&answered.answer));
+    } else {
+        print!("{}", answer_table(&answered.answer));
+        println!(
+            "charged rho {} to project {}; it has {} left.",
+            answered.rho_charged, answered.project, answered.project_left
+        );
+    }
+    Ok(())
+}
+
+/// A cell as text: the value with its interval, or why it is withheld.
+fn cell_text(c: &kwm_schemas::research::AnswerCell) -> String {
+    match (&c.value, &c.ci95_low, &c.ci95_high) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v} [{lo}, {hi}]"),
+        (Some(v), _, _) => v.to_string(),
+        _ => c.status.as_str().to_string(),
+    }
+}
+
+/// An answer as a text table: a line per group, a column per measure.
+pub fn answer_table(a: &kwm_schemas::research::ResearchAnswer) -> String {
+    let mut header: Vec<String> = a.group_by.clone();
+    header.extend(a.columns.iter().map(|c| c.name.clone()));
+    let mut lines = vec![header];
+    for row in &a.rows {
+        let mut line: Vec<String> = row
+            .key
+            .iter()
+            .map(|k| k.clone().unwrap_or_else(|| "-".into()))
+            .collect();
+        line.extend(row.cells.iter().map(cell_text));
+        lines.push(line);
+    }
+    let widths: Vec<usize> = (0..lines[0].len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// An answer as CSV: one line per group and value column, with the interval and the status.
+pub fn answer_csv(a: &kwm_schemas::research::ResearchAnswer) -> String {
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out: Vec<String> = a.group_by.iter().map(|g| quote(g)).collect();
+    out.extend(["measure", "value", "ci95_low", "ci95_high", "status"].map(String::from));
+    let mut text = out.join(",") + "\n";
+    for row in &a.rows {
+        for (col, cell) in a.columns.iter().zip(&row.cells) {
+            let mut line: Vec<String> = row
+                .key
+                .iter()
+                .map(|k| quote(k.as_deref().unwrap_or("")))
+                .collect();
+            line.push(quote(&col.name));
+            let fig = |f: &Option<kwm_schemas::release::Figure>| {
+                f.as_ref().map(|f| f.to_string()).unwrap_or_default()
+            };
+            line.push(fig(&cell.value));
+            line.push(fig(&cell.ci95_low));
+            line.push(fig(&cell.ci95_high));
+            line.push(cell.status.as_str().to_string());
+            text.push_str(&line.join(","));
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// An estimate as text: the cost, the groups, and the expected widths per column.
+fn estimate_table(e: &kwm_schemas::api::ResearchEstimated) -> String {
+    let est = &e.estimate;
+    let mut out = format!(
+        "{} groups; rho {} charged to the project and to each data year read; the project has {} \
+         left{}.\n",
+        est.groups,
+        est.privacy.rho,
+        e.project_left,
+        if e.affordable { "" } else { " (not enough)" }
+    );
+    for c in &est.columns {
+        let widths: Vec<String> = c
+            .widths
+            .iter()
+            .map(|w| match w.count {
+                Some(n) => format!("{} wide at n={n}", w.width),
+                None => format!("{} wide", w.width),
+            })
+            .collect();
+        out.push_str(&format!(
+            "  {}: published from a noisy count of {}{}; 95% interval {}\n",
+            c.name,
+            c.min_noisy_count,
+            c.reliable_from
+                .map(|n| format!(", reliable from n={n}"))
+                .unwrap_or_default(),
+            widths.join(", ")
+        ));
+    }
+    out
 }
 
 /// The totals of a provider's scores as a text table: each criterion, the provider's own figure and

@@ -406,6 +406,50 @@ impl Client {
         Ok(body)
     }
 
+    /// `POST /v1/research/queries`: the answer to a query of the researcher's project, charged to it.
+    /// Sent once, never retried: a retry after a lost answer would be charged again.
+    pub async fn research_query(
+        &self,
+        request: &kwm_schemas::api::ResearchQueryRequest,
+    ) -> Result<kwm_schemas::api::ResearchAnswered, ClientError> {
+        self.research_post("/v1/research/queries", request).await
+    }
+
+    /// `POST /v1/research/queries/estimate`: what the query would cost and how wide its intervals
+    /// would be; nothing is spent.
+    pub async fn research_estimate(
+        &self,
+        request: &kwm_schemas::api::ResearchQueryRequest,
+    ) -> Result<kwm_schemas::api::ResearchEstimated, ClientError> {
+        self.research_post("/v1/research/queries/estimate", request)
+            .await
+    }
+
+    /// `GET /v1/research/log`: the project's budget and every answer it was given.
+    pub async fn research_log(&self) -> Result<kwm_schemas::api::ResearchLog, ClientError> {
+        let (_, body) = self
+            .call(Method::GET, "/v1/research/log", None, true)
+            .await?;
+        self.decode("/v1/research/log", &body)
+    }
+
+    async fn research_post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &kwm_schemas::api::ResearchQueryRequest,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            message: e.to_string(),
+        })?;
+        let once = Self {
+            retry: RetryPolicy::none(),
+            ..self.clone()
+        };
+        let (_, body) = once.call(Method::POST, path, Some(body), true).await?;
+        self.decode(path, &body)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

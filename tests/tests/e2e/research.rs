@@ -154,6 +154,40 @@ async fn researchers_route(backend: Backend) {
     assert_eq!(log.entries[0].rho, "0.02");
     assert!(log.entries[0].actor.starts_with("researcher token"));
 
+    // The same route from the command line: `kwm query --estimate` spends nothing, `kwm query`
+    // is charged (and a refused query fails the command).
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "query",
+            "--sql",
+            "SELECT target_group, COUNT(*) FROM trajectories WHERE start_year = 2025 GROUP BY target_group",
+            "--service",
+            app.base_url.as_str(),
+            "--token",
+            token.as_str(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    crate::helpers::kwm(args(&["--estimate"]))
+        .await
+        .expect("kwm query --estimate");
+    let log: ResearchLog = get_json(&app, &token, "/v1/research/log").await;
+    assert_eq!(log.entries.len(), 2, "an estimate is not charged");
+    crate::helpers::kwm(args(&["--rho", "0.005", "--csv"]))
+        .await
+        .expect("kwm query --csv");
+    let log: ResearchLog = get_json(&app, &token, "/v1/research/log").await;
+    assert_eq!((log.entries.len(), log.left.as_str()), (3, "0.015"));
+    let refused = crate::helpers::kwm(args(&["--rho", "0.5"])).await;
+    assert!(
+        refused.is_err(),
+        "a query the project cannot pay for fails the command"
+    );
+
     // Another role reads no project's log.
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let res = crate::helpers::get(&app, &muni, "/v1/research/log").await;
