@@ -265,3 +265,41 @@ pub struct ResearchLogLine {
     pub at: OffsetDateTime,
     pub audit_seq: i64,
 }
+
+/// `POST /v1/research/extracts`: an anonymised extract a project asks for. Nothing is produced until
+/// the operator approves it: an extract leaves differential privacy behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractRequest {
+    /// The columns, k, l, suppression share and risk threshold.
+    pub spec: crate::extract::ExtractSpec,
+    /// The trajectories in care in these calendar years (inclusive).
+    pub from_year: u16,
+    pub to_year: u16,
+}
+
+/// An extract of a project: asked for, or produced (with its risk report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractStatus {
+    pub id: Uuid,
+    pub project: String,
+    /// `requested` (waiting for the operator's approval) or `produced`.
+    pub state: String,
+    pub request: ExtractRequest,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub requested_at: OffsetDateTime,
+    /// Once produced: the risk report, and where to download the CSV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::extract::RiskReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<String>,
+}
+
+/// `GET /v1/research/extracts`: the project's extracts, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractList {
+    pub extracts: Vec<ExtractStatus>,
+}

@@ -33,6 +33,8 @@ pub enum AuditAction {
     ProjectRegistered,
     ProjectClosed,
     ResearchAnswer,
+    ExtractRequested,
+    ExtractApproved,
 }
 
 impl AuditAction {
@@ -56,6 +58,8 @@ impl AuditAction {
             Self::ProjectRegistered => "project-registered",
             Self::ProjectClosed => "project-closed",
             Self::ResearchAnswer => "research-answer",
+            Self::ExtractRequested => "extract-requested",
+            Self::ExtractApproved => "extract-approved",
         }
     }
 
@@ -80,6 +84,8 @@ impl AuditAction {
             ProjectRegistered,
             ProjectClosed,
             ResearchAnswer,
+            ExtractRequested,
+            ExtractApproved,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)

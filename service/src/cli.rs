@@ -119,6 +119,21 @@ pub enum AdminCommand {
     /// Research projects, each with its own privacy budget.
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// Anonymised extracts that projects asked for.
+    #[command(subcommand)]
+    Extract(ExtractCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExtractCommand {
+    /// List the extracts: asked for, or produced with the k and l reached.
+    List,
+    /// Approve an extract: it is built now from the stored trajectories and handed to its project.
+    /// An extract leaves differential privacy behind: read its request first. Audited.
+    Approve {
+        /// The extract's id, as `admin extract list` shows it
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -759,6 +774,47 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 p.name,
                 research::rho_text(p.spent_nanos),
                 research::rho_text(p.rho_nanos)
+            );
+        }
+        AdminCommand::Extract(ExtractCommand::List) => {
+            let extracts = state.store.list_extracts(None).await?;
+            if extracts.is_empty() {
+                println!("no extracts");
+            }
+            for x in extracts {
+                let state_text = match &x.produced {
+                    Some((by, at, report)) => format!(
+                        "produced {} by {by}; k {} l {}",
+                        timestamp(*at),
+                        report["k"],
+                        report["l"]
+                    ),
+                    None => "requested: waiting for approval".into(),
+                };
+                println!(
+                    "{}  project {}  asked {} by {}  {state_text}\n    {}",
+                    x.id,
+                    x.project,
+                    timestamp(x.requested_at),
+                    x.requested_by,
+                    x.request
+                );
+            }
+        }
+        AdminCommand::Extract(ExtractCommand::Approve { id }) => {
+            let id: uuid::Uuid = id
+                .parse()
+                .with_context(|| format!("{id:?}: an extract id, as `admin extract list` shows it"))?;
+            let x = research::approve_extract(desk, id).await?;
+            let report = x.report.as_ref();
+            println!(
+                "Produced extract {id} of project {}: {} records, k {} and l {} reached; its project \
+                 downloads it at {}.",
+                x.project,
+                report.map_or(0, |r| r.records_out),
+                report.map_or(0, |r| r.k),
+                report.map_or(0, |r| r.l),
+                x.download.unwrap_or_default()
             );
         }
         AdminCommand::Region(RegionCommand::KeyCheck(KeyCheckCommand::Show)) => {

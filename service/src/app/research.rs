@@ -7,11 +7,13 @@
 use std::sync::Arc;
 
 use kwm_schemas::api::{
-    ResearchAnswered, ResearchEstimated, ResearchLog, ResearchLogLine, ResearchQueryRequest,
+    ExtractList, ExtractRequest, ExtractStatus, ResearchAnswered, ResearchEstimated, ResearchLog,
+    ResearchLogLine, ResearchQueryRequest,
 };
 use kwm_schemas::problem::ProblemType;
 use kwm_schemas::region::Rho;
 use kwm_schemas::RegionConfig;
+use rand::SeedableRng;
 use time::Date;
 use uuid::Uuid;
 
@@ -386,6 +388,191 @@ pub async fn close_project(desk: Desk<'_>, id: &str) -> anyhow::Result<Project> 
 /// Rho in nano-units as a decimal, for people.
 pub fn rho_text(nanos: i64) -> String {
     Rho::from_nanos(nanos).map_or_else(|| "0".into(), |r| r.to_string())
+}
+
+/// What a stored extract looks like to its project.
+fn extract_status(x: &crate::store::ExtractRecord) -> Result<ExtractStatus, ApiError> {
+    let request: ExtractRequest = serde_json::from_value(x.request.clone())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("a stored extract request: {e}")))?;
+    let report = x
+        .produced
+        .as_ref()
+        .map(|(_, _, r)| serde_json::from_value(r.clone()))
+        .transpose()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("a stored risk report: {e}")))?;
+    Ok(ExtractStatus {
+        id: x.id,
+        project: x.project.clone(),
+        state: if x.produced.is_some() {
+            "produced"
+        } else {
+            "requested"
+        }
+        .into(),
+        request,
+        requested_at: x.requested_at,
+        download: x
+            .produced
+            .as_ref()
+            .map(|_| format!("/v1/research/extracts/{}.csv", x.id)),
+        report,
+    })
+}
+
+/// Refuses a request the extract core would refuse, or one below the region's k, before anything is
+/// stored.
+fn check_extract(region: &RegionConfig, req: &ExtractRequest) -> Result<(), ApiError> {
+    let bad = |d: String| ApiError::new(ProblemType::BadRequest, d);
+    crate::extract::check_request(&req.spec).map_err(|e| bad(e.to_string()))?;
+    if req.spec.k < region.policy.k {
+        return Err(bad(format!(
+            "k {}: an extract of region {} needs at least k {} children in every class, as its \
+             releases do",
+            req.spec.k, region.code, region.policy.k
+        )));
+    }
+    if req.from_year > req.to_year
+        || !crate::store::DATA_YEARS.contains(&req.from_year)
+        || !crate::store::DATA_YEARS.contains(&req.to_year)
+    {
+        return Err(bad(format!(
+            "from_year {} to_year {}: a range of calendar years, the first not after the last",
+            req.from_year, req.to_year
+        )));
+    }
+    Ok(())
+}
+
+/// A project asks for an extract: checked, stored as `requested`, on the audit chain. Nothing is
+/// produced until the operator approves it.
+pub async fn request_extract(
+    deps: &ResearchDeps,
+    caller: &Caller,
+    req: &ExtractRequest,
+) -> Result<ExtractStatus, ApiError> {
+    let project = callers_project(deps, caller).await?;
+    open_project(deps, &project)?;
+    check_extract(&deps.region, req)?;
+    let actor = api_actor(caller);
+    let record = crate::store::ExtractRecord {
+        id: Uuid::now_v7(),
+        project: project.id.clone(),
+        request: serde_json::to_value(req)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising a request: {e}")))?,
+        requested_by: actor.describe(),
+        requested_at: deps.clock.now(),
+        produced: None,
+    };
+    let e = entry(
+        &actor,
+        AuditAction::ExtractRequested,
+        format!("project {}: extract {}", project.id, record.id),
+        None,
+        &record.request,
+    );
+    deps.store.put_extract_request_recorded(&record, &e).await?;
+    extract_status(&record)
+}
+
+/// The caller's project's extracts.
+pub async fn list_extracts(deps: &ResearchDeps, caller: &Caller) -> Result<ExtractList, ApiError> {
+    let project = callers_project(deps, caller).await?;
+    let extracts = deps
+        .store
+        .list_extracts(Some(&project.id))
+        .await?
+        .iter()
+        .map(extract_status)
+        .collect::<Result<_, _>>()?;
+    Ok(ExtractList { extracts })
+}
+
+/// A produced extract of the caller's project, as CSV; another project's is not found.
+pub async fn extract_csv(
+    deps: &ResearchDeps,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Vec<u8>, ApiError> {
+    let project = callers_project(deps, caller).await?;
+    let mine = deps
+        .store
+        .list_extracts(Some(&project.id))
+        .await?
+        .into_iter()
+        .any(|x| x.id == id && x.produced.is_some());
+    if !mine {
+        return Err(ApiError::not_found(format!(
+            "your project has no produced extract {id}"
+        )));
+    }
+    deps.store
+        .get_extract_csv(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no extract {id}")))
+}
+
+/// The operator approves an extract: it is built now from the stored trajectories of its years, with
+/// client ids drawn from the OS's generator, and kept with its risk report; the approval is on the
+/// audit chain in the same transaction. Returns the report.
+pub async fn approve_extract(desk: Desk<'_>, id: Uuid) -> anyhow::Result<ExtractStatus> {
+    let Some(x) = desk
+        .store
+        .list_extracts(None)
+        .await?
+        .into_iter()
+        .find(|x| x.id == id)
+    else {
+        anyhow::bail!("there is no extract {id}; `admin extract list` shows them");
+    };
+    anyhow::ensure!(
+        x.produced.is_none(),
+        "extract {id} was approved and produced before"
+    );
+    let req: ExtractRequest = serde_json::from_value(x.request.clone())?;
+    check_extract(desk.region, &req).map_err(|e| anyhow::anyhow!("{}", e.to_string_detail()))?;
+    let from = kwm_schemas::Month::new(req.from_year, 1)?;
+    let to = kwm_schemas::Month::new(req.to_year, 12)?;
+    let rows = desk.store.list_trajectories_between(from, to).await?;
+    let region = desk.region.clone();
+    let spec = req.spec.clone();
+    let (report, csv) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let extract = crate::extract::anonymise(&rows, &spec, &region, &mut rng)?;
+        let mut csv = Vec::new();
+        crate::extract::to_csv(&extract, &mut csv)?;
+        Ok((extract.report, csv))
+    })
+    .await??;
+    let report_json = serde_json::to_value(&report)?;
+    let e = entry(
+        desk.actor,
+        AuditAction::ExtractApproved,
+        format!("project {}: extract {id}", x.project),
+        None,
+        &serde_json::json!({
+            "extract": id,
+            "report": report_json,
+            "sha256": hex::encode(ring::digest::digest(&ring::digest::SHA256, &csv)),
+        }),
+    );
+    desk.store
+        .put_extract_produced_recorded(
+            id,
+            &desk.actor.describe(),
+            desk.clock.now(),
+            &report_json,
+            &csv,
+            &e,
+        )
+        .await?;
+    let produced = desk
+        .store
+        .list_extracts(None)
+        .await?
+        .into_iter()
+        .find(|x| x.id == id)
+        .ok_or_else(|| anyhow::anyhow!("extract {id} vanished"))?;
+    extract_status(&produced).map_err(|e| anyhow::anyhow!("{}", e.to_string_detail()))
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ pub mod sqlite;
 mod tether;
 
 pub use research::{
-    NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind, ResearchLogEntry,
+    ExtractRecord, NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind,
+    ResearchLogEntry,
 };
 
 /// The store's error stays small: the domain decides what a conflict or a missing row means.
@@ -824,6 +825,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_research_log(&self, project: &str) -> Result<Vec<ResearchLogEntry>, StoreError>;
     /// Research spend per data year, ascending.
     async fn list_research_spend(&self) -> Result<Vec<(u16, i64)>, StoreError>;
+    /// Stores a project's extract request (state `requested`) with its audit entry.
+    async fn put_extract_request_recorded(
+        &self,
+        extract: &ExtractRecord,
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError>;
+    /// Extracts, of one project or all, oldest first (without their CSV).
+    async fn list_extracts(&self, project: Option<&str>) -> Result<Vec<ExtractRecord>, StoreError>;
+    /// Records an approved extract as built, with its report and CSV and the approval's audit entry,
+    /// in one transaction. `NotFound` without such a request; `Conflict` when it was produced before.
+    async fn put_extract_produced_recorded(
+        &self,
+        id: Uuid,
+        approved_by: &str,
+        at: OffsetDateTime,
+        report: &serde_json::Value,
+        csv: &[u8],
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError>;
+    /// A produced extract's CSV.
+    async fn get_extract_csv(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Marks a token revoked at `at`. `NotFound` if no such token; revoking twice keeps the first time.
     async fn revoke_token(&self, id: i64, at: OffsetDateTime) -> Result<(), StoreError> {

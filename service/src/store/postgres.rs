@@ -14,7 +14,10 @@
 
 use super::research::{format_date, parse_date};
 use super::tether::{Tether, SELECT_IDENTITY};
-use super::{NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind, ResearchLogEntry};
+use super::{
+    ExtractRecord, NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind,
+    ResearchLogEntry,
+};
 use crate::store::RecordFn;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -1944,6 +1947,133 @@ impl Store for PgStore {
                 ))
             })
             .collect()
+    }
+
+    async fn put_extract_request_recorded(
+        &self,
+        x: &ExtractRecord,
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError> {
+        let request = serde_json::to_string(&x.request)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("serialising a request: {e}")))?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO research_extracts (id, project_id, request, requested_by, requested_at, \
+             state) VALUES ($1::uuid, $2, $3::json, $4, $5::timestamptz, 'requested')",
+        )
+        .bind(x.id.hyphenated().to_string())
+        .bind(&x.project)
+        .bind(&request)
+        .bind(&x.requested_by)
+        .bind(format_ts(x.requested_at)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        append_entry(&mut tx, Some(audit)).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_extracts(&self, project: Option<&str>) -> Result<Vec<ExtractRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT id::text AS id, project_id, request::text AS request, requested_by, {}, \
+             approved_by, {}, report::text AS report FROM research_extracts \
+             WHERE $1::text IS NULL OR project_id = $1 ORDER BY requested_at, id",
+            ts_column("requested_at"),
+            ts_column("approved_at")
+        ))
+        .bind(project)
+        .fetch_all(self.pool()?)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            let json = |col: &str| -> Result<Option<serde_json::Value>, StoreError> {
+                r.try_get::<Option<String>, _>(col)
+                    .map_err(db_err)?
+                    .map(|t| serde_json::from_str(&t).map_err(|_| corrupt(col)))
+                    .transpose()
+            };
+            let produced = match (
+                r.try_get::<Option<String>, _>("approved_by")
+                    .map_err(db_err)?,
+                r.try_get::<Option<String>, _>("approved_at")
+                    .map_err(db_err)?,
+                json("report")?,
+            ) {
+                (Some(by), Some(at), Some(report)) => Some((by, parse_ts(&at)?, report)),
+                _ => None,
+            };
+            Ok(ExtractRecord {
+                id: r
+                    .try_get::<String, _>("id")
+                    .map_err(db_err)?
+                    .parse()
+                    .map_err(|_| corrupt("research_extracts.id"))?,
+                project: r.try_get("project_id").map_err(db_err)?,
+                request: json("request")?.ok_or_else(|| corrupt("research_extracts.request"))?,
+                requested_by: r.try_get("requested_by").map_err(db_err)?,
+                requested_at: parse_ts(&r.try_get::<String, _>("requested_at").map_err(db_err)?)?,
+                produced,
+            })
+        })
+        .collect()
+    }
+
+    async fn put_extract_produced_recorded(
+        &self,
+        id: Uuid,
+        approved_by: &str,
+        at: OffsetDateTime,
+        report: &serde_json::Value,
+        csv: &[u8],
+        audit: &NewAuditEntry,
+    ) -> Result<(), StoreError> {
+        let report = serde_json::to_string(report)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("serialising a report: {e}")))?;
+        let mut tx = self.pool()?.begin().await.map_err(db_err)?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM research_extracts WHERE id = $1::uuid FOR UPDATE",
+        )
+        .bind(id.hyphenated().to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        match state.as_deref() {
+            None => return Err(StoreError::NotFound),
+            Some("requested") => {}
+            Some(_) => {
+                return Err(StoreError::Conflict(format!(
+                    "extract {id} was produced before"
+                )))
+            }
+        }
+        sqlx::query(
+            "UPDATE research_extracts SET state = 'produced', approved_by = $2, \
+             approved_at = $3::timestamptz, report = $4::json, csv = $5 WHERE id = $1::uuid",
+        )
+        .bind(id.hyphenated().to_string())
+        .bind(approved_by)
+        .bind(format_ts(at)?)
+        .bind(&report)
+        .bind(csv)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        append_entry(&mut tx, Some(audit)).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_extract_csv(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "SELECT csv FROM research_extracts WHERE id = $1::uuid",
+        )
+        .bind(id.hyphenated().to_string())
+        .fetch_optional(self.pool()?)
+        .await
+        .map_err(db_err)?
+        .flatten())
     }
 
     async fn revoke_token_recorded(

@@ -159,3 +159,16 @@ pub(crate) fn parse_date(s: &str) -> Result<Date, super::StoreError> {
         ))
     })
 }
+
+/// An extract a project asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractRecord {
+    pub id: Uuid,
+    pub project: String,
+    /// The request as sent.
+    pub request: serde_json::Value,
+    pub requested_by: String,
+    pub requested_at: OffsetDateTime,
+    /// Approved and built: who approved it, when, and its risk report.
+    pub produced: Option<(String, OffsetDateTime, serde_json::Value)>,
+}

@@ -191,6 +191,38 @@ fn examples(w: &World) -> BTreeMap<&'static str, Vec<Call>> {
         }],
     );
     m.insert(
+        "POST /v1/research/extracts",
+        vec![Call {
+            what: "an extract of the researcher's own project",
+            path: "/v1/research/extracts".into(),
+            body: Some(serde_json::json!({
+                "spec": {
+                    "quasi_identifiers": ["municipality", "age_band"],
+                    "sensitive": "satisfaction",
+                    "k": 10, "l": 2, "max_suppressed": "0.05", "risk_threshold": "0.2",
+                },
+                "from_year": 2025, "to_year": 2025,
+            })),
+            expect: All(201),
+        }],
+    );
+    m.insert(
+        "GET /v1/research/extracts",
+        vec![call(
+            "the project's extracts",
+            "/v1/research/extracts",
+            All(200),
+        )],
+    );
+    m.insert(
+        "GET /v1/research/extracts/{extract}",
+        vec![call(
+            "an extract not produced",
+            format!("/v1/research/extracts/{}.csv", uuid::Uuid::nil()),
+            All(404),
+        )],
+    );
+    m.insert(
         "GET /v1/research/log",
         vec![call("the project's log", "/v1/research/log", All(200))],
     );

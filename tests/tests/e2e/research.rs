@@ -188,6 +188,59 @@ async fn researchers_route(backend: Backend) {
         "a query the project cannot pay for fails the command"
     );
 
+    // An extract: asked for, produced only once the operator approves it, downloaded as CSV.
+    let spec = serde_json::json!({
+        "spec": {
+            "quasi_identifiers": ["municipality", "target_group", "age_band", "start_month"],
+            "sensitive": "satisfaction",
+            "other_columns": ["end_reason"],
+            "k": 10, "l": 2, "max_suppressed": "0.1", "risk_threshold": "0.2",
+        },
+        "from_year": 2024, "to_year": 2025,
+    });
+    let mut weak = spec.clone();
+    weak["spec"]["k"] = serde_json::json!(3);
+    let (status, text) = post(&app, &token, "/v1/research/extracts", weak).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "below the region's k: {text}"
+    );
+    assert!(problem(&text).detail.contains("at least k 10"), "{text}");
+    let (status, text) = post(&app, &token, "/v1/research/extracts", spec).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let asked: kwm_schemas::api::ExtractStatus = serde_json::from_str(&text).expect("a status");
+    assert_eq!(asked.state, "requested");
+    let csv_path = format!("/v1/research/extracts/{}.csv", asked.id);
+    let early = crate::helpers::get(&app, &token, &csv_path).await;
+    assert_eq!(
+        early.status(),
+        StatusCode::NOT_FOUND,
+        "nothing before the approval"
+    );
+    let produced = kwm_service::app::research::approve_extract(desk, asked.id)
+        .await
+        .expect("approved and produced");
+    let report = produced.report.expect("a risk report");
+    assert!(report.k >= 10 && report.l >= 2, "{report:?}");
+    let list: kwm_schemas::api::ExtractList = get_json(&app, &token, "/v1/research/extracts").await;
+    assert_eq!(list.extracts.len(), 1);
+    assert_eq!(list.extracts[0].state, "produced");
+    let res = crate::helpers::get(&app, &token, &csv_path).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let csv = res.text().await.expect("the CSV");
+    let header = csv.lines().next().expect("a header");
+    assert_eq!(
+        header,
+        "client,municipality,target_group,start_month,age_band,end_reason,satisfaction"
+    );
+    assert_eq!(csv.lines().count() as u64, report.records_out + 1);
+    assert!(
+        !csv.split([',', '\n'])
+            .any(|f| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit())),
+        "no pseudonym leaves"
+    );
+
     // Another role reads no project's log.
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let res = crate::helpers::get(&app, &muni, "/v1/research/log").await;

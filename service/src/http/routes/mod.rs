@@ -100,6 +100,11 @@ pub const PATH_PARAMS: &[PathParam] = &[
         schema: releases::release_name_schema,
     },
     PathParam {
+        name: "extract",
+        description: "an extract id (a UUID) with `.csv`",
+        schema: research::extract_name_schema,
+    },
+    PathParam {
         name: "scope",
         description: "whose release: a municipality's CBS code (`GM0748`) or `region`",
         schema: releases::scope_name_schema,
