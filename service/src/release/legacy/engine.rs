@@ -433,7 +433,7 @@ impl Pass {
     fn shard(&self, rows: &[EngineRow], acc: &mut Partial) {
         // The rows the period reads, ordered by client: by eight bytes of the pseudonym (the first is
         // the shard's, the same for all), the whole pseudonym only where those tie.
-        let order = by_child(rows, |r| self.deriver.reads(r));
+        let order = by_child(rows, |r| self.deriver.reads(r).then_some(()));
 
         let dn = Denominator::ALL.len();
         let mut trajs: Vec<Traj> = Vec::new();
@@ -444,7 +444,7 @@ impl Pass {
             // The client's trajectories in care, with their measures; herhaald beroep from the
             // client's own other starts (at any provider, in any municipality).
             trajs.clear();
-            for (_, i) in client {
+            for (_, i, ()) in client {
                 let row = &rows[*i as usize];
                 // Group keys come from the codebook only; a row outside it (impossible after ingest
                 // validation) is not counted anywhere rather than creating a key.
@@ -452,7 +452,7 @@ impl Pass {
                     continue;
                 }
                 let measures = self.deriver.derive(row, || {
-                    client.iter().any(|(_, j)| {
+                    client.iter().any(|(_, j, ())| {
                         j != i
                             && is_repeat(
                                 row.end,
