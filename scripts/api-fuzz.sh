@@ -69,7 +69,9 @@ TOKENS[provider]="$(admin provider add --agb "$AGB" --name "Fuzz provider" \
   --signing-key "$WORK/provider/signing.pub")"
 TOKENS[municipality]="$(admin token issue --role municipality --scope GM0748 --label fuzz)"
 TOKENS[region]="$(admin token issue --role region --label fuzz)"
-TOKENS[researcher]="$(admin token issue --role researcher --scope fuzz-project --label fuzz)"
+"$BIN/kwm-service" admin project add --name "Fuzz project" --purpose "the API fuzzer's queries" \
+  --rho 0.1 --expires 2099-12-31 >/dev/null   # project p1
+TOKENS[researcher]="$(admin token issue --role researcher --scope project:p1 --label fuzz)"
 TOKENS[admin]="$(admin token issue --role admin --label fuzz)"
 
 "$BIN/kwm-service" serve >"$WORK/serve.out" 2>"$WORK/serve.log" &
