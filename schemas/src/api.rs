@@ -253,7 +253,7 @@ pub struct ResearchLog {
 #[serde(deny_unknown_fields)]
 pub struct ResearchLogLine {
     pub id: Uuid,
-    /// `query` or `extract`.
+    /// `query`, `extract-requested` or `extract-produced`.
     pub kind: String,
     /// The query as sent.
     pub statement: String,
@@ -263,6 +263,8 @@ pub struct ResearchLogLine {
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
     pub at: OffsetDateTime,
+    /// The answer's entry in the audit chain (0 for an extract's lines: the chain has its request and
+    /// its approval, the admin's `audit list` shows them).
     pub audit_seq: i64,
 }
 

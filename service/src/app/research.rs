@@ -256,7 +256,7 @@ pub async fn estimate(
 /// The project's budget and its log.
 pub async fn log(deps: &ResearchDeps, caller: &Caller) -> Result<ResearchLog, ApiError> {
     let p = callers_project(deps, caller).await?;
-    let entries = deps
+    let mut entries: Vec<ResearchLogLine> = deps
         .store
         .list_research_log(&p.id)
         .await?
@@ -271,6 +271,32 @@ pub async fn log(deps: &ResearchDeps, caller: &Caller) -> Result<ResearchLog, Ap
             audit_seq: e.audit_seq,
         })
         .collect();
+    // Extracts spend no rho (they are not differentially private): each is in the log as asked for,
+    // and again once the operator approved and produced it.
+    for x in deps.store.list_extracts(Some(&p.id)).await? {
+        let statement = x.request.to_string();
+        entries.push(ResearchLogLine {
+            id: x.id,
+            kind: "extract-requested".into(),
+            statement: statement.clone(),
+            actor: x.requested_by.clone(),
+            rho: "0".into(),
+            at: x.requested_at,
+            audit_seq: 0,
+        });
+        if let Some((by, at, _)) = &x.produced {
+            entries.push(ResearchLogLine {
+                id: x.id,
+                kind: "extract-produced".into(),
+                statement,
+                actor: by.clone(),
+                rho: "0".into(),
+                at: *at,
+                audit_seq: 0,
+            });
+        }
+    }
+    entries.sort_by_key(|e| e.at);
     Ok(ResearchLog {
         rho: rho_text(p.rho_nanos),
         spent: rho_text(p.spent_nanos),

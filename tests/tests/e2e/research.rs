@@ -241,6 +241,20 @@ async fn researchers_route(backend: Backend) {
         "no pseudonym leaves"
     );
 
+    let log: ResearchLog = get_json(&app, &token, "/v1/research/log").await;
+    let kinds: Vec<&str> = log.entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "query",
+            "query",
+            "query",
+            "extract-requested",
+            "extract-produced"
+        ],
+        "every answer and the extract, in time order"
+    );
+
     // Another role reads no project's log.
     let muni = app.issue_token(Role::Municipality, Some("GM0748")).await;
     let res = crate::helpers::get(&app, &muni, "/v1/research/log").await;
