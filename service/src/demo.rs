@@ -351,6 +351,23 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         "demo",
     )
     .await?;
+    // A research project with its own budget, and its researcher's token.
+    let project = crate::app::research::add_project(
+        desk,
+        "Demo-onderzoek",
+        "welke zorg werkt voor welke doelgroep",
+        kwm_schemas::region::Rho::from_nanos(50_000_000).context("the demo project's rho")?,
+        state.clock.now().date() + time::Duration::days(365),
+    )
+    .await?;
+    let (_, researcher_token) = issue_token(
+        state.store.as_ref(),
+        &demo_actor(),
+        Role::Researcher,
+        Some(&crate::app::research::project_scope(&project.id)),
+        "demo",
+    )
+    .await?;
     let muni = municipality_token.as_str();
     let gm0748 = state
         .store
@@ -383,6 +400,14 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
             t.as_str()
         );
     }
+    println!(
+        "  kwm query --service {base} --token {} --sql \"SELECT target_group, COUNT(*), \
+         AVG(satisfaction) FROM trajectories WHERE start_year = {} GROUP BY target_group\"   \
+         # a researcher of project {}",
+        researcher_token.as_str(),
+        period.last_month().year(),
+        project.id
+    );
     println!("  municipality token (GM0748 Bergen op Zoom): {muni}");
     println!(
         "  region token (every municipality and the region): {}",
