@@ -5,7 +5,8 @@
 //! - composition roots: `main`, `cli` (the operator's commands), `demo`: the only places that may
 //!   put the whole application together with `http`.
 //! - `http/`: router and start-up, routes, auth extractors, middleware, the problem mapping, OpenAPI.
-//! - `app/`: the use cases (upload, custody, rounds, the audit trail, access by token).
+//! - `app/`: the use cases (upload, custody, rounds, research, the operator's commands, the audit
+//!   trail, access by token).
 //! - the parts: `store/` (all SQL, SQLite and PostgreSQL), `keys` (the HPKE keyring and the
 //!   pseudonymisation key, in the database under the master key), `index` (the release index in
 //!   memory), `clock` (the one clock, injected), `metrics`, `config`, `telemetry`.

@@ -19,7 +19,7 @@ pub(crate) mod measures;
 pub(crate) mod plan;
 pub(crate) mod rows;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 

@@ -20,7 +20,7 @@ use crate::noise::{NoNoise, SeededNoise};
 /// Two municipalities, two target groups, k = 3, two cells per child, a window of six months, counts
 /// rounded to 5. Rho is huge so that the noise's intervals are far below one unit: with `NoNoise`
 /// only the rounding shows. Test-only: no region file could publish with it (the cap is checked).
-const REGION: &str = r#"
+pub(crate) const REGION: &str = r#"
 code = "test"
 name = "Testregio"
 

@@ -16,80 +16,24 @@ use super::{answer, estimate, Query, QueryError, ResearchInput};
 use crate::noise::{NoNoise, SeededNoise};
 use crate::release::{Codebook, EngineRow};
 
-/// Two municipalities, two target groups, k = 3, two trajectories per child, counts not rounded.
-/// Test-only: the rho is far beyond any real cap, so that with `NoNoise` only the rounding of the
-/// figures shows.
-const REGION: &str = r#"
-code = "test"
-name = "Testregio"
-
-[[municipalities]]
-code = "GM0748"
-name = "Bergen op Zoom"
-
-[[municipalities]]
-code = "GM0777"
-name = "Etten-Leur"
-
-[[target_groups]]
-code = "P01"
-kind = "profile"
-label_nl = "Profiel 1"
-label_en = "Profile 1"
-
-[[target_groups]]
-code = "C01"
-kind = "complex"
-label_nl = "Zorgcombinatie 1"
-label_en = "Care combination 1"
-
-[[instruments]]
-code = "CBCL"
-name = "CBCL"
-reliability = 0.90
-
-[policy]
-k = 3
-max_cells_per_client = 2
-herhaald_beroep_window_months = 6
-count_rounding = 1
-
-[privacy]
-mechanism = "discrete-gaussian"
-rho_per_data_year = "100000000"
-delta = "0.000001"
-suppression_delta = "0.001"
-data_deadline_months = 6
-year_round = "50000000"
-
-[privacy.levels]
-municipality = "0.5"
-region = "0.45"
-providers = "0.05"
-
-[privacy.weights]
-in_zorg = "1"
-gestart = "1"
-einde = "1"
-herhaald_beroep = "1"
-zonder_hulp = "1"
-probleemafname = "1"
-tevredenheid_aantal = "1"
-tevredenheid_som = "1"
-doelrealisatie_aantal = "1"
-doelrealisatie_som = "1"
-
-[privacy.max_interval]
-percentage = "40"
-grade = "3"
-"#;
+/// The release engine's test region (two municipalities, two target groups, k = 3, two trajectories
+/// per child, a rho far beyond any real cap), with counts not rounded: with `NoNoise` only the
+/// rounding of the figures shows.
+fn region_text() -> String {
+    let rounded = "count_rounding = 5";
+    assert!(
+        crate::release::tests::REGION.contains(rounded),
+        "the test region rounds counts"
+    );
+    crate::release::tests::REGION.replace(rounded, "count_rounding = 1")
+}
 
 const ORDER_KEY: [u8; 32] = [4; 32];
 /// Shards by the client pseudonym's first byte, as the release index keeps them.
 const SHARDS: usize = 256;
 
 fn region() -> RegionConfig {
-    RegionConfig::from_toml_str(REGION, "test.toml").expect("valid test region")
+    RegionConfig::from_toml_str(&region_text(), "test.toml").expect("valid test region")
 }
 
 fn huge_rho() -> Rho {
