@@ -49,6 +49,9 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Chromium, chromedriver and axe-core for the dashboard's browser tests.
+bash scripts/browser-deps.sh
+
 log "tests (SQLite and PostgreSQL at $KWM_TEST_DATABASE_URL)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
