@@ -131,12 +131,13 @@ impl Browser {
         }
         std::fs::create_dir_all(&artefacts)
             .with_context(|| format!("creating {}", artefacts.display()))?;
-        if !tools.chromium.is_file() {
+        let Some(chromium) = find_program(&tools.chromium) else {
             bail!(
                 "Chromium not found at {} (KWM_CHROMIUM): {SETUP_HINT}",
                 tools.chromium.display()
             );
-        }
+        };
+        let tools = Tools { chromium, ..tools };
         let log = artefacts.join("chromedriver.log");
         // A port that was free a moment ago may be taken by the time chromedriver binds it.
         let mut attempt = 0;
@@ -545,6 +546,16 @@ fn capabilities(chromium: &Path, profile: &Path) -> serde_json::Map<String, Valu
         Value::Object(map) => map,
         _ => serde_json::Map::new(),
     }
+}
+
+/// `program` itself when it is a path to a file; a bare name is looked up on PATH.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// A loopback port that is free now.

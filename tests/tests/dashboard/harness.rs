@@ -258,16 +258,19 @@ async fn missing_programs_say_how_to_install_them() -> anyhow::Result<()> {
         err.to_string().contains("bash scripts/browser-deps.sh"),
         "{err}"
     );
-    let mut tools = Tools::from_env();
-    tools.chromium = "/nonexistent/chromium".into();
-    let err = Browser::start_with("harness_missing_chromium", tools)
-        .await
-        .err()
-        .context("started without Chromium")?;
-    anyhow::ensure!(
-        err.to_string().contains("bash scripts/browser-deps.sh"),
-        "{err}"
-    );
+    // A path, or a bare name looked up on PATH.
+    for chromium in ["/nonexistent/chromium", "no-such-chromium"] {
+        let mut tools = Tools::from_env();
+        tools.chromium = chromium.into();
+        let err = Browser::start_with("harness_missing_chromium", tools)
+            .await
+            .err()
+            .context("started without Chromium")?;
+        anyhow::ensure!(
+            err.to_string().contains("bash scripts/browser-deps.sh"),
+            "{err}"
+        );
+    }
     let base = serve().await?;
     let mut tools = Tools::from_env();
     tools.axe_js = "/nonexistent/axe.min.js".into();
