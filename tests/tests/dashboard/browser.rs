@@ -8,6 +8,19 @@
 //!
 //! WebDriver cannot see HTTP status codes: a test asserts what the page shows, and the status through
 //! an HTTP client where it matters.
+//!
+//! A view's test, in short:
+//!
+//! ```text
+//! let b = Browser::start("gemeente_signed_in").await?;
+//! b.goto(&format!("{base}/")).await?;
+//! b.fill("#token", token).await?;
+//! b.submit_form("#sign-in").await?;
+//! assert_eq!(b.current_path().await?, "/gemeente/GM0748");
+//! assert!(b.cookie("kwm_session").await?.is_some_and(|c| c.http_only));
+//! b.check_view("gemeente").await?; // screenshots at desktop and phone size, then axe-core
+//! b.close().await?;
+//! ```
 
 use std::ffi::OsString;
 use std::fs::File;
