@@ -18,9 +18,10 @@ use kwm_schemas::region::Epsilon;
 use kwm_schemas::{AgbCode, Month, Pseudonym, Role, WireRecord};
 use kwm_service::audit::{verify_chain, AuditAction, AuditEntry, NewAuditEntry};
 use kwm_service::store::{
-    ChangeSink, KeyCheck, NewBatch, NewRelease, NewRound, NewRoundRelease, NewToken, PrivacyCharge,
-    Provider, PutBatch, PutRelease, PutRound, RegionalKeyCheck, RoundRecord, ServiceKeyKind, Store,
-    StoreError, StoredRelease, StoredRoundRelease, StoredServiceKey, Withdrawn,
+    ChangeSink, KeyCheck, NewBatch, NewRelease, NewRound, NewRoundRelease, NewSession, NewToken,
+    PrivacyCharge, Provider, PutBatch, PutRelease, PutRound, RegionalKeyCheck, RoundRecord,
+    ServiceKeyKind, Store, StoreError, StoredRelease, StoredRoundRelease, StoredServiceKey,
+    Withdrawn,
 };
 use kwm_service::store::{NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind};
 use time::OffsetDateTime;
@@ -135,8 +136,10 @@ conformance_tests!(
     a_rotation_retires_the_unretired_keys_and_adds_one,
     only_long_retired_hpke_keys_are_deleted,
     research_projects_are_numbered_listed_and_closed_once,
-    research_answers_are_charged_up_to_the_project_and_the_years_reserve;
+    research_answers_are_charged_up_to_the_project_and_the_years_reserve,
+    a_session_lives_until_it_expires_is_ended_or_its_token_is_revoked;
     pairs:
+    a_session_opened_on_one_instance_is_seen_and_ended_on_the_other,
     concurrent_releases_on_two_instances_never_pass_the_cap,
     concurrent_releases_of_one_data_version_store_once,
     concurrent_releases_on_other_partitions_get_distinct_versions,
@@ -3502,6 +3505,73 @@ fn token(hash: u8, role: Role, created_at: OffsetDateTime) -> NewToken {
         label: format!("token {hash}"),
         created_at,
     }
+}
+
+fn session(hash: u8, token_id: i64, expires_at: OffsetDateTime) -> NewSession {
+    NewSession {
+        session_hash: [hash; 32],
+        token_id,
+        created_at: now(),
+        expires_at,
+    }
+}
+
+async fn a_session_lives_until_it_expires_is_ended_or_its_token_is_revoked(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let t0 = now();
+    let hour = time::Duration::hours(1);
+    let municipality = store.put_token(&token(1, Role::Municipality, t0)).await?;
+    let region = store.put_token(&token(2, Role::Region, t0)).await?;
+    store
+        .put_session(&session(10, municipality, t0 + hour))
+        .await?;
+    store.put_session(&session(11, region, t0 + hour)).await?;
+    store.put_session(&session(12, region, t0 - hour)).await?;
+
+    // A live session names its token; an unknown one nothing.
+    let got = store.get_session(&[10; 32], t0).await?.context("live")?;
+    ensure!(got.id == municipality && got.role == Role::Municipality);
+    ensure!(store.get_session(&[99; 32], t0).await?.is_none());
+    // A taken hash is refused.
+    let again = store.put_session(&session(10, region, t0 + hour)).await;
+    ensure!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    ensure!(store.get_session(&[10; 32], t0).await?.context("live")?.id == municipality);
+    // Expiry: not live at or after `expires_at`.
+    ensure!(store.get_session(&[12; 32], t0).await?.is_none());
+    ensure!(store.get_session(&[11; 32], t0 + hour).await?.is_none());
+    // Sign-out ends one session, and ending it twice is no error.
+    store.delete_session(&[11; 32]).await?;
+    store.delete_session(&[11; 32]).await?;
+    ensure!(store.get_session(&[11; 32], t0).await?.is_none());
+    ensure!(store.get_session(&[10; 32], t0).await?.is_some());
+    // Revoking the token ends its sessions at once.
+    store.revoke_token(municipality, t0).await?;
+    ensure!(store.get_session(&[10; 32], t0).await?.is_none());
+    // Maintenance deletes the expired rows only.
+    store
+        .put_session(&session(13, region, t0 + hour * 8))
+        .await?;
+    ensure!(store.delete_expired_sessions(t0).await? == 1);
+    ensure!(store.delete_expired_sessions(t0).await? == 0);
+    ensure!(store.get_session(&[13; 32], t0).await?.is_some());
+    ensure!(store.delete_expired_sessions(t0 + hour * 9).await? == 2);
+    ensure!(store.get_session(&[13; 32], t0).await?.is_none());
+    Ok(())
+}
+
+async fn a_session_opened_on_one_instance_is_seen_and_ended_on_the_other(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) -> TestResult {
+    let t0 = now();
+    let id = a.put_token(&token(1, Role::Region, t0)).await?;
+    a.put_session(&session(7, id, t0 + time::Duration::hours(8)))
+        .await?;
+    ensure!(b.get_session(&[7; 32], t0).await?.context("seen on b")?.id == id);
+    b.delete_session(&[7; 32]).await?;
+    ensure!(a.get_session(&[7; 32], t0).await?.is_none());
+    Ok(())
 }
 
 async fn a_token_is_revoked_once(store: Arc<dyn Store>) -> TestResult {

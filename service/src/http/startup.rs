@@ -454,7 +454,7 @@ pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Erases what withdrawals left behind, on its own schedule (not only when a release is computed): the
 /// change feed's pseudonyms of withdrawn trajectories after a day, HPKE keys retired for
-/// [`crate::keys::RETIRED_KEY_RETENTION`], and, on SQLite, deleted pages in the write-ahead log. Failures are logged and retried at the next run.
+/// [`crate::keys::RETIRED_KEY_RETENTION`], expired dashboard sessions, and, on SQLite, deleted pages in the write-ahead log. Failures are logged and retried at the next run.
 async fn maintain(store: Arc<dyn crate::store::Store>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -473,6 +473,14 @@ async fn maintain(store: Arc<dyn crate::store::Store>, every: Duration) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retired HPKE keys deleted"),
             Err(e) => tracing::warn!(error = %e, "maintenance: deleting retired keys failed"),
+        }
+        match store
+            .delete_expired_sessions(time::OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(0) => {}
+            Ok(ended) => tracing::debug!(ended, "expired dashboard sessions deleted"),
+            Err(e) => tracing::warn!(error = %e, "maintenance: deleting expired sessions failed"),
         }
         if let Err(e) = store.erase_deleted().await {
             tracing::warn!(error = %e, "maintenance: erasing deleted rows failed");

@@ -86,6 +86,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+/// A dashboard session being opened: the SHA-256 of the secret in the browser's cookie (the secret itself
+/// is never stored), and the token it was opened with.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session_hash: [u8; 32],
+    pub token_id: i64,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
 /// A batch that has been opened, validated and pseudonymised a second time, ready to be stored whole.
 #[derive(Debug, Clone)]
 pub struct NewBatch {
@@ -859,6 +869,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
     /// Every token (never the hash), oldest first.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Opens a dashboard session. `Conflict` if the hash is taken (a random 32-byte secret never is).
+    async fn put_session(&self, session: &NewSession) -> Result<(), StoreError>;
+    /// The token behind a live session: `None` when the session is unknown, expired at `now`, or its
+    /// token revoked, so that revoking a token ends its sessions at once.
+    async fn get_session(
+        &self,
+        session_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Ends a session (sign-out); ending an unknown one is no error.
+    async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Deletes the sessions expired at `now`; returns how many.
+    async fn delete_expired_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 /// Rows of one provider whose trajectory pseudonyms start with the same byte.

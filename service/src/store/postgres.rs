@@ -39,10 +39,10 @@ use uuid::Uuid;
 
 use super::{
     check_new_round, data_version_of, round_retry_pause, ChangeSink, KeyCheck, NewBatch,
-    NewRelease, NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound,
-    RegionalKeyCheck, RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError, StoredRelease,
-    StoredRoundRelease, StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE, NEWEST_ERASED,
-    ROUND_ATTEMPTS,
+    NewRelease, NewRound, NewSession, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease,
+    PutRound, RegionalKeyCheck, RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError,
+    StoredRelease, StoredRoundRelease, StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE,
+    NEWEST_ERASED, ROUND_ATTEMPTS,
 };
 use crate::audit::{AuditAction, AuditEntry, NewAuditEntry};
 
@@ -2111,6 +2111,66 @@ impl Store for PgStore {
         .iter()
         .map(token_from_row)
         .collect()
+    }
+    async fn put_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO dashboard_sessions (session_hash, token_id, created_at, expires_at) \
+             VALUES ($1, $2, $3::timestamptz, $4::timestamptz) ON CONFLICT (session_hash) DO NOTHING",
+        )
+        .bind(&session.session_hash[..])
+        .bind(session.token_id)
+        .bind(format_ts(session.created_at)?)
+        .bind(format_ts(session.expires_at)?)
+        .execute(self.pool()?)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict("this session id is taken".into()));
+        }
+        Ok(())
+    }
+
+    async fn get_session(
+        &self,
+        session_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT t.id AS id, t.role AS role, t.scope AS scope, t.label AS label, \
+             to_char(t.created_at AT TIME ZONE 'UTC', {f}) AS created_at, \
+             to_char(t.revoked_at AT TIME ZONE 'UTC', {f}) AS revoked_at, \
+             to_char(s.expires_at AT TIME ZONE 'UTC', {f}) AS expires_at \
+             FROM dashboard_sessions s JOIN tokens t ON t.id = s.token_id \
+             WHERE s.session_hash = $1",
+            f = TS_SQL_FORMAT
+        ))
+        .bind(&session_hash[..])
+        .fetch_optional(self.pool()?)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at = parse_ts(&row.try_get::<String, _>("expires_at").map_err(db_err)?)?;
+        let token = token_from_row(&row)?;
+        Ok((expires_at > now && token.revoked_at.is_none()).then_some(token))
+    }
+
+    async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dashboard_sessions WHERE session_hash = $1")
+            .bind(&session_hash[..])
+            .execute(self.pool()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_expired_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1::timestamptz")
+                .bind(format_ts(now)?)
+                .execute(self.pool()?)
+                .await
+                .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 }
 

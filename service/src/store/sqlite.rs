@@ -34,10 +34,10 @@ use super::research::{format_date, parse_date};
 use super::tether::{Tether, SELECT_IDENTITY};
 use super::{
     check_new_round, data_version_of, round_retry_pause, ChangeSink, KeyCheck, NewBatch,
-    NewRelease, NewRound, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease, PutRound,
-    RegionalKeyCheck, RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError, StoredRelease,
-    StoredRoundRelease, StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE, NEWEST_ERASED,
-    ROUND_ATTEMPTS,
+    NewRelease, NewRound, NewSession, NewToken, PrivacyCharge, Provider, PutBatch, PutRelease,
+    PutRound, RegionalKeyCheck, RoundRecord, ServiceKeyKind, SortBuckets, Store, StoreError,
+    StoredRelease, StoredRoundRelease, StoredServiceKey, TokenRecord, Withdrawn, NEWEST_CHANGE,
+    NEWEST_ERASED, ROUND_ATTEMPTS,
 };
 use super::{
     ExtractRecord, NewProject, NewResearchAnswer, Project, PutResearch, ResearchKind,
@@ -2254,6 +2254,65 @@ impl Store for SqliteStore {
         .iter()
         .map(token_from_row)
         .collect()
+    }
+    async fn put_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        let _w = self.writer.lock().await;
+        let done = sqlx::query(
+            "INSERT INTO dashboard_sessions (session_hash, token_id, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_hash) DO NOTHING",
+        )
+        .bind(&session.session_hash[..])
+        .bind(session.token_id)
+        .bind(format_ts(session.created_at)?)
+        .bind(format_ts(session.expires_at)?)
+        .execute(self.pool()?)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict("this session id is taken".into()));
+        }
+        Ok(())
+    }
+
+    async fn get_session(
+        &self,
+        session_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.id AS id, t.role AS role, t.scope AS scope, t.label AS label, \
+             t.created_at AS created_at, t.revoked_at AS revoked_at, s.expires_at AS expires_at \
+             FROM dashboard_sessions s JOIN tokens t ON t.id = s.token_id \
+             WHERE s.session_hash = ?1",
+        )
+        .bind(&session_hash[..])
+        .fetch_optional(self.pool()?)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at = parse_ts(&row.try_get::<String, _>("expires_at").map_err(db_err)?)?;
+        let token = token_from_row(&row)?;
+        Ok((expires_at > now && token.revoked_at.is_none()).then_some(token))
+    }
+
+    async fn delete_session(&self, session_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let _w = self.writer.lock().await;
+        sqlx::query("DELETE FROM dashboard_sessions WHERE session_hash = ?1")
+            .bind(&session_hash[..])
+            .execute(self.pool()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_expired_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let _w = self.writer.lock().await;
+        let done = sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= ?1")
+            .bind(format_ts(now)?)
+            .execute(self.pool()?)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -1,0 +1,14 @@
+-- Signed-in dashboard sessions. The browser holds a random secret in an HttpOnly cookie; only its
+-- SHA-256 is stored, with the token it was opened with: revoking that token ends its sessions (the
+-- lookup joins `tokens`), and a session ends at `expires_at` or at sign-out. Rows outlive neither:
+-- maintenance deletes expired ones. Timestamps are UTC text as in 0001 (fixed width, so they compare
+-- as text).
+
+CREATE TABLE dashboard_sessions (
+    session_hash BLOB NOT NULL PRIMARY KEY CHECK (length(session_hash) = 32),
+    token_id     INTEGER NOT NULL REFERENCES tokens (id),
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL
+) STRICT;
+
+CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions (expires_at);
