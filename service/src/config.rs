@@ -60,6 +60,8 @@ pub struct Config {
     /// Seconds between reloads of the service keys from the database (0: only on SIGHUP), so that a
     /// key rotated by `admin keys rotate` or another instance reaches this one.
     pub key_reload_secs: u64,
+    /// Minutes a dashboard session lasts after sign-in (then the person signs in again).
+    pub dashboard_session_minutes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,7 @@ impl Default for Config {
             maintenance_secs: 600,
             audit_refusal_window_secs: 60,
             key_reload_secs: 60,
+            dashboard_session_minutes: 480,
         }
     }
 }
@@ -118,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("maintenance_secs", &self.maintenance_secs)
             .field("audit_refusal_window_secs", &self.audit_refusal_window_secs)
             .field("key_reload_secs", &self.key_reload_secs)
+            .field("dashboard_session_minutes", &self.dashboard_session_minutes)
             .finish()
     }
 }

@@ -229,6 +229,29 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let period: Period = opts.period.parse().context("--period")?;
     let actor = demo_actor();
     let deps = state.round_deps();
+    // The full years before it first, oldest first, so that the dashboard has a trend to show. Each
+    // is charged to its own data years under the same per-year cap.
+    if period.span() == kwm_schemas::release::PeriodSpan::Year {
+        let first = period.year().saturating_sub(4);
+        for year in first..period.year() {
+            let earlier = Period::new(year, kwm_schemas::release::PeriodSpan::Year)
+                .context("an earlier year")?;
+            publish_round(&deps, earlier, &actor, true)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "publishing the round of {earlier}: {}",
+                        e.to_string_detail()
+                    )
+                })?;
+        }
+        if first < period.year() {
+            println!(
+                "\nRounds {first}..{} published first (for the dashboard's trend).",
+                period.year() - 1
+            );
+        }
+    }
     let outcome = publish_round(&deps, period, &actor, false)
         .await
         .map_err(|e| {
@@ -408,11 +431,17 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         period.last_month().year(),
         project.id
     );
+    println!();
+    println!("Dashboard: open {base}/ in a browser and sign in with one of these tokens");
+    println!("(Dutch by default; the header has an English switch):");
     println!("  municipality token (GM0748 Bergen op Zoom): {muni}");
     println!(
         "  region token (every municipality and the region): {}",
         region_token.as_str()
     );
+    if let Some((agb, t)) = &provider_token {
+        println!("  provider token ({agb}): {}", t.as_str());
+    }
     println!("  demo files: {}", opts.dir.display());
     println!();
     print!("{go_on}");

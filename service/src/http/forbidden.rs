@@ -37,7 +37,9 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
     {
         return res;
     }
-    let Some(hash) = presented else {
+    // A dashboard page names its session instead of a bearer token.
+    let session = res.extensions().get::<SessionRefusal>().cloned();
+    let Some(hash) = presented.or(session.as_ref().map(|s| s.key)) else {
         return res;
     };
     let subject = format!("{method} {route}");
@@ -47,21 +49,24 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
     {
         return res;
     }
-    let token = match state.store.get_token(&hash).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return res,
-        Err(e) => {
-            state.metrics.observe_audit_failure(false);
-            tracing::error!(error = %e, "the audit entry of a forbidden call could not be written");
-            return res;
-        }
+    let (token_id, role, scope) = match session {
+        Some(s) if presented.is_none() => (s.caller.token_id, s.caller.role, s.caller.scope),
+        _ => match state.store.get_token(&hash).await {
+            Ok(Some(t)) => (t.id, t.role, t.scope),
+            Ok(None) => return res,
+            Err(e) => {
+                state.metrics.observe_audit_failure(false);
+                tracing::error!(error = %e, "the audit entry of a forbidden call could not be written");
+                return res;
+            }
+        },
     };
     let actor = Actor {
-        role: token.role.as_str().into(),
-        id: format!("token {}", token.id),
+        role: role.as_str().into(),
+        id: format!("token {token_id}"),
     };
-    let provider = match token.role {
-        Role::Provider => token.scope.as_deref().and_then(|s| s.parse().ok()),
+    let provider = match role {
+        Role::Provider => scope.as_deref().and_then(|s| s.parse().ok()),
         _ => None,
     };
     state.refusals.identify(hash, actor.clone(), provider);
@@ -74,4 +79,12 @@ pub async fn audit_forbidden(State(state): State<AppState>, req: Request, next: 
     );
     append_best_effort(state.recorder(), e).await;
     res
+}
+
+/// A dashboard page's refusal, carried on its response for [`audit_forbidden`]: the session's key (the
+/// tally counts per session as it counts per token) and the token behind it.
+#[derive(Debug, Clone)]
+pub struct SessionRefusal {
+    pub key: [u8; 32],
+    pub caller: crate::app::access::Caller,
 }

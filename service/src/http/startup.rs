@@ -45,6 +45,8 @@ pub struct AppState {
     pub refusals: Arc<crate::app::audit_trail::RefusalTally>,
     /// The use cases' one clock.
     pub clock: crate::clock::SharedClock,
+    /// How the dashboard's sign-in sessions behave.
+    pub sessions: crate::http::dashboard::SessionSettings,
 }
 
 impl AppState {
@@ -253,6 +255,12 @@ pub async fn open_state(
             Duration::from_secs(config.audit_refusal_window_secs),
         )),
         clock,
+        sessions: crate::http::dashboard::SessionSettings {
+            lifetime: time::Duration::minutes(
+                i64::try_from(config.dashboard_session_minutes.max(1)).unwrap_or(480),
+            ),
+            https_only: config.strict_transport_security,
+        },
     };
     Ok((state, StartupReport { keys: keys.report }))
 }
@@ -500,7 +508,9 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send>) -> Response {
 pub fn api_router(state: AppState, config: &Config) -> Router {
     let body_limit = usize::try_from(state.region.ingest.max_batch_bytes).unwrap_or(usize::MAX);
     let deadline = Duration::from_secs(config.request_timeout_secs);
+    // The dashboard's pages sit beside the API under the same middleware; each sets its own policy.
     let mut router = crate::http::routes::router()
+        .merge(crate::http::dashboard::router())
         .fallback(fallback_not_found)
         // A handler that panics is answered with the internal problem (logged by the panic hook),
         // instead of a dropped connection.

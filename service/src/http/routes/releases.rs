@@ -260,14 +260,14 @@ fn download_replies(what: &'static str, body: SchemaFn) -> Vec<Reply> {
 
 /// The formats of a download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     Csv,
     Xlsx,
 }
 
 impl Format {
-    fn parse(ext: &str) -> Result<Self, ApiError> {
+    pub(crate) fn parse(ext: &str) -> Result<Self, ApiError> {
         match ext.to_ascii_lowercase().as_str() {
             "json" => Ok(Self::Json),
             "csv" => Ok(Self::Csv),
@@ -279,7 +279,7 @@ impl Format {
     }
 
     /// `NAME` or `NAME.EXT`: the name and the format (JSON without an extension).
-    fn split(text: &str) -> Result<(&str, Self), ApiError> {
+    pub(crate) fn split(text: &str) -> Result<(&str, Self), ApiError> {
         match text.rsplit_once('.') {
             Some((name, ext)) => Ok((name, Self::parse(ext)?)),
             None => Ok((text, Self::Json)),
@@ -288,7 +288,7 @@ impl Format {
 }
 
 /// A report as CSV or XLSX, named for download. JSON is the caller's own (a frozen body).
-fn download(report: &tables::Report<'_>, format: Format) -> Result<Response, ApiError> {
+pub(crate) fn download(report: &tables::Report<'_>, format: Format) -> Result<Response, ApiError> {
     let (content_type, ext, body) = match format {
         Format::Csv => ("text/csv; charset=utf-8", "csv", tables::to_csv(report)?),
         Format::Xlsx => (XLSX, "xlsx", tables::to_xlsx(report)?),
