@@ -307,6 +307,87 @@ pub struct PeriodQuery {
     periode: Option<String>,
     /// The provider's audit page: entries after this sequence number.
     na: Option<i64>,
+    /// The target group shown in detail (`total` when absent or unknown).
+    doelgroep: Option<String>,
+}
+
+/// The group to show in detail: the one asked for if the release has it, else the total.
+fn chosen_group(q: &PeriodQuery, groups: &[(String, String)]) -> String {
+    q.doelgroep
+        .as_deref()
+        .filter(|g| groups.iter().any(|(k, _)| k == g))
+        .unwrap_or("total")
+        .to_string()
+}
+
+/// Links to every group's detail, the chosen one marked.
+fn group_nav(
+    lang: Lang,
+    r: &Release,
+    base: &str,
+    period: Period,
+    groups: &[(String, String)],
+    current: &str,
+) -> Markup {
+    html! {
+        nav class="groups" aria-label=(lang.t("Doelgroep", "Target group")) {
+            h3 { (lang.t("Doelgroep", "Target group")) }
+            ul {
+                @for (key, _) in groups {
+                    li {
+                        @let href = format!("{base}?periode={period}&doelgroep={key}#detail");
+                        @if key == current {
+                            a href=(href) aria-current="true" { (group_label(lang, r, key)) }
+                        } @else {
+                            a href=(href) { (group_label(lang, r, key)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every group by every criterion, the reader's figures only: the whole release at a glance.
+fn overview(
+    lang: Lang,
+    r: &Release,
+    scope: &str,
+    name: &str,
+    cells: &dyn Fn(&str, &str) -> Option<ReleaseCell>,
+    groups: &[(String, String)],
+) -> Markup {
+    let caption = format!(
+        "{name}: {}",
+        lang.t(
+            "alle doelgroepen en criteria",
+            "every target group and criterion"
+        )
+    );
+    html! {
+        section aria-labelledby="overview" {
+            h2 id="overview" { (lang.t("Alle doelgroepen", "Every target group")) }
+            div class="scroll" role="region" aria-label=(caption) tabindex="0" {
+                table class="overview" {
+                    caption { (caption) }
+                    thead { tr {
+                        th scope="col" { (lang.t("Doelgroep", "Target group")) }
+                        @for c in &r.criteria { th scope="col" { (criterion_label(lang, c)) } }
+                    } }
+                    tbody {
+                        @for (key, _) in groups {
+                            tr {
+                                th scope="row" { (group_label(lang, r, key)) }
+                                @for c in &r.criteria {
+                                    td { (figure(lang, scope, key, c, cells(key, &c.code).as_ref())) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The period asked for, or the newest full year published (else the newest period).
@@ -447,7 +528,7 @@ fn comparison(
     let heading_id = format!("groep-{idx}");
     html! {
         section class="group" aria-labelledby=(heading_id) {
-            h2 id=(heading_id) { (label) }
+            h3 id=(heading_id) { (label) }
             div class="chart-wrap" {
                 (charts::interval_chart(lang, &format!("chart-{idx}"), &format!("{label}: {own_name} {} {region_name}", lang.t("naast", "beside")), own_name, region_name, &rows))
             }
@@ -595,6 +676,8 @@ async fn municipality_page(
     let scope_key = m.to_string();
     let own_cells = |g: &str, c: &str| find_cell(&own.release, g, c).cloned();
     let trend = trend_section(state, lang, scope, &name, &published, period).await?;
+    let all_groups = groups(&own.release);
+    let group = chosen_group(q, &all_groups);
     let main = html! {
         h1 { (title) }
         (period_nav(lang, &base, &published, period))
@@ -613,9 +696,12 @@ async fn municipality_page(
                 }
             }
         }
-        @for (i, (group, _)) in groups(&own.release).iter().enumerate() {
-            (comparison(lang, i, &scope_key, &name, &own_cells, &bench.release, group))
+        section id="detail" aria-labelledby="detail-heading" {
+            h2 id="detail-heading" { (lang.t("Vergeleken met de regio", "Compared with the region")) }
+            (group_nav(lang, &bench.release, &base, period, &all_groups, &group))
+            (comparison(lang, 0, &scope_key, &name, &own_cells, &bench.release, &group))
         }
+        (overview(lang, &bench.release, &scope_key, &name, &own_cells, &all_groups))
         (trend)
         section class="privacy" aria-labelledby="privacy" {
             h2 id="privacy" { (lang.t("Privacy", "Privacy")) }
@@ -1248,17 +1334,23 @@ async fn provider_page(
                     .cloned()
             };
             let has_rows = own.release.rows.iter().any(|r| r.provider == Some(agb));
+            let own_groups: Vec<(String, String)> = groups(&bench.release)
+                .into_iter()
+                .filter(|(g, _)| own_cells(g, "in_zorg").is_some())
+                .collect();
+            let group = chosen_group(q, &own_groups);
             html! {
                 (period_nav(lang, "/aanbieder", &published, period))
                 (release_note(lang, &bench.release))
                 (downloads(lang, "/aanbieder", period))
                 (legend(lang))
                 @if has_rows {
-                    @for (i, (group, _)) in groups(&bench.release).iter().enumerate() {
-                        @if own_cells(group, "in_zorg").is_some() {
-                            (comparison(lang, i, &scope_key, own_name, &own_cells, &bench.release, group))
-                        }
+                    section id="detail" aria-labelledby="detail-heading" {
+                        h2 id="detail-heading" { (lang.t("Vergeleken met de regio", "Compared with the region")) }
+                        (group_nav(lang, &bench.release, "/aanbieder", period, &own_groups, &group))
+                        (comparison(lang, 0, &scope_key, own_name, &own_cells, &bench.release, &group))
                     }
+                    (overview(lang, &bench.release, &scope_key, own_name, &own_cells, &own_groups))
                 } @else {
                     p class="notice" role="status" { (lang.t("Deze ronde bevat geen trajecten van u.", "This round holds no trajectories of yours.")) }
                 }
