@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Uploads the synthetic exports of `args.providers` providers through the SDK, as their software
-/// does, and publishes the round of [`PERIOD`] as the region team does. Returns the trajectories stored.
+/// does, and publishes the rounds of [`PERIOD`] and the four years before it as the region team does. Returns the trajectories stored.
 async fn publish_synthetic_round(
     state: &AppState,
     base: &str,
@@ -243,12 +243,17 @@ async fn publish_synthetic_round(
         uploads.push(upload);
     }
     let reports = futures::future::try_join_all(uploads.iter().map(upload_file)).await?;
-    let period: Period = PERIOD.parse().context("the period")?;
-    publish_round(&state.round_deps(), period, &actor, false)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("publishing the round of {period}: {}", e.to_string_detail())
-        })?;
+    // The four years before it too, as the demo publishes them: the page then draws its trend from
+    // five rounds, which is the page a municipality opens.
+    let last: Period = PERIOD.parse().context("the period")?;
+    for year in last.year() - 4..=last.year() {
+        let period: Period = year.to_string().parse().context("a year")?;
+        publish_round(&state.round_deps(), period, &actor, false)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("publishing the round of {period}: {}", e.to_string_detail())
+            })?;
+    }
     Ok(reports.iter().map(|r| r.stored).sum())
 }
 

@@ -348,7 +348,7 @@ async fn the_region_compares_municipalities_publishes_rounds_and_follows_its_bud
     b.goto(&format!("{base}/regio/rondes")).await?;
     b.check_view("rondes").await?;
     let before: kwm_schemas::release::RoundList = get_json(&w.app, &w.region, "/v1/rounds").await;
-    b.fill("#periode", "2023").await?;
+    b.click("#periode option[value='2023']").await?;
     b.submit_form("#publish-round").await?;
     let notice = b.text("p.notice[role=status]").await?;
     ensure!(notice.contains("2023"), "{notice}");
@@ -357,7 +357,7 @@ async fn the_region_compares_municipalities_publishes_rounds_and_follows_its_bud
     ensure!(after.rounds.iter().any(|r| r.period.to_string() == "2023"));
     let shown_rounds = b.texts("table#rounds tbody tr").await?;
     ensure!(shown_rounds.len() == after.rounds.len(), "{shown_rounds:?}");
-    b.fill("#periode", "2025").await?;
+    b.click("#periode option[value='2025']").await?;
     b.submit_form("#publish-round").await?;
     let notice = b.text("p.notice[role=status]").await?;
     ensure!(notice.contains("niet veranderd"), "{notice}");

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -302,7 +303,7 @@ fn span_rank(s: PeriodSpan) -> u8 {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct PeriodQuery {
     periode: Option<String>,
     /// The provider's audit page: entries after this sequence number.
@@ -644,8 +645,10 @@ pub async fn municipality(
     lang: Lang,
     viewer: Viewer,
     Path(code): Path<String>,
-    Query(q): Query<PeriodQuery>,
+    query: Result<Query<PeriodQuery>, QueryRejection>,
 ) -> Response {
+    // An address with parameters that do not parse shows the defaults (the newest period, the total).
+    let q = query.map(|Query(q)| q).unwrap_or_default();
     answer(
         lang,
         municipality_page(&state, lang, &viewer, &code, &q).await,
@@ -823,8 +826,10 @@ pub async fn region(
     State(state): State<AppState>,
     lang: Lang,
     viewer: Viewer,
-    Query(q): Query<PeriodQuery>,
+    query: Result<Query<PeriodQuery>, QueryRejection>,
 ) -> Response {
+    // An address with parameters that do not parse shows the defaults (the newest period, the total).
+    let q = query.map(|Query(q)| q).unwrap_or_default();
     answer(lang, region_page(&state, lang, &viewer, &q).await)
 }
 
@@ -946,7 +951,7 @@ pub async fn region_download(
     answer(lang, result)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RoundsQuery {
     /// After a publish: the period and version published, or `ongewijzigd` (unchanged).
     gepubliceerd: Option<String>,
@@ -959,8 +964,10 @@ pub async fn rounds(
     State(state): State<AppState>,
     lang: Lang,
     viewer: Viewer,
-    Query(q): Query<RoundsQuery>,
+    query: Result<Query<RoundsQuery>, QueryRejection>,
 ) -> Response {
+    // An address with parameters that do not parse shows the defaults (the newest period, the total).
+    let q = query.map(|Query(q)| q).unwrap_or_default();
     let message = match (
         q.gepubliceerd
             .as_deref()
@@ -1281,8 +1288,10 @@ pub async fn provider(
     State(state): State<AppState>,
     lang: Lang,
     viewer: Viewer,
-    Query(q): Query<PeriodQuery>,
+    query: Result<Query<PeriodQuery>, QueryRejection>,
 ) -> Response {
+    // An address with parameters that do not parse shows the defaults (the newest period, the total).
+    let q = query.map(|Query(q)| q).unwrap_or_default();
     answer(lang, provider_page(&state, lang, &viewer, &q).await)
 }
 
