@@ -255,8 +255,9 @@ pub fn heat_map(
     const LEFT: f64 = 170.0;
     const COL: f64 = 92.0;
     const ROW: f64 = 30.0;
-    const TOP: f64 = 74.0;
-    let width = (LEFT + COL * columns.len() as f64 + 4.0) as u32;
+    const TOP: f64 = 120.0;
+    // Room on the right for the last column's slanted heading.
+    let width = (LEFT + COL * columns.len() as f64 + 100.0) as u32;
     let height = (TOP + ROW * rows.len() as f64 + 30.0) as u32;
     // Per column: the range of the published figures.
     let ranges: Vec<(i64, i64)> = (0..columns.len())
@@ -284,8 +285,8 @@ pub fn heat_map(
     let body = html! {
         @for (c, name) in columns.iter().enumerate() {
             @let cx = LEFT + COL * c as f64 + COL / 2.0;
-            text x=(f(cx)) y=(f(TOP - 10.0)) font-size="11" fill=(INK) text-anchor="start"
-                transform=(format!("rotate(-28 {} {})", f(cx), f(TOP - 10.0))) { (name) }
+            text x=(f(cx)) y=(f(TOP - 8.0)) font-size="11" fill=(INK) text-anchor="start"
+                transform=(format!("rotate(-35 {} {})", f(cx), f(TOP - 8.0))) { (name) }
         }
         @for (r, (name, cells)) in rows.iter().enumerate() {
             @let y = TOP + ROW * r as f64;

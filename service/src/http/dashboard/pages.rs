@@ -209,6 +209,15 @@ fn direction(lang: Lang, c: &Criterion) -> &'static str {
     }
 }
 
+/// Why a cell is held back, in a word or two (where room is short: the heat map).
+fn held_back_short(lang: Lang, status: CellStatus) -> &'static str {
+    match status {
+        CellStatus::Suppressed => lang.t("te weinig", "too few"),
+        CellStatus::Unreliable => lang.t("onzeker", "uncertain"),
+        CellStatus::Published => "",
+    }
+}
+
 /// Why a cell is held back, in words.
 fn held_back(lang: Lang, status: CellStatus) -> &'static str {
     match status {
@@ -840,7 +849,7 @@ async fn region_page(
     q: &PeriodQuery,
 ) -> Result<Response, PageError> {
     region_only(viewer, "Het regio-overzicht", "The region overview")?;
-    let title = format!("{} {}", lang.t("Regio", "Region"), state.region.name);
+    let title = state.region.name.clone();
     let published = periods(state, viewer, ReleaseScope::Region).await?;
     let Some(period) = chosen(q, &published)? else {
         let main = html! {
@@ -871,7 +880,7 @@ async fn region_page(
                             tenths: v.tenths(),
                             text: lang.figure(v),
                         },
-                        _ => HeatCell::HeldBack(held_back(lang, cell.status).to_string()),
+                        _ => HeatCell::HeldBack(held_back_short(lang, cell.status).to_string()),
                     },
                     None => HeatCell::HeldBack("–".into()),
                 })
