@@ -288,6 +288,12 @@ pub async fn post_sign_in(
     if let Err(e) = state.store.put_session(&session).await {
         return PageError::Api(e.into()).into_response_in(lang);
     }
+    // Signing in again replaces the browser's earlier session: that one ends on the server too.
+    if let Some(old) = presented_secret(&state.sessions, &headers) {
+        if let Err(e) = state.store.delete_session(&token_hash(old)).await {
+            tracing::warn!(error = %e, "an earlier dashboard session could not be ended");
+        }
+    }
     let secure = secure(&state.sessions, &headers);
     let viewer = Viewer {
         caller: Caller {
@@ -348,4 +354,59 @@ pub async fn post_sign_out(
 pub fn see_other(path: &str) -> Response {
     let location = HeaderValue::from_str(path).unwrap_or_else(|_| HeaderValue::from_static("/"));
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookie_is_found_by_its_exact_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("kwm_lang=en; xkwm_session=wrong; kwm_session=abc"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("kwm_signin=s1"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, SIGNIN_COOKIE), Some("s1"));
+        assert_eq!(cookie(&h, SECURE_SESSION_COOKIE), None);
+    }
+
+    #[test]
+    fn behind_tls_the_session_cookie_is_secure_and_host_only() {
+        let settings = SessionSettings {
+            lifetime: time::Duration::hours(8),
+            https_only: false,
+        };
+        let mut h = HeaderMap::new();
+        assert!(!secure(&settings, &h));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(secure(&settings, &h));
+        let v = set_cookie(session_cookie_name(true), "s", 60, true);
+        let v = v.to_str().expect("ascii");
+        assert!(v.starts_with("__Host-kwm_session=s; Path=/;"), "{v}");
+        for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=60"] {
+            assert!(v.contains(flag), "{v} lacks {flag}");
+        }
+        // A plain-HTTP cookie under the secure name is not read behind TLS.
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("kwm_session=planted"),
+        );
+        assert_eq!(presented_secret(&settings, &h), None);
+    }
+
+    #[test]
+    fn the_csrf_value_is_the_sessions_and_not_its_secret() {
+        let a = csrf_of("secret-a");
+        assert_eq!(a, csrf_of("secret-a"));
+        assert_ne!(a, csrf_of("secret-b"));
+        assert!(!a.contains("secret-a"));
+        assert!(constant_time_eq(
+            a.as_bytes(),
+            csrf_of("secret-a").as_bytes()
+        ));
+        assert!(!constant_time_eq(a.as_bytes(), &a.as_bytes()[1..]));
+    }
 }
