@@ -47,6 +47,8 @@ pub struct AppState {
     pub clock: crate::clock::SharedClock,
     /// How the dashboard's sign-in sessions behave.
     pub sessions: crate::http::dashboard::SessionSettings,
+    /// The dashboard's last read of the ledger and the pages rendered from it.
+    pub dashboard: Arc<crate::http::dashboard::pages::PageCache>,
 }
 
 impl AppState {
@@ -261,6 +263,7 @@ pub async fn open_state(
             ),
             https_only: config.strict_transport_security,
         },
+        dashboard: Arc::default(),
     };
     Ok((state, StartupReport { keys: keys.report }))
 }

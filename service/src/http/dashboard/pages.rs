@@ -14,7 +14,7 @@ use axum::Form;
 use kwm_schemas::criteria::{Criterion, CriterionKind, Direction};
 use kwm_schemas::release::{CellStatus, Period, PeriodSpan, Release, ReleaseCell, ReleaseScope};
 use kwm_schemas::{AgbCode, MunicipalityCode, RegionConfig, Role};
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 
 use crate::app::rounds::{self, CachedRelease};
@@ -291,17 +291,148 @@ fn figure(
     }
 }
 
-/// The periods published for `scope` that `viewer` may read, oldest first.
-async fn periods(
-    state: &AppState,
-    viewer: &Viewer,
-    scope: ReleaseScope,
-) -> Result<Vec<Period>, PageError> {
-    let list = rounds::releases_for(state.store.as_ref(), &viewer.caller, Some(scope)).await?;
-    let set: BTreeSet<Period> = list.iter().map(|r| r.period).collect();
-    let mut v: Vec<Period> = set.into_iter().collect();
-    v.sort_by_key(|p| (p.year(), span_rank(p.span())));
-    Ok(v)
+/// The ledger's rounds as the pages see them: which periods are published and which release is the
+/// newest of each scope and period. The releases themselves come from the release cache.
+#[derive(Debug)]
+pub struct Ledger {
+    rounds: Vec<crate::store::RoundRecord>,
+    /// Names this state of the ledger (its round ids), for the page cache.
+    fingerprint: u64,
+}
+
+/// How long a read of the ledger serves pages before it is read again. Rounds are published a few
+/// times a year; a round published on another instance shows here within this time (one published
+/// through this instance's form at once).
+const LEDGER_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Rendered page contents kept; when full, the cache starts over.
+const PAGE_CACHE_CAPACITY: usize = 512;
+
+/// What the dashboard keeps between requests: the last read of the ledger, and the contents of pages
+/// rendered from it (keyed by the ledger's state, so a new round renders anew). Only published
+/// figures are kept, and a page is taken from it only after the viewer's access is checked.
+#[derive(Debug, Default)]
+pub struct PageCache {
+    ledger: std::sync::Mutex<Option<(std::time::Instant, Arc<Ledger>)>>,
+    pages: std::sync::Mutex<std::collections::HashMap<String, Arc<str>>>,
+}
+
+impl PageCache {
+    /// Forgets the ledger read, after this instance published a round.
+    pub fn invalidate(&self) {
+        *self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    async fn ledger(&self, state: &AppState) -> Result<Arc<Ledger>, PageError> {
+        if let Some((at, l)) = self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            if at.elapsed() < LEDGER_TTL {
+                return Ok(l.clone());
+            }
+        }
+        let rounds = state.store.list_rounds(None).await?;
+        let mut h = rustc_hash::FxHasher::default();
+        for r in &rounds {
+            std::hash::Hash::hash(&r.id, &mut h);
+        }
+        let fresh = Arc::new(Ledger {
+            rounds,
+            fingerprint: std::hash::Hasher::finish(&h),
+        });
+        *self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
+    /// The contents under `key` rendered from `ledger`, rendered now if not kept.
+    async fn page<F, Fut>(
+        &self,
+        ledger: &Ledger,
+        key: String,
+        render: F,
+    ) -> Result<Arc<str>, PageError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Markup, PageError>>,
+    {
+        let key = format!("{:016x}|{key}", ledger.fingerprint);
+        if let Some(hit) = self
+            .pages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let body: Arc<str> = render().await?.into_string().into();
+        let mut pages = self
+            .pages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pages.len() >= PAGE_CACHE_CAPACITY {
+            pages.clear();
+        }
+        pages.insert(key, body.clone());
+        Ok(body)
+    }
+}
+
+impl Ledger {
+    async fn read(state: &AppState) -> Result<Arc<Self>, PageError> {
+        state.dashboard.ledger(state).await
+    }
+
+    /// Every published period, oldest first (every round publishes every scope).
+    fn periods(&self) -> Vec<Period> {
+        let set: BTreeSet<Period> = self
+            .rounds
+            .iter()
+            .filter_map(|r| r.period.parse().ok())
+            .collect();
+        let mut v: Vec<Period> = set.into_iter().collect();
+        v.sort_by_key(|p| (p.year(), span_rank(p.span())));
+        v
+    }
+
+    /// The release of `scope` in the newest version of `period`'s round.
+    async fn release(
+        &self,
+        state: &AppState,
+        scope: ReleaseScope,
+        period: Period,
+    ) -> Result<Arc<CachedRelease>, PageError> {
+        let (key, text) = (scope.to_string(), period.to_string());
+        let newest = self
+            .rounds
+            .iter()
+            .filter(|r| r.period == text)
+            .max_by_key(|r| r.version)
+            .and_then(|r| r.releases.iter().find(|(s, _)| *s == key))
+            .map(|(_, id)| *id);
+        if let Some(id) = newest {
+            if let Some(hit) = state.releases.get(state.store.as_ref(), id).await? {
+                return Ok(hit);
+            }
+        }
+        // Not in this read of the ledger: the use case says why (not released, planned when).
+        Ok(rounds::latest_release(
+            state.store.as_ref(),
+            &state.releases,
+            &state.region,
+            scope,
+            period,
+        )
+        .await?)
+    }
 }
 
 fn span_rank(s: PeriodSpan) -> u8 {
@@ -621,21 +752,6 @@ fn municipality_of(
     Ok((m, name))
 }
 
-async fn release_of(
-    state: &AppState,
-    scope: ReleaseScope,
-    period: Period,
-) -> Result<Arc<CachedRelease>, PageError> {
-    Ok(rounds::latest_release(
-        state.store.as_ref(),
-        &state.releases,
-        &state.region,
-        scope,
-        period,
-    )
-    .await?)
-}
-
 fn nothing_yet(lang: Lang) -> Markup {
     html! {
         p class="notice" role="status" {
@@ -674,7 +790,8 @@ async fn municipality_page(
     let (m, name) = municipality_of(state, viewer, code)?;
     let scope = ReleaseScope::Municipality(m);
     let base = format!("/gemeente/{m}");
-    let published = periods(state, viewer, scope).await?;
+    let ledger = Ledger::read(state).await?;
+    let published = ledger.periods();
     let title = format!("{name} ({m})");
     let Some(period) = chosen(q, &published)? else {
         let main = html! { h1 { (title) } (nothing_yet(lang)) };
@@ -683,43 +800,53 @@ async fn municipality_page(
             layout(lang, &title, Some(viewer), &base, main),
         ));
     };
-    let own = release_of(state, scope, period).await?;
-    let bench = release_of(state, ReleaseScope::Region, period).await?;
-    let scope_key = m.to_string();
-    let own_cells = |g: &str, c: &str| find_cell(&own.release, g, c).cloned();
-    let trend = trend_section(state, lang, scope, &name, &published, period).await?;
+    let own = ledger.release(state, scope, period).await?;
     let all_groups = groups(&own.release);
     let group = chosen_group(q, &all_groups);
-    let main = html! {
-        h1 { (title) }
-        (period_nav(lang, &base, &published, period))
-        (release_note(lang, &own.release))
-        (downloads(lang, &base, period))
-        (legend(lang))
-        section class="volumes" aria-labelledby="volumes" {
-            h2 id="volumes" { (lang.t("Aantallen trajecten", "Numbers of trajectories")) }
-            div class="cards" {
-                @for c in volumes(&bench.release.criteria) {
-                    div class="card" {
-                        h3 { (criterion_label(lang, c)) }
-                        p class="big" { (figure(lang, &scope_key, "total", c, find_cell(&own.release, "total", &c.code))) }
-                        p class="hint" { (lang.t("Regio: ", "Region: ")) (figure(lang, "region", "total", c, find_cell(&bench.release, "total", &c.code))) }
+    // The contents are the same for everyone who may see them: rendered once per state of the
+    // ledger, period, group and language.
+    let key = format!("gemeente|{m}|{period}|{group}|{}", lang.code());
+    let content = state
+        .dashboard
+        .page(&ledger, key, || async {
+            let bench = ledger.release(state, ReleaseScope::Region, period).await?;
+            let scope_key = m.to_string();
+            let own_cells = |g: &str, c: &str| find_cell(&own.release, g, c).cloned();
+            let trend =
+                trend_section(state, &ledger, lang, scope, &name, &published, period).await?;
+            Ok(html! {
+                h1 { (title) }
+                (period_nav(lang, &base, &published, period))
+                (release_note(lang, &own.release))
+                (downloads(lang, &base, period))
+                (legend(lang))
+                section class="volumes" aria-labelledby="volumes" {
+                    h2 id="volumes" { (lang.t("Aantallen trajecten", "Numbers of trajectories")) }
+                    div class="cards" {
+                        @for c in volumes(&bench.release.criteria) {
+                            div class="card" {
+                                h3 { (criterion_label(lang, c)) }
+                                p class="big" { (figure(lang, &scope_key, "total", c, find_cell(&own.release, "total", &c.code))) }
+                                p class="hint" { (lang.t("Regio: ", "Region: ")) (figure(lang, "region", "total", c, find_cell(&bench.release, "total", &c.code))) }
+                            }
+                        }
                     }
                 }
-            }
-        }
-        section id="detail" aria-labelledby="detail-heading" {
-            h2 id="detail-heading" { (lang.t("Vergeleken met de regio", "Compared with the region")) }
-            (group_nav(lang, &bench.release, &base, period, &all_groups, &group))
-            (comparison(lang, 0, &scope_key, &name, &own_cells, &bench.release, &group))
-        }
-        (overview(lang, &bench.release, &scope_key, &name, &own_cells, &all_groups))
-        (trend)
-        section class="privacy" aria-labelledby="privacy" {
-            h2 id="privacy" { (lang.t("Privacy", "Privacy")) }
-            p { (lang.pick(&own.release.privacy.guarantee_nl, &own.release.privacy.guarantee_en)) }
-        }
-    };
+                section id="detail" aria-labelledby="detail-heading" {
+                    h2 id="detail-heading" { (lang.t("Vergeleken met de regio", "Compared with the region")) }
+                    (group_nav(lang, &bench.release, &base, period, &all_groups, &group))
+                    (comparison(lang, 0, &scope_key, &name, &own_cells, &bench.release, &group))
+                }
+                (overview(lang, &bench.release, &scope_key, &name, &own_cells, &all_groups))
+                (trend)
+                section class="privacy" aria-labelledby="privacy" {
+                    h2 id="privacy" { (lang.t("Privacy", "Privacy")) }
+                    p { (lang.pick(&own.release.privacy.guarantee_nl, &own.release.privacy.guarantee_en)) }
+                }
+            })
+        })
+        .await?;
+    let main = PreEscaped(content.to_string());
     let here = format!("{base}?periode={period}");
     Ok(html(
         StatusCode::OK,
@@ -731,6 +858,7 @@ async fn municipality_page(
 /// the total row of `scope` against the region's.
 async fn trend_section(
     state: &AppState,
+    ledger: &Ledger,
     lang: Lang,
     scope: ReleaseScope,
     name: &str,
@@ -747,8 +875,8 @@ async fn trend_section(
     }
     let mut pairs = Vec::new();
     for p in &same_kind {
-        let own = release_of(state, scope, *p).await?;
-        let bench = release_of(state, ReleaseScope::Region, *p).await?;
+        let own = ledger.release(state, scope, *p).await?;
+        let bench = ledger.release(state, ReleaseScope::Region, *p).await?;
         pairs.push((*p, own, bench));
     }
     let criteria = pairs[0].2.release.criteria.clone();
@@ -811,7 +939,10 @@ async fn release_file(
     file: &str,
 ) -> Result<Response, PageError> {
     let (period, format) = file_of(file)?;
-    let cached = release_of(state, scope, period).await?;
+    let cached = Ledger::read(state)
+        .await?
+        .release(state, scope, period)
+        .await?;
     let report = crate::tables::Report::of_release(&state.region, &cached.release);
     Ok(download(&report, format)?)
 }
@@ -850,7 +981,8 @@ async fn region_page(
 ) -> Result<Response, PageError> {
     region_only(viewer, "Het regio-overzicht", "The region overview")?;
     let title = state.region.name.clone();
-    let published = periods(state, viewer, ReleaseScope::Region).await?;
+    let ledger = Ledger::read(state).await?;
+    let published = ledger.periods();
     let Some(period) = chosen(q, &published)? else {
         let main = html! {
             h1 { (title) } (nothing_yet(lang))
@@ -861,11 +993,13 @@ async fn region_page(
             layout(lang, &title, Some(viewer), "/regio", main),
         ));
     };
-    let bench = release_of(state, ReleaseScope::Region, period).await?;
+    let bench = ledger.release(state, ReleaseScope::Region, period).await?;
     let criteria: Vec<&Criterion> = bench.release.criteria.iter().collect();
     let mut releases = Vec::new();
     for m in &state.region.municipalities {
-        let r = release_of(state, ReleaseScope::Municipality(m.code), period).await?;
+        let r = ledger
+            .release(state, ReleaseScope::Municipality(m.code), period)
+            .await?;
         releases.push((m, r));
     }
     let columns: Vec<String> = criteria.iter().map(|c| criterion_label(lang, c)).collect();
@@ -1159,15 +1293,18 @@ pub async fn publish(
         };
         let actor = crate::app::audit_trail::api_actor(&viewer.caller);
         match rounds::publish_round(&state.round_deps(), period, &actor, false).await {
-            Ok(o) => Ok(see_other(&format!(
-                "/regio/rondes?gepubliceerd={period}&versie={}&uitkomst={}",
-                o.round.version,
-                if o.outcome == "published" {
-                    "published"
-                } else {
-                    "unchanged"
-                }
-            ))),
+            Ok(o) => {
+                state.dashboard.invalidate();
+                Ok(see_other(&format!(
+                    "/regio/rondes?gepubliceerd={period}&versie={}&uitkomst={}",
+                    o.round.version,
+                    if o.outcome == "published" {
+                        "published"
+                    } else {
+                        "unchanged"
+                    }
+                )))
+            }
             Err(e) => {
                 let p = e.to_problem();
                 let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -1318,14 +1455,8 @@ async fn provider_page(
         .map(|p| p.name)
         .unwrap_or_else(|| agb.to_string());
     // The provider reads the per-provider table of every round (its own rows) and the region's.
-    let rounds_list = state.store.list_rounds(None).await?;
-    let mut published: Vec<Period> = rounds_list
-        .iter()
-        .filter_map(|r| r.period.parse().ok())
-        .collect::<BTreeSet<Period>>()
-        .into_iter()
-        .collect();
-    published.sort_by_key(|p| (p.year(), span_rank(p.span())));
+    let ledger = Ledger::read(state).await?;
+    let published = ledger.periods();
     let batches = state.store.list_batches(agb).await?;
     let after = q.na.unwrap_or(0).max(0);
     let mut audit = state
@@ -1339,8 +1470,10 @@ async fn provider_page(
     let scores = match chosen(q, &published)? {
         None => nothing_yet(lang),
         Some(period) => {
-            let own = release_of(state, ReleaseScope::Providers, period).await?;
-            let bench = release_of(state, ReleaseScope::Region, period).await?;
+            let own = ledger
+                .release(state, ReleaseScope::Providers, period)
+                .await?;
+            let bench = ledger.release(state, ReleaseScope::Region, period).await?;
             let scope_key = agb.to_string();
             let own_cells = |g: &str, c: &str| {
                 own.release
@@ -1457,8 +1590,11 @@ pub async fn provider_download(
     let result = async {
         let agb = provider_of(&viewer)?;
         let (period, format) = file_of(&p.file)?;
-        let own = release_of(&state, ReleaseScope::Providers, period).await?;
-        let bench = release_of(&state, ReleaseScope::Region, period).await?;
+        let ledger = Ledger::read(&state).await?;
+        let own = ledger
+            .release(&state, ReleaseScope::Providers, period)
+            .await?;
+        let bench = ledger.release(&state, ReleaseScope::Region, period).await?;
         let report =
             crate::tables::Report::of_scores(&state.region, agb, &own.release, &bench.release);
         Ok(download(&report, format)?)
