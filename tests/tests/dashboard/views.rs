@@ -47,11 +47,31 @@ async fn world() -> World {
     }
 }
 
-/// Opens the start page and signs in with `token` through the form.
-async fn sign_in(b: &Browser, base: &str, token: &str) -> anyhow::Result<()> {
+/// Opens the start page, signs in with `token` through the form, and waits for the page it leads to
+/// (`/inloggen` again when the sign-in is refused).
+async fn sign_in(b: &Browser, base: &str, token: &str, lands_on: &str) -> anyhow::Result<()> {
     b.goto(&format!("{base}/")).await?;
     b.fill("#token", token).await?;
-    b.submit_form("#sign-in").await
+    b.submit_form("#sign-in").await?;
+    arrive(b, lands_on).await?;
+    Ok(())
+}
+
+/// Waits (up to 10 s) until the page shown is at a path containing `part`: a click or a form starts
+/// a navigation that WebDriver may not have finished when it answers.
+async fn arrive(b: &Browser, part: &str) -> anyhow::Result<String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let path = b.current_path().await?;
+        if path.contains(part) {
+            return Ok(path);
+        }
+        ensure!(
+            std::time::Instant::now() < until,
+            "still at {path}, expected a path with {part}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// What the page shows for every marked figure: `data-cell` to the shown text.
@@ -138,6 +158,24 @@ async fn fetch_with_cookie(
     Ok((status, headers, res.bytes().await?.to_vec()))
 }
 
+/// Every sheet of a workbook with every cell, as a spreadsheet program reads them.
+fn sheets(xlsx: Vec<u8>) -> anyhow::Result<Vec<(String, Vec<Vec<String>>)>> {
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(xlsx)).context("the XLSX opens")?;
+    let mut out = Vec::new();
+    for name in book.sheet_names() {
+        let range = book.worksheet_range(&name)?;
+        let rows: Vec<Vec<String>> = range
+            .rows()
+            .map(|r| r.iter().map(|c| c.to_string()).collect())
+            .collect();
+        out.push((name, rows));
+    }
+    ensure!(!out.is_empty() && !out[0].1.is_empty(), "an empty workbook");
+    Ok(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_municipality_sees_its_own_figures_as_released_and_no_others() -> anyhow::Result<()> {
     let w = world().await;
@@ -149,7 +187,7 @@ async fn a_municipality_sees_its_own_figures_as_released_and_no_others() -> anyh
     ensure!(b.exists("form#sign-in input[type=password]#token").await?);
     b.check_view("sign-in").await?;
 
-    sign_in(&b, &base, &w.municipality).await?;
+    sign_in(&b, &base, &w.municipality, "/gemeente/GM0748").await?;
     ensure!(
         b.current_path().await? == "/gemeente/GM0748",
         "{}",
@@ -195,10 +233,21 @@ async fn a_municipality_sees_its_own_figures_as_released_and_no_others() -> anyh
     b.check_view("gemeente").await?;
 
     // Another target group in detail, and another period.
-    let groups = b.texts("nav.groups a").await?;
+    let groups = b.texts("#doelgroep option").await?;
     ensure!(groups.len() > 3, "{groups:?}");
-    b.click("nav.groups li:nth-child(3) a").await?;
-    ensure!(b.current_path().await?.contains("doelgroep="));
+    b.click("#doelgroep option:nth-child(3)").await?;
+    b.submit_form("form.groups").await?;
+    let path = arrive(&b, "doelgroep=").await?;
+    ensure!(
+        path.contains("doelgroep=") && !path.contains("doelgroep=total"),
+        "{path}"
+    );
+    let detail = b.text("section.group h3").await?;
+    ensure!(
+        detail == groups[2],
+        "{detail} is shown, {} was chosen",
+        groups[2]
+    );
     let shown = shown_figures(&b).await?;
     assert_matches_release(&shown, "GM0748", &own, 100)?;
     b.goto(&format!("{base}/gemeente/GM0748?periode=2024"))
@@ -244,9 +293,14 @@ async fn a_municipality_sees_its_own_figures_as_released_and_no_others() -> anyh
     )
     .await?;
     ensure!(status == 200 && xlsx.starts_with(b"PK"), "an XLSX workbook");
-    let mut book: calamine::Xlsx<_> =
-        calamine::open_workbook_from_rs(std::io::Cursor::new(xlsx)).context("the XLSX opens")?;
-    ensure!(!calamine::Reader::sheet_names(&mut book).is_empty());
+    let api_xlsx = get(&w.app, &w.municipality, "/v1/releases/GM0748/2025.xlsx")
+        .await
+        .bytes()
+        .await?;
+    ensure!(
+        sheets(xlsx)? == sheets(api_xlsx.to_vec())?,
+        "the dashboard's workbook holds what the API's does"
+    );
 
     // Another municipality is refused, in words, and the refusal is audited.
     b.goto(&format!("{base}/gemeente/GM0777")).await?;
@@ -276,12 +330,13 @@ async fn a_municipality_sees_its_own_figures_as_released_and_no_others() -> anyh
     // English, then sign-out.
     b.goto(&format!("{base}/gemeente/GM0748")).await?;
     b.click("#language-switch").await?;
-    ensure!(b.attr("html", "lang").await?.as_deref() == Some("en"));
+    b.wait_for("html[lang=en]").await?;
     ensure!(b.current_path().await?.starts_with("/gemeente/GM0748"));
     let heading = b.text("#detail-heading").await?;
     ensure!(heading == "Compared with the region", "{heading}");
     b.check_view("gemeente-en").await?;
     b.click("#sign-out-button").await?;
+    b.wait_for("form#sign-in").await?;
     ensure!(
         b.current_path().await? == "/",
         "{}",
@@ -319,7 +374,7 @@ async fn the_region_compares_municipalities_publishes_rounds_and_follows_its_bud
     let w = world().await;
     let base = w.app.base_url.clone();
     let b = Browser::start("region").await?;
-    sign_in(&b, &base, &w.region).await?;
+    sign_in(&b, &base, &w.region, "/regio").await?;
     ensure!(
         b.current_path().await? == "/regio",
         "{}",
@@ -341,7 +396,7 @@ async fn the_region_compares_municipalities_publishes_rounds_and_follows_its_bud
 
     // A municipality's page, from the region.
     b.click("table a[href^='/gemeente/GM0748']").await?;
-    ensure!(b.current_path().await?.starts_with("/gemeente/GM0748"));
+    arrive(&b, "/gemeente/GM0748").await?;
     ensure!(b.exists("span.figure").await?);
 
     // Rounds: publish 2023 through the form; 2025 again changes nothing.
@@ -350,6 +405,7 @@ async fn the_region_compares_municipalities_publishes_rounds_and_follows_its_bud
     let before: kwm_schemas::release::RoundList = get_json(&w.app, &w.region, "/v1/rounds").await;
     b.click("#periode option[value='2023']").await?;
     b.submit_form("#publish-round").await?;
+    arrive(&b, "gepubliceerd=2023").await?;
     let notice = b.text("p.notice[role=status]").await?;
     ensure!(notice.contains("2023"), "{notice}");
     let after: kwm_schemas::release::RoundList = get_json(&w.app, &w.region, "/v1/rounds").await;
@@ -359,6 +415,7 @@ async fn the_region_compares_municipalities_publishes_rounds_and_follows_its_bud
     ensure!(shown_rounds.len() == after.rounds.len(), "{shown_rounds:?}");
     b.click("#periode option[value='2025']").await?;
     b.submit_form("#publish-round").await?;
+    arrive(&b, "uitkomst=unchanged").await?;
     let notice = b.text("p.notice[role=status]").await?;
     ensure!(notice.contains("niet veranderd"), "{notice}");
     let again: kwm_schemas::release::RoundList = get_json(&w.app, &w.region, "/v1/rounds").await;
@@ -393,7 +450,7 @@ async fn a_provider_sees_its_scores_batches_and_audit_entries() -> anyhow::Resul
     let w = world().await;
     let base = w.app.base_url.clone();
     let b = Browser::start("provider").await?;
-    sign_in(&b, &base, &w.provider.token).await?;
+    sign_in(&b, &base, &w.provider.token, "/aanbieder").await?;
     ensure!(
         b.current_path().await? == "/aanbieder",
         "{}",
@@ -473,14 +530,14 @@ async fn a_wrong_token_a_forged_form_or_a_revoked_token_opens_nothing() -> anyho
     let b = Browser::start("refusals").await?;
 
     // A wrong token: the form again, with the reason, and no session.
-    sign_in(&b, &base, "kwm_not-a-token").await?;
+    sign_in(&b, &base, "kwm_not-a-token", "/inloggen").await?;
     let error = b.text("p.error[role=alert]").await?;
     ensure!(error.contains("onbekend"), "{error}");
     ensure!(b.cookie("kwm_session").await?.is_none());
     b.check_view("sign-in-refused").await?;
     // An operator's token is not for the dashboard.
     let admin = w.app.issue_token(Role::Admin, None).await;
-    sign_in(&b, &base, &admin).await?;
+    sign_in(&b, &base, &admin, "/inloggen").await?;
     ensure!(b.text("p.error[role=alert]").await?.contains("beheerders"));
     ensure!(b.cookie("kwm_session").await?.is_none());
 
@@ -500,7 +557,7 @@ async fn a_wrong_token_a_forged_form_or_a_revoked_token_opens_nothing() -> anyho
     );
 
     // Signed in: a sign-out without the session's CSRF value does not end it.
-    sign_in(&b, &base, &w.municipality).await?;
+    sign_in(&b, &base, &w.municipality, "/gemeente/GM0748").await?;
     let session = b.cookie("kwm_session").await?.context("signed in")?;
     let cookie = format!("kwm_session={}", session.value);
     let res = client

@@ -461,7 +461,7 @@ fn chosen_group(q: &PeriodQuery, groups: &[(String, String)]) -> String {
         .to_string()
 }
 
-/// Links to every group's detail, the chosen one marked.
+/// The choice of the group shown in detail: a small form (no script), compact on a phone.
 fn group_nav(
     lang: Lang,
     r: &Release,
@@ -471,19 +471,16 @@ fn group_nav(
     current: &str,
 ) -> Markup {
     html! {
-        nav class="groups" aria-label=(lang.t("Doelgroep", "Target group")) {
-            h3 { (lang.t("Doelgroep", "Target group")) }
-            ul {
-                @for (key, _) in groups {
-                    li {
-                        @let href = format!("{base}?periode={period}&doelgroep={key}#detail");
-                        @if key == current {
-                            a href=(href) aria-current="true" { (group_label(lang, r, key)) }
-                        } @else {
-                            a href=(href) { (group_label(lang, r, key)) }
-                        }
+        form class="groups" method="get" action=(base) {
+            input type="hidden" name="periode" value=(period);
+            label for="doelgroep" { (lang.t("Doelgroep", "Target group")) }
+            div class="pick" {
+                select id="doelgroep" name="doelgroep" {
+                    @for (key, _) in groups {
+                        option value=(key) selected[key == current] { (group_label(lang, r, key)) }
                     }
                 }
+                button type="submit" id="group-button" { (lang.t("Tonen", "Show")) }
             }
         }
     }
@@ -670,7 +667,7 @@ fn comparison(
     html! {
         section class="group" aria-labelledby=(heading_id) {
             h3 id=(heading_id) { (label) }
-            div class="chart-wrap" {
+            div class="scroll" role="region" aria-label={(label) ": " (lang.t("grafiek", "chart"))} tabindex="0" {
                 (charts::interval_chart(lang, &format!("chart-{idx}"), &format!("{label}: {own_name} {} {region_name}", lang.t("naast", "beside")), own_name, region_name, &rows))
             }
             div class="scroll" role="region" aria-label={(label) ": " (lang.t("tabel", "table"))} tabindex="0" {
