@@ -182,6 +182,26 @@ pub fn error_page(lang: Lang, title: &str, detail: &str) -> Markup {
     layout(lang, title, None, "/", main)
 }
 
+/// Content that scrolls sideways on a narrow screen: a named region the keyboard can reach.
+fn scrolling(label: &str, content: Markup) -> Markup {
+    html! {
+        div class="scroll" role="region" aria-label=(label) tabindex="0" { (content) }
+    }
+}
+
+/// A table with a header row of `head`, scrolling sideways on a narrow screen.
+fn table(label: &str, id: &str, head: &[&str], rows: Markup) -> Markup {
+    scrolling(
+        label,
+        html! {
+            table id=(id) {
+                thead { tr { @for h in head { th scope="col" { (h) } } } }
+                tbody { (rows) }
+            }
+        },
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Figures
 
@@ -505,7 +525,7 @@ fn overview(
     html! {
         section aria-labelledby="overview" {
             h2 id="overview" { (lang.t("Alle doelgroepen", "Every target group")) }
-            div class="scroll" role="region" aria-label=(caption) tabindex="0" {
+            (scrolling(&caption, html! {
                 table class="overview" {
                     caption { (caption) }
                     thead { tr {
@@ -522,8 +542,7 @@ fn overview(
                             }
                         }
                     }
-                }
-            }
+                } }))
         }
     }
 }
@@ -1031,13 +1050,12 @@ async fn region_page(
         (legend(lang))
         section aria-labelledby="heatmap" {
             h2 id="heatmap" { (map_title) }
-            div class="scroll" role="region" aria-label=(map_title) tabindex="0" {
-                (charts::heat_map(lang, "heat", &map_title, &columns, &rows))
-            }
+            (scrolling(&map_title, html! {
+                (charts::heat_map(lang, "heat", &map_title, &columns, &rows)) }))
         }
         section aria-labelledby="table" {
             h2 id="table" { (lang.t("Alle gemeenten, alle trajecten", "Every municipality, all trajectories")) }
-            div class="scroll" role="region" aria-label=(lang.t("Tabel per gemeente", "Table per municipality")) tabindex="0" {
+            (scrolling(lang.t("Tabel per gemeente", "Table per municipality"), html! {
                 table {
                     caption { (lang.t("Per gemeente het totaal over alle doelgroepen; de regio onderaan.", "Per municipality the total over all target groups; the region at the bottom.")) }
                     thead { tr {
@@ -1060,8 +1078,7 @@ async fn region_page(
                             }
                         }
                     }
-                }
-            }
+                } }))
         }
     };
     let here = format!("/regio?periode={period}");
@@ -1186,16 +1203,7 @@ async fn rounds_page(
             @if list.is_empty() {
                 p { (lang.t("Nog geen.", "None yet.")) }
             } @else {
-                div class="scroll" role="region" aria-label=(lang.t("Gepubliceerde rondes", "Published rounds")) tabindex="0" {
-                    table id="rounds" {
-                        thead { tr {
-                            th scope="col" { (lang.t("Periode", "Period")) }
-                            th scope="col" { (lang.t("Versie", "Version")) }
-                            th scope="col" { (lang.t("Gepubliceerd", "Published")) }
-                            th scope="col" { (lang.t("Door", "By")) }
-                            th scope="col" { (lang.t("Budget (ρ per datajaar)", "Budget (ρ per data year)")) }
-                        } }
-                        tbody {
+                (table(lang.t("Gepubliceerde rondes", "Published rounds"), "rounds", &[lang.t("Periode", "Period"), lang.t("Versie", "Version"), lang.t("Gepubliceerd", "Published"), lang.t("Door", "By"), lang.t("Budget (ρ per datajaar)", "Budget (ρ per data year)")], html! {
                             @for r in &list {
                                 tr data-round=(r.id) {
                                     th scope="row" { a href={"/regio?periode=" (r.period)} { (r.period) } }
@@ -1205,9 +1213,7 @@ async fn rounds_page(
                                     td { @for (i, c) in r.charges.iter().enumerate() { @if i > 0 { ", " } (c.data_year) ": " (c.rho) } }
                                 }
                             }
-                        }
-                    }
-                }
+                }))
             }
         }
         @if !planned.is_empty() {
@@ -1378,19 +1384,9 @@ async fn privacy_page(
         @if years.is_empty() {
             p { (lang.t("Er is nog geen budget besteed.", "No budget has been spent yet.")) }
         } @else {
-            div class="scroll" role="region" aria-label=(title) tabindex="0" {
-                (charts::budget_chart(lang, "budget", &format!("{title} {}", lang.t("per datajaar", "per data year")), &years, cap, round_cap))
-            }
-            div class="scroll" role="region" aria-label=(lang.t("Budget per datajaar, tabel", "Budget per data year, table")) tabindex="0" {
-                table id="budget" {
-                    thead { tr {
-                        th scope="col" { (lang.t("Datajaar", "Data year")) }
-                        th scope="col" { (lang.t("Besteed aan rondes", "Spent by rounds")) }
-                        th scope="col" { (lang.t("Besteed aan onderzoek", "Spent by research")) }
-                        th scope="col" { (lang.t("Vrij voor rondes", "Left for rounds")) }
-                        th scope="col" { (lang.t("Plafond", "Cap")) }
-                    } }
-                    tbody {
+            (scrolling(title, html! {
+                (charts::budget_chart(lang, "budget", &format!("{title} {}", lang.t("per datajaar", "per data year")), &years, cap, round_cap)) }))
+            (table(lang.t("Budget per datajaar, tabel", "Budget per data year, table"), "budget", &[lang.t("Datajaar", "Data year"), lang.t("Besteed aan rondes", "Spent by rounds"), lang.t("Besteed aan onderzoek", "Spent by research"), lang.t("Vrij voor rondes", "Left for rounds"), lang.t("Plafond", "Cap")], html! {
                         @for y in &years {
                             tr data-year=(y.year) {
                                 th scope="row" { (y.year) }
@@ -1400,9 +1396,7 @@ async fn privacy_page(
                                 td { (rho(cap)) }
                             }
                         }
-                    }
-                }
-            }
+            }))
         }
     };
     Ok(html(
@@ -1513,17 +1507,7 @@ async fn provider_page(
             @if batches.is_empty() {
                 p { (lang.t("Nog geen aanleveringen.", "No batches yet.")) }
             } @else {
-                div class="scroll" role="region" aria-label=(lang.t("Aanleveringen", "Batches")) tabindex="0" {
-                    table id="batch-list" {
-                        thead { tr {
-                            th scope="col" { (lang.t("Ontvangen", "Received")) }
-                            th scope="col" { (lang.t("Aanlevering", "Batch")) }
-                            th scope="col" { (lang.t("Trajecten", "Trajectories")) }
-                            th scope="col" { (lang.t("Nieuw", "New")) }
-                            th scope="col" { (lang.t("Gecorrigeerd", "Corrected")) }
-                            th scope="col" { (lang.t("Ongewijzigd", "Unchanged")) }
-                        } }
-                        tbody {
+                (table(lang.t("Aanleveringen", "Batches"), "batch-list", &[lang.t("Ontvangen", "Received"), lang.t("Aanlevering", "Batch"), lang.t("Trajecten", "Trajectories"), lang.t("Nieuw", "New"), lang.t("Gecorrigeerd", "Corrected"), lang.t("Ongewijzigd", "Unchanged")], html! {
                             @for b in &batches {
                                 tr data-batch=(b.batch_id) {
                                     td { (lang.moment(b.received_at)) }
@@ -1534,24 +1518,13 @@ async fn provider_page(
                                     td { (lang.count(u64::from(b.unchanged))) }
                                 }
                             }
-                        }
-                    }
-                }
+                }))
             }
         }
         section aria-labelledby="audit" {
             h2 id="audit" { (lang.t("Logboek", "Audit log")) }
             p class="hint" { (lang.t("Alles wat met uw gegevens gebeurde, in de volgorde van de keten. Elke regel is vastgeketend aan de vorige.", "Everything that happened to your data, in the chain's order. Every entry is chained to the one before.")) }
-            div class="scroll" role="region" aria-label=(lang.t("Logboek", "Audit log")) tabindex="0" {
-                table id="audit-list" {
-                    thead { tr {
-                        th scope="col" { "#" }
-                        th scope="col" { (lang.t("Moment", "When")) }
-                        th scope="col" { (lang.t("Door", "By")) }
-                        th scope="col" { (lang.t("Handeling", "Action")) }
-                        th scope="col" { (lang.t("Betreft", "Subject")) }
-                    } }
-                    tbody {
+            (table(lang.t("Logboek", "Audit log"), "audit-list", &["#", lang.t("Moment", "When"), lang.t("Door", "By"), lang.t("Handeling", "Action"), lang.t("Betreft", "Subject")], html! {
                         @for e in audit.iter().map(crate::app::audit_trail::to_provider_record) {
                             tr data-seq=(e.seq) {
                                 td { (e.seq) }
@@ -1561,9 +1534,7 @@ async fn provider_page(
                                 td { code { (e.subject) } }
                             }
                         }
-                    }
-                }
-            }
+            }))
             @if more {
                 @if let Some(last) = audit.last() {
                     p { a href={"/aanbieder?na=" (last.seq)} { (lang.t("Volgende regels", "Next entries")) } }
