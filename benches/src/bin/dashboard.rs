@@ -1,6 +1,6 @@
 //! Dashboard load harness: many signed-in municipality users opening their municipality's page at
 //! once, for a fixed time. Starts the service on SQLite in a temporary directory, uploads synthetic
-//! exports through the SDK and publishes the round of 2025, signs in through the dashboard's form with
+//! exports through the SDK and publishes the rounds of 2021..2025 (as the demo does), signs in through the dashboard's form with
 //! a municipality token for GM0748, then lets every user GET `/gemeente/GM0748` with the session cookie
 //! as fast as it is answered. Every answer must be 200 and HTML. Reports throughput and latency, and
 //! fails if any request failed.
