@@ -1,7 +1,7 @@
 //! Dashboard load harness: many signed-in municipality users opening their municipality's page at
 //! once, for a fixed time. Starts the service on SQLite in a temporary directory, uploads synthetic
-//! exports through the SDK and publishes the rounds of 2021..2025 (as the demo does), signs in through the dashboard's form with
-//! a municipality token for GM0748, then lets every user GET `/gemeente/GM0748` with the session cookie
+//! exports through the SDK and publishes the rounds of 2021..2025 (as the demo does), signs in
+//! through the dashboard's form with a municipality token for GM0748, then lets every user GET `/gemeente/GM0748` with the session cookie
 //! as fast as it is answered. Every answer must be 200 and HTML. Reports throughput and latency, and
 //! fails if any request failed.
 //!
@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let stored = publish_synthetic_round(&state, &base, dir.path(), &args).await?;
     println!(
-        "data: {} providers, {stored} trajectories stored, round {PERIOD} published ({:.1} s)",
+        "data: {} providers, {stored} trajectories stored, rounds up to {PERIOD} published ({:.1} s)",
         args.providers,
         t0.elapsed().as_secs_f64()
     );
