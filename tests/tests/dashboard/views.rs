@@ -596,3 +596,101 @@ async fn a_wrong_token_a_forged_form_or_a_revoked_token_opens_nothing() -> anyho
     b.close().await?;
     Ok(())
 }
+
+/// The hidden `csrf` field of a page.
+fn csrf_field(html: &str) -> anyhow::Result<String> {
+    let rest = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .context("a csrf field")?;
+    Ok(rest.split('"').next().unwrap_or_default().to_string())
+}
+
+/// The value a response sets for cookie `name`.
+fn set_cookie(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+}
+
+/// Two instances on one database, as behind a load balancer: a session opened on one serves on the
+/// other, and signing out on the other ends it on both. On SQLite and on PostgreSQL.
+async fn a_session_is_one_across_instances(backend: crate::helpers::Backend) -> anyhow::Result<()> {
+    let Some(a) = crate::helpers::spawn_app_on(backend).await else {
+        return Ok(());
+    };
+    let b = a.second_instance().await;
+    let region = a.issue_token(Role::Region, None).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+
+    let res = http.get(format!("{}/", a.base_url)).send().await?;
+    let signin = set_cookie(&res, "kwm_signin").context("the pre-session cookie")?;
+    let csrf = csrf_field(&res.text().await?)?;
+    ensure!(
+        csrf == signin,
+        "the sign-in form carries its cookie's value"
+    );
+    let res = http
+        .post(format!("{}/inloggen", a.base_url))
+        .header(reqwest::header::COOKIE, format!("kwm_signin={signin}"))
+        .form(&[("token", region.as_str()), ("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    ensure!(res.status() == 303, "{}", res.status());
+    ensure!(res.headers().get("location").is_some_and(|l| l == "/regio"));
+    let secret = set_cookie(&res, "kwm_session").context("a session")?;
+    let cookie = format!("kwm_session={secret}");
+
+    // The other instance knows the session: no round yet, so the page says so.
+    let res = http
+        .get(format!("{}/regio/rondes", b.base_url))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await?;
+    ensure!(res.status() == 200, "{}", res.status());
+    let page = res.text().await?;
+    let csrf = csrf_field(&page)?;
+    ensure!(!page.contains(&region) && !page.contains(&secret));
+
+    // Signed out on the other instance: over on both.
+    let res = http
+        .post(format!("{}/uitloggen", b.base_url))
+        .header(reqwest::header::COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    ensure!(res.status() == 303, "{}", res.status());
+    ensure!(
+        set_cookie(&res, "kwm_session").as_deref() == Some(""),
+        "the cookie is cleared"
+    );
+    for app in [&a, &b] {
+        let res = http
+            .get(format!("{}/regio", app.base_url))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await?;
+        ensure!(
+            res.status() == 303 && res.headers().get("location").is_some_and(|l| l == "/"),
+            "{} after sign-out",
+            res.status()
+        );
+    }
+    drop(b);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_one_across_two_instances_on_sqlite() -> anyhow::Result<()> {
+    a_session_is_one_across_instances(crate::helpers::Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_one_across_two_instances_on_postgres() -> anyhow::Result<()> {
+    a_session_is_one_across_instances(crate::helpers::Backend::Postgres).await
+}
