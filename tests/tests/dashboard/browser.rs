@@ -357,6 +357,27 @@ impl Browser {
             .await
     }
 
+    /// The page as the browser prints it (A4-sized defaults, the print stylesheet applied), saved as
+    /// `<view>.pdf` in this test's artefacts; returns the number of pages.
+    pub async fn print_pdf(&self, view: &str) -> anyhow::Result<usize> {
+        let config = fantoccini::wd::PrintConfiguration::builder()
+            .build()
+            .map_err(|e| anyhow!("a print configuration: {e:?}"))?;
+        let pdf = self
+            .client()?
+            .print(config)
+            .await
+            .context("printing the page")?;
+        anyhow::ensure!(pdf.starts_with(b"%PDF"), "the print is not a PDF");
+        std::fs::write(
+            self.artefacts.join(format!("{}.pdf", file_name(view)?)),
+            &pdf,
+        )?;
+        // Each page object names its type; the page tree's own entry says `/Pages`.
+        let text = String::from_utf8_lossy(&pdf);
+        Ok(text.matches("/Type /Page").count() - text.matches("/Type /Pages").count())
+    }
+
     /// As [`Browser::screenshot`] at a phone's size (390 x 844), saved as `<view>-phone.png`.
     pub async fn screenshot_phone(&self, view: &str) -> anyhow::Result<PathBuf> {
         let shot = self

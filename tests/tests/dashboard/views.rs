@@ -231,6 +231,12 @@ async fn a_municipality_sees_its_own_figures_as_released_and_no_others() -> anyh
         "a trend over 2024 and 2025"
     );
     b.check_view("gemeente").await?;
+    // On paper: a handful of pages, the navigation and forms left out by the print stylesheet.
+    let pages = b.print_pdf("gemeente").await?;
+    ensure!(
+        (1..=12).contains(&pages),
+        "the page prints on {pages} pages"
+    );
 
     // Another target group in detail, and another period.
     let groups = b.texts("#doelgroep option").await?;
