@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +24,29 @@ use crate::http::dashboard::{PageError, PAGE_CSP};
 use crate::http::forbidden::SessionRefusal;
 use crate::http::routes::releases::{download, Format};
 use crate::http::startup::AppState;
+
+/// A page's query parameters, or their defaults when they do not parse (an old bookmark, an address
+/// edited by hand): the page then shows the newest period and the total rather than an error.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            Query::<T>::from_request_parts(parts, state)
+                .await
+                .map(|Query(q)| q)
+                .unwrap_or_default(),
+        ))
+    }
+}
 
 /// A page as a response: HTML under the dashboard's policy.
 pub fn html(status: StatusCode, body: Markup) -> Response {
@@ -786,10 +808,8 @@ pub async fn municipality(
     lang: Lang,
     viewer: Viewer,
     Path(code): Path<String>,
-    query: Result<Query<PeriodQuery>, QueryRejection>,
+    Params(q): Params<PeriodQuery>,
 ) -> Response {
-    // An address with parameters that do not parse shows the defaults (the newest period, the total).
-    let q = query.map(|Query(q)| q).unwrap_or_default();
     answer(
         lang,
         municipality_page(&state, lang, &viewer, &code, &q).await,
@@ -982,10 +1002,8 @@ pub async fn region(
     State(state): State<AppState>,
     lang: Lang,
     viewer: Viewer,
-    query: Result<Query<PeriodQuery>, QueryRejection>,
+    Params(q): Params<PeriodQuery>,
 ) -> Response {
-    // An address with parameters that do not parse shows the defaults (the newest period, the total).
-    let q = query.map(|Query(q)| q).unwrap_or_default();
     answer(lang, region_page(&state, lang, &viewer, &q).await)
 }
 
@@ -1121,10 +1139,8 @@ pub async fn rounds(
     State(state): State<AppState>,
     lang: Lang,
     viewer: Viewer,
-    query: Result<Query<RoundsQuery>, QueryRejection>,
+    Params(q): Params<RoundsQuery>,
 ) -> Response {
-    // An address with parameters that do not parse shows the defaults (the newest period, the total).
-    let q = query.map(|Query(q)| q).unwrap_or_default();
     let message = match (
         q.gepubliceerd
             .as_deref()
@@ -1425,10 +1441,8 @@ pub async fn provider(
     State(state): State<AppState>,
     lang: Lang,
     viewer: Viewer,
-    query: Result<Query<PeriodQuery>, QueryRejection>,
+    Params(q): Params<PeriodQuery>,
 ) -> Response {
-    // An address with parameters that do not parse shows the defaults (the newest period, the total).
-    let q = query.map(|Query(q)| q).unwrap_or_default();
     answer(lang, provider_page(&state, lang, &viewer, &q).await)
 }
 

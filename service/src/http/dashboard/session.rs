@@ -31,6 +31,8 @@ pub const SESSION_COOKIE: &str = "kwm_session";
 pub const SECURE_SESSION_COOKIE: &str = "__Host-kwm_session";
 /// The pre-session cookie the sign-in form's CSRF field must match.
 pub const SIGNIN_COOKIE: &str = "kwm_signin";
+/// The same behind TLS, under the prefix a sibling domain cannot plant.
+pub const SECURE_SIGNIN_COOKIE: &str = "__Host-kwm_signin";
 
 /// How the dashboard's sessions behave, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +132,14 @@ fn session_cookie_name(secure: bool) -> &'static str {
     }
 }
 
+fn signin_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SIGNIN_COOKIE
+    } else {
+        SIGNIN_COOKIE
+    }
+}
+
 /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, for the whole site, `Secure` behind TLS.
 fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
     let flags = if secure { "; Secure" } else { "" };
@@ -200,7 +210,8 @@ fn sign_in_page(
     status: StatusCode,
     error: Option<&str>,
 ) -> Response {
-    let held = cookie(headers, SIGNIN_COOKIE).filter(|v| v.len() == 43);
+    let secure = secure(&state.sessions, headers);
+    let held = cookie(headers, signin_cookie_name(secure)).filter(|v| v.len() == 43);
     let value = match held {
         Some(v) => v.to_string(),
         None => match random_secret() {
@@ -211,12 +222,7 @@ fn sign_in_page(
     let mut res = pages::html(status, pages::sign_in(lang, &state.region, &value, error));
     res.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(
-            SIGNIN_COOKIE,
-            &value,
-            3600,
-            secure(&state.sessions, headers),
-        ),
+        set_cookie(signin_cookie_name(secure), &value, 3600, secure),
     );
     res
 }
@@ -239,7 +245,8 @@ pub async fn post_sign_in(
     let Ok(Form(form)) = form else {
         return PageError::BadForm.into_response_in(lang);
     };
-    let held = cookie(&headers, SIGNIN_COOKIE).unwrap_or_default();
+    let secure = secure(&state.sessions, &headers);
+    let held = cookie(&headers, signin_cookie_name(secure)).unwrap_or_default();
     if held.is_empty() || !constant_time_eq(held.as_bytes(), form.csrf.as_bytes()) {
         return PageError::BadForm.into_response_in(lang);
     }
@@ -294,7 +301,6 @@ pub async fn post_sign_in(
             tracing::warn!(error = %e, "an earlier dashboard session could not be ended");
         }
     }
-    let secure = secure(&state.sessions, &headers);
     let viewer = Viewer {
         caller: Caller {
             token_id: token.id,
@@ -315,7 +321,10 @@ pub async fn post_sign_in(
             secure,
         ),
     );
-    h.append(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, "", 0, secure));
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(signin_cookie_name(secure), "", 0, secure),
+    );
     res
 }
 
@@ -389,6 +398,7 @@ mod tests {
         for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=60"] {
             assert!(v.contains(flag), "{v} lacks {flag}");
         }
+        assert_eq!(signin_cookie_name(true), "__Host-kwm_signin");
         // A plain-HTTP cookie under the secure name is not read behind TLS.
         h.insert(
             header::COOKIE,
