@@ -44,11 +44,19 @@ fn f(v: f64) -> String {
 }
 
 /// The accessible frame of a chart: `role="img"`, named by its title and described.
-fn frame(id: &str, width: u32, height: u32, title: &str, desc: &str, body: Markup) -> Markup {
+fn frame(
+    id: &str,
+    class: &str,
+    width: u32,
+    height: u32,
+    title: &str,
+    desc: &str,
+    body: Markup,
+) -> Markup {
     let title_id = format!("{id}-t");
     let desc_id = format!("{id}-d");
     html! {
-        svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox={"0 0 " (width) " " (height)}
+        svg class=(class) xmlns="http://www.w3.org/2000/svg" viewBox={"0 0 " (width) " " (height)}
             role="img" aria-labelledby={(title_id) " " (desc_id)} {
             title id=(title_id) { (title) }
             desc id=(desc_id) { (desc) }
@@ -122,7 +130,7 @@ pub fn interval_chart(
             }
         }
     };
-    frame(id, width, height, title, &desc, body)
+    frame(id, "chart", width, height, title, &desc, body)
 }
 
 /// One period of a trend: its label, the reader's figure (if published) and the benchmark's.
@@ -233,7 +241,7 @@ pub fn trend_chart(
             }
         }
     };
-    frame(id, 360, 200, title, &desc, body)
+    frame(id, "chart", 360, 200, title, &desc, body)
 }
 
 /// One cell of a heat map: the figure, or why it is held back.
@@ -314,7 +322,8 @@ pub fn heat_map(
         }
         text x="160" y=(f(ly)) font-size="11" fill=(MUTED) { (lang.t("hoger (per criterium)", "higher (per criterion)")) }
     };
-    frame(id, width, height, title, desc, body)
+    // Wide: every municipality by every criterion stays legible, scrolling sideways if need be.
+    frame(id, "chart wide", width, height, title, desc, body)
 }
 
 /// One data year's budget: what rounds and research spent, in nano-units of rho.
@@ -369,5 +378,5 @@ pub fn budget_chart(
             rect x=(f(LEFT)) y=(f(top + 4.0)) width=(f(RIGHT - LEFT)) height="24" fill="none" stroke=(INK) {}
         }
     };
-    frame(id, 760, height, title, desc, body)
+    frame(id, "chart", 760, height, title, desc, body)
 }
